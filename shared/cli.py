@@ -1,0 +1,60 @@
+"""The `memcached-operator` command line: one console script, one subcommand per part.
+
+Each subcommand's module adds its own flags (every flag also readable from an environment
+variable) and runs; this module only dispatches, so importing it stays cheap and a service's
+dependencies load only when that service runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("deploy.local.cluster", "run a local control plane with kwok and NATS"),
+    "crd": ("shared.cli", "print the Memcached CustomResourceDefinition (YAML)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`crd` takes no flags."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """`crd`: print the CRD generated from the pydantic models."""
+    from shared.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memcached-operator",
+        description="A Kubernetes operator for Memcached as a pipeline on NATS JetStream.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    result: int = module.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def console() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
