@@ -7,14 +7,22 @@ Logs of the started processes are printed when a test fails (see pytest_runtest_
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from deploy.local import build
+from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
+from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
 
 
@@ -54,3 +62,115 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.start()
     yield server
     server.stop()
+
+
+def free_port_block(size: int = 8) -> int:
+    """A base port whose `size` consecutive ports are all free on loopback right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - size)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return base
+    raise RuntimeError("no block of free ports found")
+
+
+class Cluster:
+    """The session's real control plane + NATS, with small helpers the tests share."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.supervisor = Supervisor(layout.state_dir)
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.layout.kubeconfig)
+
+    @property
+    def nats_url(self) -> str:
+        return self.layout.nats_url
+
+    @property
+    def bin_dir(self) -> Path:
+        return build.bin_dir()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a child process (a service or kubectl) pointed at this cluster."""
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=self.kubeconfig,
+            NATS_URL=self.nats_url,
+            PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        )
+        env.update(extra)
+        return env
+
+    def kubectl(
+        self, *args: str, input_: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, *args],
+            input=input_,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def restart_nats(self, *, kill: bool = True) -> None:
+        if kill:
+            self.supervisor.kill(local_nats.NAME)
+        self.supervisor.stop(local_nats.NAME)
+        local_nats.start(
+            self.supervisor, port=self.layout.nats_port, monitor_port=self.layout.nats_monitor_port
+        )
+
+    def logs(self) -> dict[str, str]:
+        out = {}
+        for rec in self.supervisor.records():
+            try:
+                out[rec.name] = Path(rec.log).read_text(errors="replace")[-4000:]
+            except OSError:
+                pass
+        return out
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
+    and nats-server, started once per session on free ports in a temporary directory."""
+    state = tmp_path_factory.mktemp("cluster")
+    layout = Layout(state, base_port=free_port_block(), nodes=2)
+    try:
+        local_cluster.up(layout)
+    except Exception:
+        local_cluster.down(layout)
+        raise
+    instance = Cluster(layout)
+    yield instance
+    local_cluster.down(layout)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and "cluster" in getattr(item, "fixturenames", ()):
+        instance = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+        if isinstance(instance, Cluster):
+            for name, tail in instance.logs().items():
+                report.sections.append((f"log tail: {name}", tail))
+            report.sections.append(("state dir (kept)", str(instance.layout.state_dir)))
+    return report
