@@ -1,0 +1,183 @@
+"""The Memcached-specific part of the reconciler: the Deployment a Memcached CR should have.
+
+Pure functions only: build the server-side-apply body from the CR, decide whether a live
+Deployment already carries every field of that body (so an unchanged object is not rewritten),
+and tell whether a live Deployment is controlled by the CR. A second kind of resource would be
+one more module of this shape, not a change to the reconcile loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from shared.models import API_VERSION, KIND, Memcached, parse_quantity
+
+CONTAINER_NAME = "memcached"
+PORT = 11211
+COMMAND = ["memcached", "-m=64", "-o", "modern", "-v"]
+MANAGED_BY = "memcached-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# The owning CR's full name on the Deployment and its pods: the instance label may be a
+# shortened hash of a long name, and pods are owned by a ReplicaSet, so this is how the watcher
+# maps a pod back to its Memcached without another API call.
+OWNER_ANNOTATION = "cache.example.com/memcached"
+
+_LABEL_VALUE_MAX = 63
+_HASH_LENGTH = 8
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_NOT_LABEL_CHAR = re.compile(r"[^-A-Za-z0-9_.]")
+_QUANTITY_MAPS = ("limits", "requests")
+
+
+def label_value(text: str) -> str:
+    """A valid label value for ``text``: itself when it is one, otherwise a stable stand-in.
+
+    The stand-in is a readable prefix plus a hash of the whole text, so two long CR names
+    sharing their first 54 characters still get distinct selectors, and the same name always
+    gets the same one (a Deployment's selector cannot change).
+    """
+    if len(text) <= _LABEL_VALUE_MAX and _LABEL_VALUE.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:_HASH_LENGTH]
+    prefix = _NOT_LABEL_CHAR.sub("-", text)[: _LABEL_VALUE_MAX - _HASH_LENGTH - 1]
+    # A label value must start and end alphanumeric; the hash supplies the end.
+    prefix = prefix.strip("-_.")
+    return f"{prefix}-{digest}" if prefix else digest
+
+
+def labels(cr: Memcached) -> dict[str, str]:
+    """Labels of the Deployment and its pods; also the Deployment's selector."""
+    return {
+        LABEL_NAME: "memcached",
+        LABEL_INSTANCE: label_value(cr.name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
+    """The controller reference that ties the Deployment's lifetime to the CR."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": cr.name,
+        "uid": cr_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def desired_deployment(cr: Memcached, *, cr_uid: str | None = None) -> dict[str, Any]:
+    """The apps/v1 Deployment for ``cr``, holding only the fields this operator owns.
+
+    ``cr_uid`` defaults to the CR's metadata.uid; raises ValueError when neither is known,
+    since an owner reference without a uid would be rejected by the API server.
+    """
+    uid = cr_uid or cr.uid
+    if not uid:
+        raise ValueError(f"Memcached {cr.key()} has no metadata.uid to own its Deployment by")
+    if not cr.name or not cr.namespace:
+        raise ValueError("a Memcached needs metadata.name and metadata.namespace")
+    selector = labels(cr)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": cr.spec.image,
+        "command": list(COMMAND),
+        # protocol is the server default, but it is a key of the ports list, so naming it
+        # keeps server-side apply from depending on that default being filled in first.
+        "ports": [{"name": "memcached", "containerPort": PORT, "protocol": "TCP"}],
+        # Always present, if empty, so that matches() notices resources removed from the CR.
+        "resources": cr.spec.resources.to_api() if cr.spec.resources is not None else {},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": cr.name,
+            "namespace": cr.namespace,
+            "labels": dict(selector),
+            "annotations": {OWNER_ANNOTATION: cr.name},
+            "ownerReferences": [owner_reference(cr, cr_uid=uid)],
+        },
+        "spec": {
+            "replicas": cr.spec.size,
+            "selector": {"matchLabels": dict(selector)},
+            "template": {
+                "metadata": {
+                    "labels": dict(selector),
+                    "annotations": {OWNER_ANNOTATION: cr.name},
+                },
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+
+
+def _same_quantities(live: Any, desired: dict[str, Any]) -> bool:
+    """Exact comparison of one limits or requests map, quantities by value."""
+    live = live or {}
+    if not isinstance(live, dict) or live.keys() != desired.keys():
+        return False
+    try:
+        # The API server rewrites quantities in canonical form ("67108864" -> "64Mi").
+        return all(parse_quantity(live[key]) == parse_quantity(desired[key]) for key in desired)
+    except (TypeError, ValueError):
+        return False
+
+
+def _same_resources(live: Any, desired: dict[str, Any]) -> bool:
+    # Compared exactly, not as a subset: limits removed from the CR must count as a change,
+    # or the Deployment would keep them. Nothing defaults them in a pod template.
+    live = live or {}
+    if not isinstance(live, dict):
+        return False
+    return all(_same_quantities(live.get(key), desired.get(key) or {}) for key in _QUANTITY_MAPS)
+
+
+def _contains(live: Any, desired: Any) -> bool:
+    """Whether ``live`` holds every field of ``desired``; extra live fields are defaults."""
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        for key, value in desired.items():
+            if key == "resources" and isinstance(value, dict):
+                if not _same_resources(live.get(key), value):
+                    return False
+            elif not _contains(live.get(key), value):
+                return False
+        return True
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return False
+        if all(isinstance(item, dict) for item in desired):
+            # Lists of objects (containers, ports, ownerReferences) are merged by key under
+            # server-side apply, so other writers' entries beside ours are no difference.
+            return all(any(_contains(candidate, item) for candidate in live) for item in desired)
+        return len(live) == len(desired) and all(
+            _contains(a, b) for a, b in zip(live, desired, strict=True)
+        )
+    # The type check keeps True from equalling 1.
+    return type(live) is type(desired) and live == desired
+
+
+def matches(live: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """True when ``live`` already has every field of ``desired``, so applying is a no-op.
+
+    Fields only the live object has (server defaults such as protocol or
+    terminationMessagePath, status, managedFields, other writers' labels) are ignored;
+    container resources compare exactly, with quantities by value.
+    """
+    return _contains(live, desired)
+
+
+def owned_by(live: dict[str, Any], cr_uid: str) -> bool:
+    """Whether the controller owner of ``live`` is the CR with uid ``cr_uid``."""
+    references = live.get("metadata", {}).get("ownerReferences") or []
+    return any(
+        reference.get("controller") is True and reference.get("uid") == cr_uid
+        for reference in references
+    )

@@ -1,0 +1,256 @@
+"""Unit tests of the Memcached models: what parses, what is refused, and how it serializes.
+
+The reconciler turns a ValidationError into an InvalidSpec message, so every rule the API
+server enforces on the spec must also fail here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from shared.models import (
+    DEFAULT_IMAGE,
+    Condition,
+    Memcached,
+    MemcachedStatus,
+    parse_quantity,
+)
+from shared.subjects import ObjectKey
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def api_object(spec: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {
+            "name": "cache",
+            "namespace": "team-a",
+            "uid": "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001",
+            "generation": 2,
+            "resourceVersion": "42",
+            "managedFields": [{"manager": "kubectl"}],
+            "someFutureField": {"x": 1},
+        },
+    }
+    if spec is not None:
+        obj["spec"] = spec
+    obj.update(extra)
+    return obj
+
+
+@pytest.mark.unit
+def test_parse_api_object_keeps_metadata_and_gives_key() -> None:
+    cr = Memcached.from_api(api_object({"size": 3}))
+    assert cr.spec.size == 3
+    assert cr.spec.image == DEFAULT_IMAGE
+    assert cr.spec.resources is None
+    assert cr.key() == ObjectKey("team-a", "cache")
+    assert cr.uid == "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
+    assert cr.metadata["someFutureField"] == {"x": 1}
+    assert cr.status is None
+
+
+@pytest.mark.unit
+def test_missing_spec_gets_defaults() -> None:
+    cr = Memcached.from_api(api_object())
+    assert cr.spec.size == 1
+    assert cr.spec.image == "memcached:1.6.38-alpine"
+
+
+@pytest.mark.unit
+def test_unknown_top_level_and_spec_fields_are_ignored() -> None:
+    cr = Memcached.from_api(api_object({"size": 2, "replicas": 5}, someFutureField={"x": 1}))
+    assert cr.spec.size == 2
+
+
+@pytest.mark.unit
+def test_resources_accept_strings_and_integers() -> None:
+    spec = {
+        "resources": {
+            "requests": {"cpu": "100m", "memory": 67108864},
+            "limits": {"cpu": 1, "memory": "64Mi"},
+        }
+    }
+    cr = Memcached.from_api(api_object(spec))
+    assert cr.spec.resources is not None
+    assert cr.spec.resources.requests == {"cpu": "100m", "memory": 67108864}
+    # Limits equal to requests are allowed.
+    assert cr.spec.resources.to_api()["limits"] == {"cpu": 1, "memory": "64Mi"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("spec", "field", "text"),
+    [
+        ({"size": -1}, "size", "greater than or equal to 0"),
+        ({"size": 1001}, "size", "less than or equal to 1000"),
+        ({"size": "many"}, "size", "integer"),
+        ({"image": ""}, "image", "at least 1 character"),
+        ({"image": "   "}, "image", "image must not be blank"),
+        ({"resources": {"limits": {"memory": "lots"}}}, "resources", "pattern"),
+        ({"resources": {"requests": {"cpu": -1}}}, "resources", "greater than or equal to 0"),
+        (
+            {"resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": "64Mi"}}},
+            "resources",
+            "resources.limits.memory must not be less than resources.requests.memory",
+        ),
+        (
+            {"resources": {"requests": {"cpu": 1}, "limits": {"cpu": "500m"}}},
+            "resources",
+            "resources.limits.cpu must not be less than resources.requests.cpu",
+        ),
+    ],
+)
+def test_invalid_spec_is_a_validation_error(spec: dict[str, Any], field: str, text: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Memcached.from_api(api_object(spec))
+    errors = caught.value.errors()
+    assert any(e["loc"][:2] == ("spec", field) for e in errors), errors
+    assert text in str(caught.value)
+
+
+@pytest.mark.unit
+def test_wrong_kind_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        Memcached.from_api(api_object(kind="Deployment"))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("64Mi", 64 * 2**20),
+        ("67108864", 64 * 2**20),
+        (67108864, 64 * 2**20),
+        ("1Gi", 2**30),
+        ("1G", 10**9),
+        ("500m", Fraction(1, 2)),
+        ("0.5", Fraction(1, 2)),
+        (".5", Fraction(1, 2)),
+        ("1e3", 1000),
+        ("1E", 10**18),
+        ("2k", 2000),
+        ("100u", Fraction(1, 10000)),
+        ("+3", 3),
+    ],
+)
+def test_parse_quantity(text: int | str, value: Fraction | int) -> None:
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", ["", "lots", "1.2.3", "64MB", "1e3Mi", "Mi", "-"])
+def test_parse_quantity_rejects_non_quantities(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_quantity(text)
+
+
+def condition(**overrides: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "type": "Available",
+        "status": "True",
+        "observedGeneration": 2,
+        "lastTransitionTime": "2025-03-01T10:20:30Z",
+        "reason": "MinimumReplicasAvailable",
+        "message": "3 of 3 pods are ready",
+    }
+    value.update(overrides)
+    return value
+
+
+@pytest.mark.unit
+def test_status_round_trips_in_api_shape() -> None:
+    status = {
+        "nodes": ["cache-7d9f-abcde", "cache-7d9f-fghij"],
+        "readyReplicas": 2,
+        "observedGeneration": 2,
+        "conditions": [condition()],
+        "lastTraceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+    }
+    cr = Memcached.from_api(api_object({"size": 2}, status=status))
+    assert cr.status is not None
+    assert cr.status.ready_replicas == 2
+    assert cr.status.conditions[0].last_transition_time == datetime(
+        2025, 3, 1, 10, 20, 30, tzinfo=UTC
+    )
+    assert cr.status.to_api() == status
+
+
+@pytest.mark.unit
+def test_status_omits_unset_trace_id() -> None:
+    assert MemcachedStatus().to_api() == {
+        "nodes": [],
+        "readyReplicas": 0,
+        "observedGeneration": 0,
+        "conditions": [],
+    }
+
+
+@pytest.mark.unit
+def test_condition_time_is_rfc3339_utc_seconds() -> None:
+    local = timezone(timedelta(hours=2))
+    made = Condition(
+        type="Available",
+        status="False",
+        last_transition_time=datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=local),
+        reason="NoPodsReady",
+        message="",
+    )
+    dumped = made.to_api()
+    assert dumped["lastTransitionTime"] == "2025-03-01T10:00:00Z"
+    assert "observedGeneration" not in dumped
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"status": "Yes"},
+        {"reason": "not camel case"},
+        {"reason": ""},
+        {"type": "has space"},
+        {"lastTransitionTime": "yesterday"},
+        {"observedGeneration": -1},
+    ],
+)
+def test_invalid_condition_is_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Condition.model_validate(condition(**overrides))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("path", "size"),
+    [("memcached-sample.yaml", 3), ("memcached-with-resources.yaml", 2)],
+)
+def test_samples_are_valid(path: str, size: int) -> None:
+    obj = yaml.safe_load((ROOT / "deploy" / "samples" / path).read_text())
+    cr = Memcached.from_api(obj)
+    assert cr.spec.size == size
+    assert cr.name == path.removesuffix(".yaml")
+
+
+@pytest.mark.unit
+def test_sample_with_resources_has_requests_and_limits() -> None:
+    obj = yaml.safe_load((ROOT / "deploy/samples/memcached-with-resources.yaml").read_text())
+    resources = Memcached.from_api(obj).spec.resources
+    assert resources is not None
+    assert resources.requests and resources.limits
+
+
+@pytest.mark.unit
+def test_kustomization_lists_every_sample() -> None:
+    samples = ROOT / "deploy" / "samples"
+    kustomization = yaml.safe_load((samples / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in samples.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
