@@ -16,6 +16,8 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("deploy.local.cluster", "run a local control plane with kwok and NATS"),
     "crd": ("shared.cli", "print the Memcached CustomResourceDefinition (YAML)"),
+    "watcher": ("services.watcher.service", "publish every watched change to JetStream"),
+    "audit": ("services.watcher.audit", "replay or follow the event stream"),
 }
 
 

@@ -24,6 +24,7 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
+from tests.support import Services, services
 
 
 def free_port() -> int:
@@ -174,3 +175,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.append((f"log tail: {name}", tail))
             report.sections.append(("state dir (kept)", str(instance.layout.state_dir)))
     return report
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, so tests sharing the session's streams don't mix."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{random.randrange(16**5):05x}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def service_procs(cluster: Cluster, tmp_path: Path) -> Iterator[Services]:
+    """Start services as processes against the session cluster; all stopped after the test."""
+    with services(tmp_path / "services", cluster.env()) as svc:
+        yield svc

@@ -1,0 +1,530 @@
+"""Folding a Memcached's observed world into its ``status``: pure functions, no I/O.
+
+The inputs are the CR, its Deployment and pods as the API serves them and the reconciler's last
+published :class:`Outcome`; the output is the status in API shape, with the conditions
+Available, Progressing and Degraded under metav1.Condition semantics. :func:`status_changed`
+says whether that status is worth a write, and :func:`transitions` what deserves an Event.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from services.reconciler.desired import OWNER_ANNOTATION, owned_by
+from shared.models import Condition, MemcachedStatus
+from shared.subjects import ObjectKey
+
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (AVAILABLE, PROGRESSING, DEGRADED)
+
+# Reasons this module sets. The Deployment's own reasons (ProgressDeadlineExceeded) are reused
+# where the meaning is the same, so a user who knows Deployments reads them without a glossary.
+ALL_REPLICAS_READY = "AllReplicasReady"
+REPLICAS_NOT_READY = "ReplicasNotReady"
+DEPLOYMENT_MISSING = "DeploymentMissing"
+DEPLOYMENT_NOT_OWNED = "DeploymentNotOwned"
+DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
+WAITING_FOR_DEPLOYMENT = "WaitingForDeployment"
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+ROLLOUT_COMPLETE = "RolloutComplete"
+RECONCILE_FAILED = "ReconcileFailed"
+RECONCILE_SUCCEEDED = "ReconcileSucceeded"
+NO_FAILURES = "NoFailures"
+DEAD_LETTERED = "DeadLettered"
+
+# The Deployment controller's Progressing reasons while a new ReplicaSet is still coming up.
+_DEPLOYMENT_ROLLING_REASONS = frozenset(
+    {"ReplicaSetUpdated", "NewReplicaSetCreated", "FoundNewReplicaSet"}
+)
+# metav1.Condition's reason grammar and message limit: a condition that breaks them would make
+# the API server reject the whole status write, so outcome text is fitted to them first.
+_REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
+_REASON_MAX = 1024
+_MESSAGE_MAX = 32768
+
+OutcomeResult = Literal["success", "error", "deadlettered", "gone"]
+
+
+class Outcome(BaseModel):
+    """What the reconciler published after handling one request for a CR.
+
+    ``result`` is "success", "error" (a failure it reports, with a CamelCase ``reason``),
+    "deadlettered" (it gave up retrying) or "gone" (the CR no longer exists).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    key: str = Field(min_length=1)
+    uid: str = Field(min_length=1)
+    generation: int = Field(ge=0)
+    result: OutcomeResult
+    reason: str = ""
+    message: str = ""
+    duration_seconds: float = Field(default=0.0, ge=0)
+    trace_id: str = ""
+    time: datetime
+
+    @field_validator("key")
+    @classmethod
+    def _namespaced_key(cls, value: str) -> str:
+        namespace, sep, name = value.partition("/")
+        if not sep or not namespace or not name:
+            raise ValueError(f"key must be 'namespace/name', got {value!r}")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _aware_time(cls, value: datetime) -> datetime:
+        # RFC3339 always carries an offset; a bare local time would be ambiguous across pods.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    @property
+    def object_key(self) -> ObjectKey:
+        return ObjectKey.parse(self.key)
+
+    @property
+    def failed(self) -> bool:
+        return self.result in ("error", "deadlettered")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Outcome:
+        """Parse a published outcome; raises ValueError naming every field that is wrong."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+                for error in err.errors()
+            )
+            raise ValueError(f"not a reconcile outcome: {problems}") from err
+
+    def to_json(self) -> bytes:
+        """The wire form (camelCase), the inverse of :meth:`from_json`."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+def abnormal(type_: str, status: str, reason: str) -> bool:
+    """Whether a condition describes a state the user should look at (a Warning Event)."""
+    if type_ == AVAILABLE:
+        return status == "False"
+    if type_ == PROGRESSING:
+        return status == "False" and reason == PROGRESS_DEADLINE_EXCEEDED
+    if type_ == DEGRADED:
+        return status == "True"
+    return False
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition whose status or reason changed; ``old_status`` is None for a new condition."""
+
+    type: str
+    old_status: str | None
+    new_status: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return abnormal(self.type, self.new_status, self.reason)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    observed_generation: int
+
+
+def _as_int(value: Any, default: int = 0) -> int:
+    # bool is an int in Python but never a count in the API.
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _conditions_by_type(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return {
+        str(c["type"]): c
+        for c in conditions
+        if isinstance(c, dict) and isinstance(c.get("type"), str)
+    }
+
+
+def _fit_reason(reason: str, fallback: str) -> str:
+    reason = reason.strip()
+    return reason if len(reason) <= _REASON_MAX and _REASON.fullmatch(reason) else fallback
+
+
+def _fit_message(message: str) -> str:
+    return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 3] + "..."
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def ready_nodes(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
+    """Sorted names of the CR's pods that are Ready and not being deleted.
+
+    A pod counts only when it carries the owner annotation naming this CR (every pod of our
+    template does), so pods a label selector happens to catch from elsewhere are left out.
+    """
+    metadata = cr.get("metadata") or {}
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    nodes: set[str] = set()
+    for pod in pods:
+        pod_meta = pod.get("metadata") or {}
+        if (pod_meta.get("annotations") or {}).get(OWNER_ANNOTATION) != name:
+            continue
+        if namespace and pod_meta.get("namespace") not in (None, namespace):
+            continue
+        # A terminating pod may still report Ready until its containers stop, but it is no
+        # longer a member the user should connect to.
+        if pod_meta.get("deletionTimestamp") or not _pod_ready(pod):
+            continue
+        if isinstance(pod_meta.get("name"), str):
+            nodes.add(pod_meta["name"])
+    return sorted(nodes)
+
+
+@dataclass(frozen=True)
+class _DeploymentView:
+    """The few numbers and conditions of a Deployment that the conditions are computed from."""
+
+    spec_replicas: int
+    observed: bool
+    replicas: int
+    updated: int
+    ready: int
+    available: int
+    available_condition: dict[str, Any]
+    progressing_condition: dict[str, Any]
+
+    @classmethod
+    def of(cls, deployment: dict[str, Any], size: int) -> _DeploymentView:
+        status = deployment.get("status") or {}
+        conditions = _conditions_by_type(deployment)
+        generation = _as_int((deployment.get("metadata") or {}).get("generation"))
+        return cls(
+            spec_replicas=_as_int((deployment.get("spec") or {}).get("replicas"), size),
+            observed=_as_int(status.get("observedGeneration"), -1) >= generation,
+            replicas=_as_int(status.get("replicas")),
+            updated=_as_int(status.get("updatedReplicas")),
+            ready=_as_int(status.get("readyReplicas")),
+            available=_as_int(status.get("availableReplicas")),
+            available_condition=conditions.get("Available") or {},
+            progressing_condition=conditions.get("Progressing") or {},
+        )
+
+    @property
+    def deadline_exceeded(self) -> bool:
+        # The condition is only current once the controller has seen the latest spec; before
+        # that a new rollout is about to reset it.
+        return (
+            self.observed and self.progressing_condition.get("reason") == PROGRESS_DEADLINE_EXCEEDED
+        )
+
+    @property
+    def deadline_message(self) -> str:
+        message = str(self.progressing_condition.get("message") or "").strip()
+        return message or "the rollout did not progress within its progress deadline"
+
+
+def _available(
+    view: _DeploymentView | None, *, size: int, generation: int, missing: _Verdict
+) -> _Verdict:
+    if view is None:
+        return missing
+    counts = f"{view.ready}/{size} replicas ready"
+    if size == 0:
+        # Nothing has to become ready, so the only thing to wait for is the Deployment
+        # controller acting on the latest spec.
+        if view.observed:
+            return _Verdict("True", ALL_REPLICAS_READY, f"{counts}: scaled to zero", generation)
+        return _Verdict(
+            "False",
+            WAITING_FOR_DEPLOYMENT,
+            "waiting for the Deployment controller to observe the latest spec",
+            generation,
+        )
+    deployment_available = view.available_condition.get("status") == "True"
+    if view.ready >= size and deployment_available:
+        return _Verdict("True", ALL_REPLICAS_READY, counts, generation)
+    if view.deadline_exceeded:
+        return _Verdict(
+            "False", PROGRESS_DEADLINE_EXCEEDED, f"{counts}: {view.deadline_message}", generation
+        )
+    if view.ready >= size:
+        detail = str(view.available_condition.get("message") or "").strip()
+        message = f"{counts}, but the Deployment is not available"
+        return _Verdict(
+            "False",
+            DEPLOYMENT_UNAVAILABLE,
+            f"{message}: {detail}" if detail else message,
+            generation,
+        )
+    return _Verdict("False", REPLICAS_NOT_READY, counts, generation)
+
+
+def _progressing(
+    view: _DeploymentView | None, *, size: int, generation: int, missing: _Verdict, degraded: bool
+) -> _Verdict:
+    if view is None:
+        if degraded:
+            # Nothing will roll out until the reconciler succeeds; saying "progressing"
+            # would promise a change that is not coming.
+            return _Verdict(
+                "False",
+                RECONCILE_FAILED,
+                "no rollout can start until the reconcile succeeds (see the Degraded condition)",
+                generation,
+            )
+        return _Verdict("True", missing.reason, missing.message, generation)
+    if not view.observed or view.spec_replicas != size:
+        return _Verdict(
+            "True",
+            ROLLOUT_IN_PROGRESS,
+            f"waiting for the Deployment to take on the latest spec ({size} replicas)",
+            generation,
+        )
+    if view.deadline_exceeded:
+        return _Verdict("False", PROGRESS_DEADLINE_EXCEEDED, view.deadline_message, generation)
+    rolling = view.progressing_condition.get("reason") in _DEPLOYMENT_ROLLING_REASONS
+    if (
+        view.replicas != size
+        or view.updated != size
+        or view.ready != size
+        or (rolling and view.available < size)
+    ):
+        return _Verdict(
+            "True",
+            ROLLOUT_IN_PROGRESS,
+            f"{view.ready}/{size} replicas ready, {view.updated}/{size} updated, "
+            f"{view.replicas} running",
+            generation,
+        )
+    return _Verdict(
+        "False", ROLLOUT_COMPLETE, f"{size}/{size} replicas updated and ready", generation
+    )
+
+
+def _parsed(raw: dict[str, Any] | None) -> Condition | None:
+    if raw is None:
+        return None
+    try:
+        return Condition.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _degraded(outcome: Outcome | None, *, generation: int) -> _Verdict:
+    if outcome is None:
+        return _Verdict("False", NO_FAILURES, "no reconcile failure has been reported", generation)
+    if outcome.failed:
+        fallback = DEAD_LETTERED if outcome.result == "deadlettered" else RECONCILE_FAILED
+        reason = _fit_reason(outcome.reason, fallback)
+        message = outcome.message.strip() or (
+            "the reconcile request was dead-lettered after repeated failures"
+            if outcome.result == "deadlettered"
+            else "the last reconcile failed"
+        )
+        return _Verdict("True", reason, _fit_message(message), outcome.generation)
+    return _Verdict(
+        "False",
+        RECONCILE_SUCCEEDED,
+        f"generation {outcome.generation} was reconciled successfully",
+        outcome.generation,
+    )
+
+
+def _seconds(now: datetime) -> datetime:
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return now.replace(microsecond=0)
+
+
+def _condition(
+    type_: str, verdict: _Verdict, *, previous: dict[str, Any] | None, now: datetime
+) -> Condition:
+    transition_time = now
+    parsed = _parsed(previous)
+    if parsed is not None and parsed.status == verdict.status:
+        # metav1 semantics: the time moves only when the status flips, not on a new reason
+        # or message, so "how long has it been unavailable" stays answerable.
+        transition_time = parsed.last_transition_time
+    return Condition(
+        type=type_,
+        status=verdict.status,
+        observed_generation=verdict.observed_generation,
+        last_transition_time=transition_time,
+        reason=verdict.reason,
+        message=_fit_message(verdict.message),
+    )
+
+
+def fold_status(
+    *,
+    cr: dict[str, Any],
+    deployment: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    outcome: Outcome | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The CR's new ``status`` in API shape, from its Deployment, pods and last outcome.
+
+    ``deployment`` is None when it does not exist; one not controlled by this CR (another
+    owner's object of the same name) counts as not ours and is not reported on. An outcome
+    for another uid (an earlier CR of the same name) or with result "gone" is ignored, and
+    so is ``outcome=None``: both keep the previous Degraded condition. Conditions of other
+    types, set by someone else, are kept unchanged.
+    """
+    metadata = cr.get("metadata") or {}
+    generation = _as_int(metadata.get("generation"))
+    uid = metadata.get("uid")
+    name = str(metadata.get("name", ""))
+    namespace = str(metadata.get("namespace", ""))
+    # The schema defaults and bounds size, so the fallback only guards hand-made objects.
+    size = max(0, _as_int((cr.get("spec") or {}).get("size"), 1))
+    previous_status = cr.get("status") or {}
+    previous = _conditions_by_type(cr)
+    if outcome is not None and (outcome.uid != uid or outcome.result == "gone"):
+        outcome = None
+
+    view: _DeploymentView | None = None
+    ref = f"Deployment {namespace}/{name}"
+    missing = _Verdict("False", DEPLOYMENT_MISSING, f"{ref} does not exist yet", generation)
+    if deployment is not None:
+        if uid and not owned_by(deployment, str(uid)):
+            missing = _Verdict(
+                "False",
+                DEPLOYMENT_NOT_OWNED,
+                f"{ref} exists but is not controlled by this Memcached",
+                generation,
+            )
+        else:
+            view = _DeploymentView.of(deployment, size)
+
+    now = _seconds(now)
+    # No outcome means no news about reconciles (a fold triggered by a pod change, or a freshly
+    # started status replica): that must not clear a Degraded=True the last outcome set.
+    kept_degraded = _parsed(previous.get(DEGRADED)) if outcome is None else None
+    degraded = (
+        kept_degraded
+        if kept_degraded is not None
+        else _condition(
+            DEGRADED,
+            _degraded(outcome, generation=generation),
+            previous=previous.get(DEGRADED),
+            now=now,
+        )
+    )
+    is_degraded = degraded.status == "True"
+    conditions = [
+        _condition(
+            AVAILABLE,
+            _available(view, size=size, generation=generation, missing=missing),
+            previous=previous.get(AVAILABLE),
+            now=now,
+        ),
+        _condition(
+            PROGRESSING,
+            _progressing(
+                view, size=size, generation=generation, missing=missing, degraded=is_degraded
+            ),
+            previous=previous.get(PROGRESSING),
+            now=now,
+        ),
+    ]
+    conditions.append(degraded)
+    for type_, raw in previous.items():
+        # The API server validated these on the way in; a malformed entry can only be
+        # dropped, since writing it back would fail the whole status write.
+        other = _parsed(raw) if type_ not in CONDITION_TYPES else None
+        if other is not None:
+            conditions.append(other)
+
+    trace_id = outcome.trace_id if outcome is not None and outcome.trace_id else None
+    status = MemcachedStatus(
+        nodes=ready_nodes(cr, pods),
+        ready_replicas=view.ready if view is not None else 0,
+        observed_generation=generation,
+        conditions=conditions,
+        last_trace_id=trace_id or previous_status.get("lastTraceId") or None,
+    )
+    return status.to_api()
+
+
+def _normalized_condition(condition: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return Condition.model_validate(condition).to_api()
+    except ValidationError:
+        return condition
+
+
+def _normalized(status: dict[str, Any]) -> dict[str, Any]:
+    """The status with conditions as a map by type and timestamps in one format."""
+    result = {key: value for key, value in status.items() if value is not None}
+    if "conditions" in result:
+        # conditions is a list-map keyed by type: its order carries no meaning.
+        result["conditions"] = {
+            str(c.get("type")): _normalized_condition(c)
+            for c in result["conditions"] or []
+            if isinstance(c, dict)
+        }
+    return result
+
+
+def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing ``new`` over ``old`` would change anything a reader can see.
+
+    Only the fields of ``new`` are compared: a field only ``old`` has is not removed by a
+    merge-patch write of ``new`` either, so it is no reason to write.
+    """
+    if old is None:
+        return True
+    old_norm, new_norm = _normalized(old), _normalized(new)
+    return any(old_norm.get(key) != value for key, value in new_norm.items())
+
+
+def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transition]:
+    """The conditions of ``new`` that appeared, flipped status, or changed reason abnormally.
+
+    A reason change without a flip counts when it enters or leaves an abnormal state
+    (Progressing=False going from ProgressDeadlineExceeded to RolloutComplete is news,
+    Degraded=False going from NoFailures to ReconcileSucceeded is not); a message change alone
+    never counts, or every pod that becomes ready would be an Event.
+    """
+    before = _conditions_by_type({"status": old or {}})
+    result: list[Transition] = []
+    for condition in new.get("conditions") or []:
+        type_, status, reason = condition["type"], condition["status"], condition["reason"]
+        previous = before.get(type_)
+        old_status = None if previous is None else str(previous.get("status"))
+        if previous is not None and old_status == status:
+            old_reason = str(previous.get("reason", ""))
+            if old_reason == reason or not (
+                abnormal(type_, status, reason) or abnormal(type_, status, old_reason)
+            ):
+                continue
+        result.append(
+            Transition(
+                type=type_,
+                old_status=old_status,
+                new_status=status,
+                reason=reason,
+                message=condition.get("message", ""),
+            )
+        )
+    return result

@@ -1,0 +1,235 @@
+"""From an observed change to JetStream: one CloudEvent, then the reconcile/status requests.
+
+Every change becomes one event on ``mcop.events.<kind>.<ns>.<name>`` with a ``Nats-Msg-Id``
+derived from the object's uid, resourceVersion and change type, so JetStream stores it once
+however many watcher replicas (or restarts) publish it. Publishes are pipelined (publish_async)
+and confirmed in order before the informer moves on, which keeps ~thousands of changes per
+second without giving up ordering per object. After the event, requests go to the work queue:
+
+- a Memcached change asks the reconciler to converge that CR;
+- a Deployment change asks the status service to refresh its owner's status, and the
+  reconciler too when it was created, deleted or its spec (generation) changed (drift);
+- a Pod change asks the status service only (ready pods are status, not desired state).
+
+A PRODUCER span per change carries the trace to all three messages; a Memcached annotated
+with ``tracing.k8s.io/traceparent`` continues that trace instead of starting one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
+
+from services.reconciler.desired import OWNER_ANNOTATION
+from services.watcher.informer import Known
+from shared import events, subjects, telemetry
+from shared.errors import TransientError
+from shared.kube import JsonObject
+from shared.replay import replay
+from shared.streams import EVENTS_STREAM
+from shared.subjects import ObjectKey
+
+log = logging.getLogger("memcached_operator.watcher")
+tracer = trace.get_tracer("memcached-operator.watcher")
+
+EVENTS_PUBLISHED = Counter(
+    "mcop_events_published_total", "Change events stored in the stream", ["kind", "change"]
+)
+DUPLICATES_DROPPED = Counter(
+    "mcop_events_duplicates_total",
+    "Change events the stream already held (another replica or a restart published them)",
+    ["kind"],
+)
+REQUESTS_PUBLISHED = Counter(
+    "mcop_requests_published_total", "Requests sent to the work queues", ["controller"]
+)
+
+RECONCILE = "reconcile"
+STATUS = "status"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A watched kind and how its changes map to requests."""
+
+    name: str  # subject token and event type segment: memcached, deployment, pod
+    owned: bool  # True: requests go to the owning Memcached
+
+
+def owner_key(obj: Mapping[str, Any]) -> ObjectKey | None:
+    meta = obj.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    name = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    if not name:
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "Memcached" and ref.get("controller"):
+                name = ref.get("name")
+    return ObjectKey(namespace, str(name)) if name else None
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
+class Publisher:
+    """Publishes events and requests for one watcher process."""
+
+    def __init__(self, js: JetStreamContext, *, batch: int = 256) -> None:
+        self.js = js
+        self.batch = batch
+        self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
+        self._generations: dict[tuple[str, ObjectKey], int] = {}
+
+    async def _send(self, subject: str, body: bytes, headers: dict[str, str], kind: str) -> None:
+        future = await self.js.publish_async(subject, body, headers=headers)
+        self._pending.append((subject, body, headers, future, kind))
+        if len(self._pending) >= self.batch:
+            await self.flush()
+
+    async def run_flusher(self, interval: float = 0.02) -> None:
+        """Confirm pipelined publishes every `interval` seconds while changes trickle in."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._pending:
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every pipelined publish is stored; re-send, in order, from the first
+        that failed (the message ids make re-sends of stored messages harmless)."""
+        pending, self._pending = self._pending, []
+        failed_from: int | None = None
+        for i, (_, _, _, future, kind) in enumerate(pending):
+            try:
+                ack = await future
+            except Exception as err:
+                log.warning("publish failed, will resend: %s", err)
+                failed_from = i
+                break
+            self._count(ack, kind)
+        if failed_from is None:
+            return
+        for i, (subject, body, headers, future, kind) in enumerate(pending[failed_from:]):
+            if i > 0 and not future.done():
+                future.cancel()
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    ack = await self.js.publish(subject, body, headers=headers, timeout=5)
+                    self._count(ack, kind)
+                    break
+                except Exception as err:
+                    delay = min(5.0, 0.2 * 2**attempt)
+                    log.warning("publish to %s failed (%s); retrying in %.1fs", subject, err, delay)
+                    await asyncio.sleep(delay)
+
+    def _count(self, ack: Any, kind: str) -> None:
+        if not kind:
+            return
+        if getattr(ack, "duplicate", False):
+            DUPLICATES_DROPPED.labels(kind).inc()
+
+    async def emit(self, kind: Kind, change: str, obj: JsonObject, before: Known | None) -> None:
+        key = ObjectKey(
+            str((obj.get("metadata") or {}).get("namespace") or ""),
+            str((obj.get("metadata") or {}).get("name") or ""),
+        )
+        parent = telemetry.context_from_annotation(obj) if kind.name == "memcached" else None
+        subject = subjects.subject(subjects.EVENTS, kind.name, key)
+        with tracer.start_as_current_span(
+            f"send {subjects.PREFIX}.{subjects.EVENTS}.{kind.name}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": subject,
+                "messaging.message.id": events.change_id(
+                    str((obj.get("metadata") or {}).get("uid") or ""),
+                    str((obj.get("metadata") or {}).get("resourceVersion") or ""),
+                    change,
+                ),
+                "k8s.object.kind": kind.name,
+                "k8s.object.key": str(key),
+                "k8s.change": change,
+            },
+        ):
+            trace_headers: dict[str, str] = {}
+            telemetry.inject(trace_headers)
+            headers, body = events.encode(
+                kind=kind.name, change=change, obj=obj, extra_headers=trace_headers
+            )
+            await self._send(subject, body, headers, kind.name)
+            EVENTS_PUBLISHED.labels(kind.name, change).inc()
+            for controller, target in self._requests(kind, change, key, obj):
+                await self.request(controller, target, trace_headers)
+
+    def _requests(
+        self, kind: Kind, change: str, key: ObjectKey, obj: JsonObject
+    ) -> list[tuple[str, ObjectKey]]:
+        if not kind.owned:
+            return [(RECONCILE, key)]
+        owner = owner_key(obj)
+        if owner is None:
+            return []
+        out = [(STATUS, owner)]
+        if kind.name == "deployment":
+            gen_key = (kind.name, key)
+            generation = _generation(obj)
+            previous = self._generations.get(gen_key)
+            if change == "deleted":
+                self._generations.pop(gen_key, None)
+            else:
+                self._generations[gen_key] = generation
+            if change != "modified" or previous != generation:
+                out.insert(0, (RECONCILE, owner))
+        return out
+
+    async def request(
+        self, controller: str, key: ObjectKey, headers: Mapping[str, str] | None = None
+    ) -> None:
+        subject = subjects.subject(subjects.REQUESTS, controller, key)
+        await self._send(subject, b"", dict(headers or {}), "")
+        REQUESTS_PUBLISHED.labels(controller).inc()
+
+
+async def load_known(
+    js: JetStreamContext, kind: str, *, namespace: str | None = None
+) -> dict[ObjectKey, Known]:
+    """The last change per object of `kind` that the stream holds, as the informer's starting
+    point; objects whose last event is a deletion are left out."""
+    filter_subject = subjects.wildcard(subjects.EVENTS, kind, namespace)
+    known: dict[ObjectKey, Known] = {}
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=True)
+    try:
+        async for msg in replay(js, filter_subject, stream=EVENTS_STREAM, config=config):
+            if msg is None:
+                continue
+            headers = msg.headers or {}
+            try:
+                parsed = subjects.parse(msg.subject)
+            except ValueError:
+                continue
+            ce_id = events.decode_value(headers.get("ce-id", ""))
+            ce_type = events.decode_value(headers.get("ce-type", ""))
+            if ce_type.endswith(".deleted"):
+                known.pop(parsed.key, None)
+                continue
+            known[parsed.key] = Known(
+                uid=ce_id.split(":", 1)[0],
+                resource_version=events.decode_value(headers.get("ce-resourceversion", "")),
+            )
+    except Exception as err:
+        raise TransientError(f"reading {kind} state from the stream: {err}") from err
+    log.info("loaded %d known %s objects from the stream", len(known), kind)
+    return known

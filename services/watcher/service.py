@@ -1,0 +1,147 @@
+"""`memcached-operator watcher`: the only part of the system that watches the API server.
+
+It runs one informer per watched kind — Memcached (all namespaces or the given ones), and
+the Deployments and Pods labelled as managed by this operator — publishes every change to
+JetStream, and every resync period re-requests reconciliation of every CR it knows (as the
+reference operator's RequeueAfter does). Several replicas may run at once: the stream
+de-duplicates what they publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+
+from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
+from services.watcher.informer import Informer
+from services.watcher.publisher import RECONCILE, Kind, Publisher, load_known
+from shared import natsconn, runtime
+from shared.http import HealthServer
+from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient, Resource
+from shared.streams import EVENTS_STREAM, ensure_streams
+
+log = logging.getLogger("memcached_operator.watcher")
+
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+WATCHED: tuple[tuple[Kind, Resource, str | None], ...] = (
+    (Kind("memcached", owned=False), MEMCACHED, None),
+    (Kind("deployment", owned=True), DEPLOYMENT, MANAGED_SELECTOR),
+    (Kind("pod", owned=True), POD, MANAGED_SELECTOR),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    runtime.add_common_arguments(parser, health_port=8081)
+    parser.add_argument(
+        "--namespaces",
+        default=runtime.env("WATCH_NAMESPACES", ""),
+        help="comma-separated namespaces to watch; empty for all (env WATCH_NAMESPACES)",
+    )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=float(runtime.env("RESYNC_PERIOD", "300")),
+        help="seconds between re-requests of every CR's reconcile (env RESYNC_PERIOD)",
+    )
+    parser.add_argument(
+        "--events-max-age",
+        type=float,
+        default=float(runtime.env("EVENTS_MAX_AGE", str(7 * 24 * 3600))),
+        help="seconds the event stream keeps events (env EVENTS_MAX_AGE)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return runtime.run("watcher", lambda stop: serve(args, stop))
+
+
+async def _resync(publisher: Publisher, informers: list[Informer], period: float) -> None:
+    while True:
+        await asyncio.sleep(period)
+        for informer in informers:
+            if informer.resource is MEMCACHED:
+                for key in list(informer.known):
+                    await publisher.request(RECONCILE, key)
+        await publisher.flush()
+        log.info("resync requested", extra={"count": sum(len(i.known) for i in informers)})
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    nc: Client = await natsconn.connect(runtime.worker_id("watcher"), args.nats_url)
+    js = nc.jetstream()
+    kube = await KubeClient.connect(args.kubeconfig)
+    namespaces: list[str | None] = [n.strip() for n in args.namespaces.split(",") if n.strip()] or [
+        None
+    ]
+
+    async def nats_ready() -> bool:
+        return bool(nc.is_connected)
+
+    async def api_ready() -> bool:
+        await kube.request("GET", "/readyz", resource="readyz", timeout=2)
+        return True
+
+    async def streams_ready() -> bool:
+        await js.stream_info(EVENTS_STREAM)
+        return True
+
+    health = HealthServer(
+        port=args.health_port,
+        checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
+    )
+    await health.start()
+    while True:
+        try:
+            await ensure_streams(
+                js, replicas=args.stream_replicas, events_max_age=args.events_max_age
+            )
+            break
+        except (nats.errors.Error, TimeoutError) as err:
+            log.warning("creating streams failed (%s); retrying", err)
+            await asyncio.sleep(1)
+
+    publisher = Publisher(js)
+    informers: list[Informer] = []
+    for kind, resource, selector in WATCHED:
+        for namespace in namespaces:
+            known = await load_known(js, kind.name, namespace=namespace)
+
+            async def emit(change, obj, before, kind=kind):  # type: ignore[no-untyped-def]
+                await publisher.emit(kind, change, obj, before)
+
+            informers.append(
+                Informer(
+                    kube,
+                    resource,
+                    emit=emit,
+                    known=known,
+                    namespace=namespace,
+                    label_selector=selector,
+                )
+            )
+    tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in informers]
+    tasks.append(asyncio.create_task(publisher.run_flusher(), name="flusher"))
+    tasks.append(asyncio.create_task(_resync(publisher, informers, args.resync), name="resync"))
+    log.info("watcher started", extra={"namespaces": ",".join(n or "*" for n in namespaces)})
+    try:
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(publisher.flush(), timeout=10)
+        except Exception as err:
+            log.warning("final flush failed: %s", err)
+        await health.stop()
+        await kube.close()
+        await nc.drain()
+        log.info("watcher stopped")

@@ -1,0 +1,27 @@
+"""The two kinds of failure every handler reports: worth retrying, or not.
+
+Transient errors (API 5xx, 429, 409 conflicts, timeouts, a broken connection) are retried with
+capped exponential backoff; a `retry_after` from the server (429 Retry-After) overrides the
+computed delay. Permanent errors (an invalid spec, an ownership conflict) stop retrying and are
+reported with a CamelCase reason, which ends up as the reason of a condition on the CR.
+"""
+
+from __future__ import annotations
+
+
+class TransientError(Exception):
+    """Retry later; `retry_after` (seconds) is the server's own hint when it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Do not retry; `reason` is CamelCase (e.g. InvalidSpec), `message` is for humans."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message

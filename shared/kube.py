@@ -1,0 +1,334 @@
+"""A thin Kubernetes API client: raw JSON requests and streaming watches over one connection pool.
+
+kubernetes-asyncio loads the configuration (KUBECONFIG or in-cluster service account) and owns
+the TLS connection pool; requests go through its REST layer as plain dicts, because the
+services publish objects as JSON and apply them with server-side apply, and model classes would
+only be converted back. Every call passes through :meth:`KubeClient.request`, the one place
+that classifies failures (transient: retry with backoff; permanent: report), counts requests
+and records a CLIENT span per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient, Configuration
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter
+
+from shared.errors import PermanentError, TransientError
+
+API_REQUESTS = Counter(
+    "mcop_kube_api_requests_total",
+    "Requests made to the Kubernetes API server",
+    ["verb", "resource", "code"],
+)
+_tracer = trace.get_tracer("memcached-operator.kube")
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API: /api/v1 for the core group, /apis/<group>/<version> else."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{quote(name, safe='')}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+MEMCACHED = Resource("cache.example.com", "v1", "memcacheds", "Memcached")
+DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment")
+POD = Resource("", "v1", "pods", "Pod")
+EVENT = Resource("events.k8s.io", "v1", "events", "Event")
+
+
+class ApiError(Exception):
+    """An error status from the API server, with its Status message."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "", retry_after: float | None):
+        super().__init__(f"{status} {reason}: {message}".strip())
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    def classify(self) -> TransientError | PermanentError:
+        """429, 409, 5xx and timeouts are worth retrying; other 4xx are not."""
+        if self.status in (408, 409, 429) or self.status >= 500 or self.status == 0:
+            return TransientError(str(self), retry_after=self.retry_after)
+        reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}.get(self.status, "ApiError")
+        return PermanentError(reason, self.message or str(self))
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        import time
+
+        return max(0.0, when.timestamp() - time.time())
+
+
+class KubeClient:
+    """Raw JSON access to the API server; create with :meth:`connect`, close when done."""
+
+    def __init__(self, api: ApiClient, configuration: Configuration) -> None:
+        self._api = api
+        self._config = configuration
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
+        configuration = Configuration()
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
+        else:
+            kube_config.load_incluster_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = 64
+        api = ApiClient(configuration)
+        return cls(api, configuration)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        token = self._config.api_key.get("BearerToken") or self._config.api_key.get("authorization")
+        if token:
+            prefix = self._config.api_key_prefix.get("BearerToken", "")
+            headers["Authorization"] = f"{prefix} {token}".strip() if prefix else token
+        return headers
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: float | aiohttp.ClientTimeout = 30.0,
+    ) -> aiohttp.ClientResponse:
+        url = self._config.host + path
+        # The REST layer JSON-encodes bodies itself for JSON and apply-patch content types.
+        response: aiohttp.ClientResponse = await self._api.rest_client.request(
+            method,
+            url,
+            query_params=list((query or {}).items()) or None,
+            headers=self._headers(content_type or ("application/json" if body else None)),
+            body=body,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        resource: str = "",
+        timeout: float = 30.0,
+    ) -> JsonObject:
+        """One API call; returns the decoded body or raises ApiError / TransientError."""
+        with _tracer.start_as_current_span(
+            f"{method} {resource or path}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "url.path": path,
+                "k8s.resource": resource,
+            },
+        ) as span:
+            try:
+                resp = await self._send(
+                    method,
+                    path,
+                    query=query,
+                    body=body,
+                    content_type=content_type,
+                    timeout=timeout,
+                )
+            except (aiohttp.ClientError, TimeoutError) as err:
+                API_REQUESTS.labels(method, resource, "error").inc()
+                span.set_status(Status(StatusCode.ERROR, str(err)))
+                raise TransientError(f"{method} {path}: {type(err).__name__}: {err}") from err
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            API_REQUESTS.labels(method, resource, str(resp.status)).inc()
+            span.set_attribute("http.response.status_code", resp.status)
+            if resp.status >= 400:
+                try:
+                    status = json.loads(raw)
+                except ValueError:
+                    status = {"message": raw.decode(errors="replace")[:500]}
+                span.set_status(Status(StatusCode.ERROR, str(resp.status)))
+                raise ApiError(
+                    resp.status,
+                    str(status.get("message", "")),
+                    reason=str(status.get("reason", "")),
+                    retry_after=_retry_after(resp.headers),
+                )
+            result: JsonObject = json.loads(raw) if raw else {}
+            return result
+
+    async def get(self, res: Resource, namespace: str, name: str) -> JsonObject | None:
+        try:
+            return await self.request("GET", res.path(namespace, name), resource=res.plural)
+        except ApiError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def apply(
+        self, res: Resource, obj: JsonObject, *, field_manager: str, force: bool = True
+    ) -> JsonObject:
+        """Server-side apply of `obj` (which names itself) under `field_manager`."""
+        meta = obj["metadata"]
+        return await self.request(
+            "PATCH",
+            res.path(meta.get("namespace"), meta["name"]),
+            query={"fieldManager": field_manager, "force": "true" if force else "false"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            resource=res.plural,
+        )
+
+    async def patch_status(
+        self, res: Resource, namespace: str, name: str, patch: JsonObject
+    ) -> JsonObject:
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name, "status"),
+            body=patch,
+            content_type="application/merge-patch+json",
+            resource=f"{res.plural}/status",
+        )
+
+    async def list(
+        self,
+        res: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[JsonObject], str]:
+        """All objects (paginated) and the list's resourceVersion to watch from."""
+        items: list[JsonObject] = []
+        token = ""
+        while True:
+            query = {"limit": str(limit)}
+            if label_selector:
+                query["labelSelector"] = label_selector
+            if token:
+                query["continue"] = token
+            page = await self.request(
+                "GET", res.path(namespace), query=query, resource=res.plural, timeout=120
+            )
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                return items, str(meta.get("resourceVersion", ""))
+
+    async def watch(
+        self,
+        res: Resource,
+        *,
+        resource_version: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[JsonObject]:
+        """Yield raw watch events ({type, object}) with bookmarks on; raises ApiError(410)
+        when the resourceVersion is too old, TransientError when the stream breaks."""
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        try:
+            resp = await self._send(
+                "GET",
+                res.path(namespace),
+                query=query,
+                timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 30),
+            )
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise TransientError(f"watch {res.plural}: {err}") from err
+        API_REQUESTS.labels("WATCH", res.plural, str(resp.status)).inc()
+        try:
+            if resp.status >= 400:
+                raw = await resp.read()
+                try:
+                    message = str(json.loads(raw).get("message", ""))
+                except ValueError:
+                    message = raw.decode(errors="replace")[:300]
+                raise ApiError(resp.status, message, retry_after=_retry_after(resp.headers))
+            while True:
+                try:
+                    line = await resp.content.readline()
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    raise TransientError(f"watch {res.plural} broke: {err}") from err
+                if not line:
+                    return
+                event: JsonObject = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiError(
+                        int(status.get("code", 500)),
+                        str(status.get("message", "")),
+                        reason=str(status.get("reason", "")),
+                        retry_after=None,
+                    )
+                yield event
+        finally:
+            resp.release()

@@ -1,0 +1,55 @@
+"""Connecting to NATS the same way in every service: credentials, reconnects, logging.
+
+The URL comes from NATS_URL (a comma-separated list for a cluster); credentials from
+NATS_USER/NATS_PASSWORD, NATS_TOKEN or a NATS_CREDS file, so the per-service NATS users of
+deploy/ work unchanged. Connections reconnect forever with jittered waits and report state
+changes in the log; JetStream operations made while disconnected fail fast with a transient
+error rather than hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger("memcached_operator.nats")
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+async def connect(name: str, url: str | None = None) -> Client:
+    servers = (url or os.environ.get("NATS_URL") or DEFAULT_URL).split(",")
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats error: %s", err)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    kwargs: dict[str, object] = {}
+    if os.environ.get("NATS_USER"):
+        kwargs["user"] = os.environ["NATS_USER"]
+        kwargs["password"] = os.environ.get("NATS_PASSWORD", "")
+    if os.environ.get("NATS_TOKEN"):
+        kwargs["token"] = os.environ["NATS_TOKEN"]
+    if os.environ.get("NATS_CREDS"):
+        kwargs["user_credentials"] = os.environ["NATS_CREDS"]
+    nc: Client = await nats.connect(
+        servers=servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 * 1024 * 1024,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return nc

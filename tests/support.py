@@ -1,0 +1,115 @@
+"""Helpers the integration and e2e tests share: service processes, stream reads, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from deploy.local.processes import Record, Supervisor
+from shared.replay import replay
+from shared.streams import EVENTS_STREAM
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.3) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test with `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def await_for(
+    predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.3
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class StoredMessage:
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    seq: int
+
+
+async def read_stream(
+    nats_url: str, filter_subject: str, *, stream: str = EVENTS_STREAM
+) -> list[StoredMessage]:
+    """Every message of `stream` matching `filter_subject`, in stream order."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        return [
+            StoredMessage(
+                msg.subject, dict(msg.headers or {}), msg.data, msg.metadata.sequence.stream
+            )
+            async for msg in replay(js, filter_subject, stream=stream, config=config)
+            if msg is not None
+        ]
+    finally:
+        await nc.close()
+
+
+@dataclass
+class Services:
+    """Service processes (watcher, reconciler, status) run as real child processes."""
+
+    supervisor: Supervisor
+    env: Mapping[str, str]
+    started: list[str] = field(default_factory=list)
+
+    def start(self, service: str, *args: str, name: str | None = None, **env: str) -> Record:
+        name = name or f"{service}-{uuid.uuid4().hex[:6]}"
+        rec = self.supervisor.start(
+            name,
+            [sys.executable, "-m", "shared.cli", service, "--health-port", "0", *args],
+            env={**self.env, "LOG_FORMAT": "json", **env},
+        )
+        self.started.append(name)
+        return rec
+
+    def kill(self, name: str) -> None:
+        self.supervisor.kill(name)
+
+    def stop(self, name: str, timeout: float = 35) -> None:
+        self.supervisor.stop(name, timeout=timeout)
+
+    def log(self, name: str) -> str:
+        rec = self.supervisor.get(name)
+        return Path(rec.log).read_text(errors="replace") if rec else ""
+
+    def stop_all(self) -> None:
+        for name in self.started:
+            self.supervisor.stop(name, timeout=35)
+        self.started.clear()
+
+
+@contextmanager
+def services(state_dir: Path, env: Mapping[str, str]) -> Iterator[Services]:
+    svc = Services(Supervisor(state_dir), env)
+    try:
+        yield svc
+    finally:
+        svc.stop_all()

@@ -1,0 +1,539 @@
+"""Unit tests of status folding: what `kubectl get mc` and `kubectl wait` show in each situation.
+
+The inputs are built the way the API server serves Deployments and pods, and each fold is fed
+the status of the previous one, as the status service does, so condition history
+(lastTransitionTime, Degraded across pod changes) is exercised the way it happens in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.reconciler.desired import OWNER_ANNOTATION
+from services.status.conditions import (
+    Outcome,
+    Transition,
+    fold_status,
+    status_changed,
+    transitions,
+)
+
+UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
+T0 = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+STALLED = 'ReplicaSet "cache-7d9f" has timed out progressing.'
+
+
+def memcached(
+    *, size: int = 3, generation: int = 1, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    cr: dict[str, Any] = {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {
+            "name": "cache",
+            "namespace": "team-a",
+            "uid": UID,
+            "generation": generation,
+            "resourceVersion": "100",
+        },
+        "spec": {"size": size},
+    }
+    if status is not None:
+        cr["status"] = status
+    return cr
+
+
+def deployment(
+    *,
+    replicas: int = 3,
+    ready: int = 3,
+    updated: int | None = None,
+    running: int | None = None,
+    generation: int = 1,
+    observed: int | None = None,
+    available: bool | None = None,
+    progressing: tuple[str, str, str] | None = None,
+    owner_uid: str = UID,
+) -> dict[str, Any]:
+    """A Deployment as the API serves it; conditions default to what the controller sets."""
+    if available is None:
+        available = ready >= replicas
+    if progressing is None:
+        progressing = (
+            (
+                "True",
+                "NewReplicaSetAvailable",
+                'ReplicaSet "cache-7d9f" has successfully progressed.',
+            )
+            if ready >= replicas
+            else ("True", "ReplicaSetUpdated", 'ReplicaSet "cache-7d9f" is progressing.')
+        )
+    status_, reason, message = progressing
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "cache",
+            "namespace": "team-a",
+            "generation": generation,
+            "ownerReferences": [
+                {
+                    "apiVersion": "cache.example.com/v1",
+                    "kind": "Memcached",
+                    "name": "cache",
+                    "uid": owner_uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": generation if observed is None else observed,
+            "replicas": replicas if running is None else running,
+            "updatedReplicas": replicas if updated is None else updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "unavailableReplicas": max(0, replicas - ready),
+            "conditions": [
+                {
+                    "type": "Available",
+                    "status": "True" if available else "False",
+                    "reason": "MinimumReplicasAvailable"
+                    if available
+                    else "MinimumReplicasUnavailable",
+                    "message": "Deployment has minimum availability."
+                    if available
+                    else "Deployment does not have minimum availability.",
+                },
+                {"type": "Progressing", "status": status_, "reason": reason, "message": message},
+            ],
+        },
+    }
+
+
+def pod(
+    name: str, *, ready: bool = True, deleting: bool = False, owner: str = "cache"
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": "team-a",
+        "annotations": {OWNER_ANNOTATION: owner},
+    }
+    if deleting:
+        metadata["deletionTimestamp"] = "2025-03-01T11:59:00Z"
+    return {
+        "metadata": metadata,
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+        },
+    }
+
+
+def pods(count: int, *, ready: int | None = None) -> list[dict[str, Any]]:
+    ready = count if ready is None else ready
+    return [pod(f"cache-7d9f-{i}", ready=i < ready) for i in range(count)]
+
+
+def outcome(
+    result: str = "success",
+    *,
+    reason: str = "",
+    message: str = "",
+    uid: str = UID,
+    generation: int = 1,
+    trace_id: str = "4bf92f3577b34da6a3ce929d0e0e4736",
+) -> Outcome:
+    return Outcome.from_json(
+        json.dumps(
+            {
+                "key": "team-a/cache",
+                "uid": uid,
+                "generation": generation,
+                "result": result,
+                "reason": reason,
+                "message": message,
+                "durationSeconds": 0.042,
+                "traceId": trace_id,
+                "time": "2025-03-01T12:00:00.123456Z",
+            }
+        ).encode()
+    )
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def fold(
+    cr: dict[str, Any],
+    dep: dict[str, Any] | None,
+    pod_list: list[dict[str, Any]] | None = None,
+    result: Outcome | None = None,
+    now: datetime = T0,
+) -> dict[str, Any]:
+    return fold_status(cr=cr, deployment=dep, pods=pod_list or [], outcome=result, now=now)
+
+
+@pytest.mark.unit
+def test_all_ready_is_available_and_rollout_complete() -> None:
+    status = fold(memcached(size=3), deployment(replicas=3, ready=3), pods(3), outcome())
+    assert status["readyReplicas"] == 3
+    assert status["observedGeneration"] == 1
+    assert status["nodes"] == ["cache-7d9f-0", "cache-7d9f-1", "cache-7d9f-2"]
+    assert status["lastTraceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    by_type = conditions(status)
+    assert [c["type"] for c in status["conditions"]] == ["Available", "Progressing", "Degraded"]
+    assert by_type["Available"]["status"] == "True"
+    assert by_type["Available"]["reason"] == "AllReplicasReady"
+    assert by_type["Available"]["message"] == "3/3 replicas ready"
+    assert by_type["Progressing"]["status"] == "False"
+    assert by_type["Progressing"]["reason"] == "RolloutComplete"
+    assert by_type["Degraded"]["status"] == "False"
+    assert by_type["Degraded"]["reason"] == "ReconcileSucceeded"
+    # metav1.Time: RFC3339, UTC, whole seconds.
+    assert {c["lastTransitionTime"] for c in status["conditions"]} == {"2025-03-01T12:00:00Z"}
+
+
+@pytest.mark.unit
+def test_every_condition_carries_observed_generation() -> None:
+    cr = memcached(size=3, generation=7)
+    status = fold(cr, deployment(replicas=3, ready=3, generation=4), pods(3), outcome(generation=7))
+    assert status["observedGeneration"] == 7
+    assert [c["observedGeneration"] for c in status["conditions"]] == [7, 7, 7]
+
+
+@pytest.mark.unit
+def test_scaling_up_is_progressing_and_not_available() -> None:
+    first = fold(memcached(size=3), deployment(replicas=3, ready=3), pods(3), outcome())
+    cr = memcached(size=5, generation=2, status=first)
+
+    # The reconciler has not applied the new size yet: the scale is still under way.
+    pending = fold(cr, deployment(replicas=3, ready=3), pods(3), outcome(generation=2))
+    assert conditions(pending)["Progressing"]["status"] == "True"
+    assert conditions(pending)["Available"]["status"] == "False"
+
+    # The Deployment has 5 replicas, two of them not ready yet.
+    scaling = fold(
+        cr,
+        deployment(replicas=5, ready=3, generation=2),
+        pods(5, ready=3),
+        outcome(generation=2),
+        now=T0 + timedelta(seconds=5),
+    )
+    by_type = conditions(scaling)
+    assert by_type["Progressing"]["status"] == "True"
+    assert by_type["Progressing"]["reason"] == "RolloutInProgress"
+    assert by_type["Available"]["status"] == "False"
+    assert by_type["Available"]["reason"] == "ReplicasNotReady"
+    assert by_type["Available"]["message"] == "3/5 replicas ready"
+    assert scaling["readyReplicas"] == 3
+    assert len(scaling["nodes"]) == 3
+
+    done = fold(
+        memcached(size=5, generation=2, status=scaling),
+        deployment(replicas=5, ready=5, generation=2),
+        pods(5),
+        None,
+        now=T0 + timedelta(seconds=30),
+    )
+    assert conditions(done)["Available"]["status"] == "True"
+    assert conditions(done)["Progressing"]["reason"] == "RolloutComplete"
+    assert done["readyReplicas"] == 5
+
+
+@pytest.mark.unit
+def test_progress_deadline_exceeded_is_mirrored() -> None:
+    status = fold(
+        memcached(size=3),
+        deployment(
+            replicas=3,
+            ready=0,
+            progressing=("False", "ProgressDeadlineExceeded", STALLED),
+        ),
+        pods(3, ready=0),
+        outcome(),
+    )
+    by_type = conditions(status)
+    assert by_type["Available"]["status"] == "False"
+    assert by_type["Available"]["reason"] == "ProgressDeadlineExceeded"
+    assert by_type["Available"]["message"].startswith("0/3 replicas ready")
+    assert by_type["Progressing"]["status"] == "False"
+    assert by_type["Progressing"]["reason"] == "ProgressDeadlineExceeded"
+    assert by_type["Progressing"]["message"] == STALLED
+    assert status["nodes"] == []
+
+
+@pytest.mark.unit
+def test_error_outcome_sets_degraded_and_success_clears_it() -> None:
+    healthy = fold(memcached(), deployment(), pods(3), outcome())
+    failed = fold(
+        memcached(status=healthy),
+        deployment(),
+        pods(3),
+        outcome(
+            "error",
+            reason="OwnershipConflict",
+            message="Deployment team-a/cache is controlled by another owner",
+        ),
+        now=T0 + timedelta(minutes=1),
+    )
+    degraded = conditions(failed)["Degraded"]
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "OwnershipConflict"
+    assert degraded["message"] == "Deployment team-a/cache is controlled by another owner"
+    assert degraded["lastTransitionTime"] == "2025-03-01T12:01:00Z"
+
+    # A pod change folds without an outcome: no news about reconciles keeps Degraded as is.
+    unchanged = fold(
+        memcached(status=failed), deployment(), pods(3), None, now=T0 + timedelta(minutes=2)
+    )
+    assert conditions(unchanged)["Degraded"] == degraded
+
+    fixed = fold(
+        memcached(status=unchanged),
+        deployment(),
+        pods(3),
+        outcome(),
+        now=T0 + timedelta(minutes=3),
+    )
+    cleared = conditions(fixed)["Degraded"]
+    assert cleared["status"] == "False"
+    assert cleared["reason"] == "ReconcileSucceeded"
+    assert cleared["lastTransitionTime"] == "2025-03-01T12:03:00Z"
+
+
+@pytest.mark.unit
+def test_dead_lettered_outcome_is_degraded() -> None:
+    status = fold(
+        memcached(), deployment(), pods(3), outcome("deadlettered", reason="DeadLettered")
+    )
+    assert conditions(status)["Degraded"]["status"] == "True"
+    assert conditions(status)["Degraded"]["reason"] == "DeadLettered"
+    assert conditions(status)["Degraded"]["message"]
+
+
+@pytest.mark.unit
+def test_invalid_spec_without_deployment_is_not_progressing() -> None:
+    status = fold(
+        memcached(),
+        None,
+        [],
+        outcome("error", reason="InvalidSpec", message="spec.size: must be at most 1000"),
+    )
+    by_type = conditions(status)
+    assert by_type["Degraded"]["reason"] == "InvalidSpec"
+    assert by_type["Available"]["reason"] == "DeploymentMissing"
+    assert by_type["Progressing"]["status"] == "False"
+    assert status["readyReplicas"] == 0
+
+
+@pytest.mark.unit
+def test_no_outcome_yet_is_not_degraded() -> None:
+    status = fold(memcached(), None, [], None)
+    degraded = conditions(status)["Degraded"]
+    assert degraded["status"] == "False"
+    assert degraded["reason"] == "NoFailures"
+    assert conditions(status)["Progressing"]["status"] == "True"
+    assert "lastTraceId" not in status
+
+
+@pytest.mark.unit
+def test_outcome_for_an_earlier_object_is_ignored() -> None:
+    earlier = outcome(
+        "error",
+        reason="OwnershipConflict",
+        message="stale",
+        uid="11111111-2222-3333-4444-555555555555",
+        trace_id="00000000000000000000000000000001",
+    )
+    status = fold(memcached(), deployment(), pods(3), earlier)
+    assert conditions(status)["Degraded"]["status"] == "False"
+    assert "lastTraceId" not in status
+
+
+@pytest.mark.unit
+def test_deployment_of_another_owner_is_not_reported() -> None:
+    foreign = deployment(owner_uid="99999999-2222-3333-4444-555555555555")
+    status = fold(memcached(), foreign, [], None)
+    assert status["readyReplicas"] == 0
+    assert conditions(status)["Available"]["reason"] == "DeploymentNotOwned"
+
+
+@pytest.mark.unit
+def test_size_zero_is_available_once_observed() -> None:
+    lagging = fold(memcached(size=0), deployment(replicas=0, ready=0, generation=2, observed=1))
+    assert conditions(lagging)["Available"]["status"] == "False"
+    status = fold(memcached(size=0), deployment(replicas=0, ready=0, generation=2))
+    assert conditions(status)["Available"]["status"] == "True"
+    assert conditions(status)["Progressing"]["reason"] == "RolloutComplete"
+
+
+@pytest.mark.unit
+def test_transition_time_moves_only_on_a_status_flip() -> None:
+    first = fold(memcached(size=5), deployment(replicas=5, ready=2), pods(5, ready=2))
+    available = conditions(first)["Available"]
+    assert available["message"] == "2/5 replicas ready"
+
+    later = fold(
+        memcached(size=5, status=first),
+        deployment(replicas=5, ready=4),
+        pods(5, ready=4),
+        now=T0 + timedelta(seconds=20),
+    )
+    assert conditions(later)["Available"]["message"] == "4/5 replicas ready"
+    assert conditions(later)["Available"]["lastTransitionTime"] == available["lastTransitionTime"]
+
+    # A new reason with the same status is still no transition.
+    stalled = fold(
+        memcached(size=5, status=later),
+        deployment(replicas=5, ready=4, progressing=("False", "ProgressDeadlineExceeded", STALLED)),
+        pods(5, ready=4),
+        now=T0 + timedelta(minutes=10),
+    )
+    assert conditions(stalled)["Available"]["reason"] == "ProgressDeadlineExceeded"
+    assert conditions(stalled)["Available"]["lastTransitionTime"] == "2025-03-01T12:00:00Z"
+    assert conditions(stalled)["Progressing"]["lastTransitionTime"] == "2025-03-01T12:10:00Z"
+
+    ready = fold(
+        memcached(size=5, status=stalled),
+        deployment(replicas=5, ready=5),
+        pods(5),
+        now=T0 + timedelta(minutes=11, microseconds=600_000),
+    )
+    assert conditions(ready)["Available"]["status"] == "True"
+    assert conditions(ready)["Available"]["lastTransitionTime"] == "2025-03-01T12:11:00Z"
+
+
+@pytest.mark.unit
+def test_identical_recomputation_needs_no_write() -> None:
+    first = fold(memcached(), deployment(), pods(3), outcome())
+    cr = memcached(status=first)
+    for minutes in (1, 5, 60):
+        again = fold(cr, deployment(), pods(3), None, now=T0 + timedelta(minutes=minutes))
+        assert not status_changed(first, again)
+        assert transitions(first, again) == []
+
+
+@pytest.mark.unit
+def test_status_changed_ignores_order_and_timestamp_spelling() -> None:
+    new = fold(memcached(), deployment(), pods(3), outcome())
+    as_stored = json.loads(json.dumps(new))
+    as_stored["conditions"].reverse()
+    for condition in as_stored["conditions"]:
+        condition["lastTransitionTime"] = "2025-03-01T12:00:00+00:00"
+    reordered = dict(reversed(list(as_stored.items())))
+    assert not status_changed(reordered, new)
+    assert status_changed(None, new)
+    assert status_changed({**reordered, "readyReplicas": 2}, new)
+    assert status_changed({**reordered, "nodes": ["cache-7d9f-0"]}, new)
+
+
+@pytest.mark.unit
+def test_nodes_are_sorted_ready_pods_of_this_cr_only() -> None:
+    pod_list = [
+        pod("cache-b"),
+        pod("cache-a"),
+        pod("cache-c", ready=False),
+        pod("cache-d", deleting=True),
+        pod("other-a", owner="other"),
+        {"metadata": {"name": "cache-e", "annotations": {OWNER_ANNOTATION: "cache"}}},
+    ]
+    status = fold(memcached(), deployment(), pod_list)
+    assert status["nodes"] == ["cache-a", "cache-b"]
+
+
+@pytest.mark.unit
+def test_other_writers_conditions_are_kept() -> None:
+    theirs = {
+        "type": "example.com/Backup",
+        "status": "True",
+        "lastTransitionTime": "2025-01-01T00:00:00Z",
+        "reason": "Done",
+        "message": "backed up",
+    }
+    status = fold(memcached(status={"conditions": [theirs]}), deployment(), pods(3))
+    assert conditions(status)["example.com/Backup"] == theirs
+
+
+@pytest.mark.unit
+def test_transitions_report_flips_and_abnormal_reasons() -> None:
+    first = fold(memcached(size=5), deployment(replicas=5, ready=2), pods(5, ready=2))
+    created = transitions(None, first)
+    assert [(t.type, t.old_status, t.new_status) for t in created] == [
+        ("Available", None, "False"),
+        ("Progressing", None, "True"),
+        ("Degraded", None, "False"),
+    ]
+
+    stalled = fold(
+        memcached(size=5, status=first),
+        deployment(replicas=5, ready=2, progressing=("False", "ProgressDeadlineExceeded", STALLED)),
+        pods(5, ready=2),
+        now=T0 + timedelta(minutes=10),
+    )
+    changes = transitions(first, stalled)
+    assert changes == [
+        Transition(
+            type="Available",
+            old_status="False",
+            new_status="False",
+            reason="ProgressDeadlineExceeded",
+            message=f"2/5 replicas ready: {STALLED}",
+        ),
+        Transition(
+            type="Progressing",
+            old_status="True",
+            new_status="False",
+            reason="ProgressDeadlineExceeded",
+            message=STALLED,
+        ),
+    ]
+    assert all(t.warning for t in changes)
+
+    # NoFailures -> ReconcileSucceeded is a new reason for a healthy state: not news.
+    succeeded = fold(
+        memcached(size=5, status=stalled), deployment(replicas=5, ready=5), pods(5), outcome()
+    )
+    kinds = {(t.type, t.new_status, t.warning) for t in transitions(stalled, succeeded)}
+    assert kinds == {("Available", "True", False), ("Progressing", "False", False)}
+
+
+@pytest.mark.unit
+def test_outcome_parsing() -> None:
+    parsed = outcome("error", reason="InvalidSpec", message="bad")
+    assert parsed.object_key.namespace == "team-a"
+    assert parsed.duration_seconds == pytest.approx(0.042)
+    assert parsed.time == datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert Outcome.from_json(parsed.to_json()) == parsed
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"not json", "not a reconcile outcome"),
+        (b"[]", "not a reconcile outcome"),
+        (b'{"key": "team-a/cache"}', "uid"),
+        (
+            b'{"key": "cache", "uid": "u", "generation": 1, "result": "success",'
+            b' "time": "2025-03-01T12:00:00Z"}',
+            "namespace/name",
+        ),
+        (
+            b'{"key": "a/b", "uid": "u", "generation": 1, "result": "maybe",'
+            b' "time": "2025-03-01T12:00:00Z"}',
+            "result",
+        ),
+    ],
+)
+def test_outcome_garbage_is_a_value_error(body: bytes, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        Outcome.from_json(body)
