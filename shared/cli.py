@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("deploy.local.cluster", "run a local control plane with kwok and NATS"),
     "crd": ("shared.cli", "print the Memcached CustomResourceDefinition (YAML)"),
     "watcher": ("services.watcher.service", "publish every watched change to JetStream"),
+    "reconciler": ("services.reconciler.service", "converge Deployments (one worker process)"),
+    "status": ("services.status.service", "fold outcomes into the Memcached status"),
     "audit": ("services.watcher.audit", "replay or follow the event stream"),
 }
 

@@ -1,0 +1,206 @@
+"""The reconcile step: one request in, the CR's Deployment converged, one outcome out.
+
+Level-based and idempotent, as in the reference Memcached operator: the request carries only
+a key; the worker reads the CR (gone: nothing to do — the garbage collector removes the
+Deployment through its owner reference), builds the desired Deployment (the Memcached-specific
+part lives in `desired.py`), reads the live one, and applies the desired state with
+server-side apply only when the live object differs. A Deployment of that name that another
+owner controls is never taken over: that is a permanent OwnershipConflict. Every finished
+reconcile publishes an outcome (for the status service and the audit stream) and asks the
+status service to refresh the CR, both carrying the reconcile's trace context.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from typing import Any
+
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from services.reconciler.desired import desired_deployment, matches, owned_by
+from shared import events, subjects, telemetry
+from shared.errors import PermanentError, TransientError
+from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
+from shared.models import Memcached
+from shared.outcomes import Outcome
+from shared.subjects import ObjectKey
+from shared.workqueue import Request, Result, enqueue
+
+log = logging.getLogger("memcached_operator.reconciler")
+tracer = trace.get_tracer("memcached-operator.reconciler")
+
+CONTROLLER = "reconcile"
+STATUS_CONTROLLER = "status"
+FIELD_MANAGER = "memcached-operator"
+OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
+
+
+def _validation_message(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in err.errors()
+    )
+
+
+class MemcachedReconciler:
+    """Converges one Memcached's Deployment per call; safe to run many of in parallel."""
+
+    def __init__(self, kube: KubeClient, js: JetStreamContext, *, worker: str) -> None:
+        self.kube = kube
+        self.js = js
+        self.worker = worker
+
+    async def __call__(self, request: Request) -> Result:
+        parent = telemetry.extract(request.headers)
+        destination = subjects.subject(subjects.REQUESTS, CONTROLLER, request.key)
+        with tracer.start_as_current_span(
+            f"process {subjects.PREFIX}.{subjects.REQUESTS}.{CONTROLLER}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": destination,
+                "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
+                "messaging.message.delivery_count": request.delivery,
+                "k8s.object.key": str(request.key),
+                "worker": self.worker,
+            },
+        ) as span:
+            started = time.monotonic()
+            cr_obj: dict[str, Any] | None = None
+            try:
+                cr_obj = await self.kube.get(MEMCACHED, request.key.namespace, request.key.name)
+                if cr_obj is None:
+                    span.set_attribute("reconcile.result", "gone")
+                    return Result()
+                written = await self._converge(cr_obj)
+                span.set_attribute("reconcile.deployment_written", written)
+                await self._finish(request.key, cr_obj, "success", started=started)
+                return Result()
+            except PermanentError as err:
+                span.set_status(Status(StatusCode.ERROR, err.reason))
+                if cr_obj is not None:
+                    await self._finish(
+                        request.key,
+                        cr_obj,
+                        "error",
+                        started=started,
+                        reason=err.reason,
+                        message=err.message,
+                    )
+                raise
+            except ApiError as err:
+                span.set_status(Status(StatusCode.ERROR, str(err)))
+                classified = err.classify()
+                if isinstance(classified, PermanentError) and cr_obj is not None:
+                    await self._finish(
+                        request.key,
+                        cr_obj,
+                        "error",
+                        started=started,
+                        reason=classified.reason,
+                        message=classified.message,
+                    )
+                raise classified from err
+            except TransientError as err:
+                span.set_status(Status(StatusCode.ERROR, err.message))
+                raise
+
+    async def _converge(self, cr_obj: dict[str, Any]) -> bool:
+        """Apply the desired Deployment if the live one differs; True if a write was made."""
+        try:
+            cr = Memcached.from_api(cr_obj)
+        except ValidationError as err:
+            raise PermanentError("InvalidSpec", _validation_message(err)) from err
+        desired = desired_deployment(cr)
+        live = await self.kube.get(DEPLOYMENT, cr.namespace, cr.name)
+        if live is not None:
+            if not owned_by(live, cr.uid):
+                owners = [
+                    f"{r.get('kind')}/{r.get('name')}"
+                    for r in (live.get("metadata") or {}).get("ownerReferences") or []
+                    if r.get("controller")
+                ]
+                by = f"controlled by {owners[0]}" if owners else "not controlled by it"
+                raise PermanentError(
+                    "OwnershipConflict",
+                    f"Deployment {cr.namespace}/{cr.name} already exists and is {by}; "
+                    "rename the Memcached or delete that Deployment",
+                )
+            if matches(live, desired):
+                return False
+        await self.kube.apply(DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=True)
+        log.info("applied deployment", extra={"key": f"{cr.namespace}/{cr.name}"})
+        return True
+
+    async def _finish(
+        self,
+        key: ObjectKey,
+        cr_obj: dict[str, Any],
+        result: str,
+        *,
+        started: float,
+        reason: str = "",
+        message: str = "",
+    ) -> None:
+        meta = cr_obj.get("metadata") or {}
+        await publish_outcome(
+            self.js,
+            Outcome(
+                key=f"{key.namespace}/{key.name}",
+                uid=str(meta.get("uid") or ""),
+                generation=int(meta.get("generation") or 0),
+                result=result,  # type: ignore[arg-type]
+                reason=reason,
+                message=message,
+                duration_seconds=round(time.monotonic() - started, 6),
+                trace_id=telemetry.trace_id_of(trace.get_current_span()),
+                time=dt.datetime.now(dt.UTC),
+            ),
+        )
+
+
+async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
+    """Store the outcome on the events stream and ask the status service to fold it in."""
+    key = outcome.object_key
+    subject = subjects.subject(subjects.OUTCOMES, CONTROLLER, key)
+    with tracer.start_as_current_span(
+        f"send {subjects.PREFIX}.{subjects.OUTCOMES}.{CONTROLLER}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": subject,
+            "reconcile.result": outcome.result,
+        },
+    ):
+        trace_headers: dict[str, str] = {}
+        telemetry.inject(trace_headers)
+        attrs = {
+            "specversion": events.SPECVERSION,
+            "id": str(uuid.uuid4()),
+            "source": "/memcached-operator/reconciler",
+            "type": OUTCOME_TYPE,
+            "subject": outcome.key,
+            "time": outcome.time.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "kind": "reconcile",
+            "namespace": key.namespace,
+            "name": key.name,
+            "resourceversion": "",
+            "fieldmanager": FIELD_MANAGER,
+        }
+        headers = {f"ce-{k}": events.encode_value(v) for k, v in attrs.items()}
+        headers["Content-Type"] = "application/json"
+        headers[events.MSG_ID] = attrs["id"]
+        headers.update(trace_headers)
+        await js.publish(subject, outcome.to_json(), headers=headers)
+        await enqueue(js, controller=STATUS_CONTROLLER, key=key, headers=trace_headers)

@@ -1,0 +1,143 @@
+"""`memcached-operator reconciler`: one worker process of the reconciler fleet.
+
+Start as many as you like; they share the requests like a consumer group (see
+shared/workqueue.py for how one object is never reconciled twice at once). Each process runs
+up to --concurrency reconciles at a time. On SIGTERM it stops taking requests, finishes the
+ones in flight and exits within the 30 s grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+
+import nats.errors
+
+from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
+from shared import natsconn, runtime
+from shared.errors import PermanentError
+from shared.http import HealthServer
+from shared.kube import MEMCACHED, KubeClient
+from shared.outcomes import Outcome
+from shared.streams import REQUESTS_STREAM, ensure_streams
+from shared.workqueue import KeyedWorkQueue, Request
+
+log = logging.getLogger("memcached_operator.reconciler")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    runtime.add_common_arguments(parser, health_port=8082)
+    add_queue_arguments(parser, prefix="RECONCILE")
+
+
+def add_queue_arguments(parser: argparse.ArgumentParser, *, prefix: str) -> None:
+    """Work-queue flags shared by the reconciler and the status service."""
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(runtime.env(f"{prefix}_CONCURRENCY", "8")),
+        help=f"requests handled at once by this process (env {prefix}_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=float(runtime.env("ACK_WAIT", "30")),
+        help="seconds before a silent worker's request is redelivered (env ACK_WAIT)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(runtime.env("LEASE_TTL", "30")),
+        help="seconds a dead worker's per-object lease outlives it (env LEASE_TTL)",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=int(runtime.env("MAX_DELIVERIES", "10")),
+        help="failed deliveries before a request is dead-lettered (env MAX_DELIVERIES)",
+    )
+    parser.add_argument(
+        "--backoff-cap",
+        type=float,
+        default=float(runtime.env("BACKOFF_CAP", "60")),
+        help="longest retry delay in seconds (env BACKOFF_CAP)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return runtime.run("reconciler", lambda stop: serve(args, stop))
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    worker = runtime.worker_id("reconciler")
+    nc = await natsconn.connect(worker, args.nats_url)
+    js = nc.jetstream()
+    kube = await KubeClient.connect(args.kubeconfig)
+    while True:
+        try:
+            await ensure_streams(js, replicas=args.stream_replicas, lease_ttl=args.lease_ttl)
+            break
+        except (nats.errors.Error, TimeoutError) as err:
+            log.warning("creating streams failed (%s); retrying", err)
+            await asyncio.sleep(1)
+
+    async def on_dead_letter(request: Request, error: Exception) -> None:
+        cr = await kube.get(MEMCACHED, request.key.namespace, request.key.name)
+        meta = (cr or {}).get("metadata") or {}
+        if not meta.get("uid"):
+            return
+        reason = error.reason if isinstance(error, PermanentError) else "DeadLettered"
+        await publish_outcome(
+            js,
+            Outcome(
+                key=f"{request.key.namespace}/{request.key.name}",
+                uid=str(meta["uid"]),
+                generation=int(meta.get("generation") or 0),
+                result="deadlettered",
+                reason=reason if reason[:1].isupper() else "DeadLettered",
+                message=f"gave up after {request.delivery} attempts: {error}",
+                time=dt.datetime.now(dt.UTC),
+            ),
+        )
+
+    queue = KeyedWorkQueue(
+        nc,
+        controller=CONTROLLER,
+        concurrency=args.concurrency,
+        ack_wait=args.ack_wait,
+        lease_ttl=args.lease_ttl,
+        max_deliveries=args.max_deliveries,
+        backoff_cap=args.backoff_cap,
+        on_dead_letter=on_dead_letter,
+        worker_id=worker,
+    )
+
+    async def nats_ready() -> bool:
+        return bool(nc.is_connected)
+
+    async def api_ready() -> bool:
+        await kube.request("GET", "/readyz", resource="readyz", timeout=2)
+        return True
+
+    async def streams_ready() -> bool:
+        await js.stream_info(REQUESTS_STREAM)
+        return True
+
+    health = HealthServer(
+        port=args.health_port,
+        checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
+    )
+    await health.start()
+    await queue.start(MemcachedReconciler(kube, js, worker=worker))
+    log.info("reconciler started", extra={"worker": worker, "concurrency": args.concurrency})
+    try:
+        await stop.wait()
+        log.info("stopping: finishing in-flight reconciles")
+    finally:
+        await queue.stop(timeout=25)
+        await health.stop()
+        await kube.close()
+        await nc.drain()
+        log.info("reconciler stopped")
