@@ -28,9 +28,7 @@ def binary() -> str:
     return found
 
 
-def write_config(
-    state_dir: Path, *, port: int, monitor_port: int, extra: str = ""
-) -> Path:
+def write_config(state_dir: Path, *, port: int, monitor_port: int, extra: str = "") -> Path:
     store = state_dir / "nats-store"
     store.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "nats.conf"
@@ -40,7 +38,7 @@ def write_config(
                 f"listen: 127.0.0.1:{port}",
                 f"http: 127.0.0.1:{monitor_port}",
                 "server_name: mcop-local",
-                "max_payload: 1MB",
+                "max_payload: 8MB",
                 "jetstream {",
                 f'  store_dir: "{store}"',
                 "  max_memory_store: 256MB",

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.reconciler.desired import desired_deployment, matches, owned_by
+from services.watcher.publisher import ORIGIN
 from shared import events, subjects, telemetry
 from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
@@ -203,4 +204,9 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
         headers[events.MSG_ID] = attrs["id"]
         headers.update(trace_headers)
         await js.publish(subject, outcome.to_json(), headers=headers)
-        await enqueue(js, controller=STATUS_CONTROLLER, key=key, headers=trace_headers)
+        await enqueue(
+            js,
+            controller=STATUS_CONTROLLER,
+            key=key,
+            headers={**trace_headers, ORIGIN: f"reconciler:{outcome.result}"},
+        )

@@ -16,6 +16,7 @@ import logging
 import nats.errors
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
+from services.watcher.publisher import ORIGIN
 from shared import natsconn, runtime
 from shared.errors import PermanentError
 from shared.http import HealthServer
@@ -110,6 +111,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         lease_ttl=args.lease_ttl,
         max_deliveries=args.max_deliveries,
         backoff_cap=args.backoff_cap,
+        required_headers=(ORIGIN,),
         on_dead_letter=on_dead_letter,
         worker_id=worker,
     )

@@ -30,6 +30,7 @@ from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGE
 from services.reconciler.service import add_queue_arguments
 from services.status.conditions import fold_status, status_changed, transitions
 from services.status.recorder import EventRecorder
+from services.watcher.publisher import ORIGIN
 from shared import natsconn, runtime, subjects, telemetry
 from shared.http import HealthServer
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient
@@ -163,6 +164,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         lease_ttl=args.lease_ttl,
         max_deliveries=args.max_deliveries,
         backoff_cap=args.backoff_cap,
+        required_headers=(ORIGIN,),
         worker_id=worker,
     )
 

@@ -55,6 +55,8 @@ REQUESTS_PUBLISHED = Counter(
 
 RECONCILE = "reconcile"
 STATUS = "status"
+# Every request says who asked for it (the queues refuse requests without it as poison).
+ORIGIN = "Mcop-Origin"
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,9 @@ class Publisher:
             await self._send(subject, body, headers, kind.name)
             EVENTS_PUBLISHED.labels(kind.name, change).inc()
             for controller, target in self._requests(kind, change, key, obj):
-                await self.request(controller, target, trace_headers)
+                await self.request(
+                    controller, target, {**trace_headers, ORIGIN: f"watcher:{kind.name}.{change}"}
+                )
 
     def _requests(
         self, kind: Kind, change: str, key: ObjectKey, obj: JsonObject

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
 from services.watcher.informer import Informer
-from services.watcher.publisher import RECONCILE, Kind, Publisher, load_known
+from services.watcher.publisher import ORIGIN, RECONCILE, Kind, Publisher, load_known
 from shared import natsconn, runtime
 from shared.http import HealthServer
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient, Resource
@@ -65,7 +65,7 @@ async def _resync(publisher: Publisher, informers: list[Informer], period: float
         for informer in informers:
             if informer.resource is MEMCACHED:
                 for key in list(informer.known):
-                    await publisher.request(RECONCILE, key)
+                    await publisher.request(RECONCILE, key, {ORIGIN: "watcher:resync"})
         await publisher.flush()
         log.info("resync requested", extra={"count": sum(len(i.known) for i in informers)})
 
