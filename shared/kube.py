@@ -121,7 +121,9 @@ class KubeClient:
         if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
             await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
         else:
-            kube_config.load_incluster_config(client_configuration=configuration)
+            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         configuration.connection_pool_maxsize = 64
         api = ApiClient(configuration)
         return cls(api, configuration)
@@ -149,12 +151,12 @@ class KubeClient:
         content_type: str | None = None,
         timeout: float | aiohttp.ClientTimeout = 30.0,
     ) -> aiohttp.ClientResponse:
-        url = self._config.host + path
+        url = f"{self._config.host}{path}"
         # The REST layer JSON-encodes bodies itself for JSON and apply-patch content types.
         response: aiohttp.ClientResponse = await self._api.rest_client.request(
             method,
             url,
-            query_params=list((query or {}).items()) or None,
+            query_params=dict(query) if query else None,
             headers=self._headers(content_type or ("application/json" if body else None)),
             body=body,
             _preload_content=False,

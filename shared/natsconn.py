@@ -50,6 +50,6 @@ async def connect(name: str, url: str | None = None) -> Client:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     return nc

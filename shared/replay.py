@@ -29,7 +29,8 @@ async def replay(
     sub = await js.subscribe(filter_subject, ordered_consumer=True, config=config, stream=stream)
     try:
         info = await sub.consumer_info()
-        remaining = info.num_pending + (info.delivered.consumer_seq or 0)
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        remaining = (info.num_pending or 0) + (delivered or 0)
         while remaining > 0:
             msg = await sub.next_msg(timeout=idle_timeout)
             remaining -= 1

@@ -33,6 +33,7 @@ REPO = HERE.parent.parent
 CRD_FILE = REPO / "deploy" / "crd" / "memcacheds.cache.example.com.yaml"
 STAGES_FILE = HERE / "kwok-stages.yaml"
 NEVER_READY_IMAGE = "never-ready.invalid/memcached:1"
+SLOW_READY_IMAGE = "slow-ready.invalid/memcached:1"
 DEFAULT_BASE_PORT = 17400
 # Start order; `down` stops in reverse.
 COMPONENTS = (
@@ -356,10 +357,12 @@ def up(layout: Layout) -> None:
     ):
         _wait(
             f"{component} /healthz",
-            lambda port=port: _get(  # type: ignore[misc]
-                f"https://127.0.0.1:{port}/healthz", ctx=_insecure()
-            )[0]
-            == 200,
+            lambda port=port: (
+                _get(  # type: ignore[misc]
+                    f"https://127.0.0.1:{port}/healthz", ctx=_insecure()
+                )[0]
+                == 200
+            ),
             timeout=90,
             sup=sup,
             name=component,

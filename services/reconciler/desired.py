@@ -71,7 +71,9 @@ def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
     }
 
 
-def desired_deployment(cr: Memcached, *, cr_uid: str | None = None) -> dict[str, Any]:
+def desired_deployment(
+    cr: Memcached, *, cr_uid: str | None = None, progress_deadline_seconds: int | None = None
+) -> dict[str, Any]:
     """The apps/v1 Deployment for ``cr``, holding only the fields this operator owns.
 
     ``cr_uid`` defaults to the CR's metadata.uid; raises ValueError when neither is known,
@@ -93,7 +95,7 @@ def desired_deployment(cr: Memcached, *, cr_uid: str | None = None) -> dict[str,
         # Always present, if empty, so that matches() notices resources removed from the CR.
         "resources": cr.spec.resources.to_api() if cr.spec.resources is not None else {},
     }
-    return {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -115,6 +117,11 @@ def desired_deployment(cr: Memcached, *, cr_uid: str | None = None) -> dict[str,
             },
         },
     }
+    if progress_deadline_seconds is not None:
+        # How long a rollout may make no progress before the Deployment (and so the CR's
+        # Progressing condition) reports ProgressDeadlineExceeded; the API default is 600 s.
+        deployment["spec"]["progressDeadlineSeconds"] = progress_deadline_seconds
+    return deployment
 
 
 def _same_quantities(live: Any, desired: dict[str, Any]) -> bool:

@@ -24,14 +24,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.reconciler.desired import desired_deployment, matches, owned_by
-from services.watcher.publisher import ORIGIN
 from shared import events, subjects, telemetry
 from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
 from shared.models import Memcached
-from shared.outcomes import Outcome
+from shared.outcomes import Outcome, OutcomeResult
 from shared.subjects import ObjectKey
-from shared.workqueue import Request, Result, enqueue
+from shared.workqueue import ORIGIN, Request, Result, enqueue
 
 log = logging.getLogger("memcached_operator.reconciler")
 tracer = trace.get_tracer("memcached-operator.reconciler")
@@ -51,10 +50,18 @@ def _validation_message(err: ValidationError) -> str:
 class MemcachedReconciler:
     """Converges one Memcached's Deployment per call; safe to run many of in parallel."""
 
-    def __init__(self, kube: KubeClient, js: JetStreamContext, *, worker: str) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        js: JetStreamContext,
+        *,
+        worker: str,
+        progress_deadline_seconds: int | None = None,
+    ) -> None:
         self.kube = kube
         self.js = js
         self.worker = worker
+        self.progress_deadline_seconds = progress_deadline_seconds
 
     async def __call__(self, request: Request) -> Result:
         parent = telemetry.extract(request.headers)
@@ -120,10 +127,10 @@ class MemcachedReconciler:
             cr = Memcached.from_api(cr_obj)
         except ValidationError as err:
             raise PermanentError("InvalidSpec", _validation_message(err)) from err
-        desired = desired_deployment(cr)
+        desired = desired_deployment(cr, progress_deadline_seconds=self.progress_deadline_seconds)
         live = await self.kube.get(DEPLOYMENT, cr.namespace, cr.name)
         if live is not None:
-            if not owned_by(live, cr.uid):
+            if not owned_by(live, cr.uid or ""):
                 owners = [
                     f"{r.get('kind')}/{r.get('name')}"
                     for r in (live.get("metadata") or {}).get("ownerReferences") or []
@@ -145,7 +152,7 @@ class MemcachedReconciler:
         self,
         key: ObjectKey,
         cr_obj: dict[str, Any],
-        result: str,
+        result: OutcomeResult,
         *,
         started: float,
         reason: str = "",
@@ -158,7 +165,7 @@ class MemcachedReconciler:
                 key=f"{key.namespace}/{key.name}",
                 uid=str(meta.get("uid") or ""),
                 generation=int(meta.get("generation") or 0),
-                result=result,  # type: ignore[arg-type]
+                result=result,
                 reason=reason,
                 message=message,
                 duration_seconds=round(time.monotonic() - started, 6),

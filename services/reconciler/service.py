@@ -16,14 +16,13 @@ import logging
 import nats.errors
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
-from services.watcher.publisher import ORIGIN
 from shared import natsconn, runtime
 from shared.errors import PermanentError
 from shared.http import HealthServer
 from shared.kube import MEMCACHED, KubeClient
 from shared.outcomes import Outcome
 from shared.streams import REQUESTS_STREAM, ensure_streams
-from shared.workqueue import KeyedWorkQueue, Request
+from shared.workqueue import ORIGIN, KeyedWorkQueue, Request
 
 log = logging.getLogger("memcached_operator.reconciler")
 
@@ -31,6 +30,12 @@ log = logging.getLogger("memcached_operator.reconciler")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_common_arguments(parser, health_port=8082)
     add_queue_arguments(parser, prefix="RECONCILE")
+    parser.add_argument(
+        "--progress-deadline",
+        type=int,
+        default=int(runtime.env("PROGRESS_DEADLINE_SECONDS", "600")),
+        help="progressDeadlineSeconds of the managed Deployments (env PROGRESS_DEADLINE_SECONDS)",
+    )
 
 
 def add_queue_arguments(parser: argparse.ArgumentParser, *, prefix: str) -> None:
@@ -132,7 +137,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
     )
     await health.start()
-    await queue.start(MemcachedReconciler(kube, js, worker=worker))
+    await queue.start(
+        MemcachedReconciler(
+            kube, js, worker=worker, progress_deadline_seconds=args.progress_deadline
+        )
+    )
     log.info("reconciler started", extra={"worker": worker, "concurrency": args.concurrency})
     try:
         await stop.wait()

@@ -30,21 +30,18 @@ from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGE
 from services.reconciler.service import add_queue_arguments
 from services.status.conditions import fold_status, status_changed, transitions
 from services.status.recorder import EventRecorder
-from services.watcher.publisher import ORIGIN
 from shared import natsconn, runtime, subjects, telemetry
 from shared.http import HealthServer
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams
-from shared.workqueue import KeyedWorkQueue, Request, Result
+from shared.workqueue import ORIGIN, KeyedWorkQueue, Request, Result
 
 log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")
 
 CONTROLLER = "status"
-STATUS_WRITES = Counter(
-    "mcop_status_writes_total", "Status refreshes by what they did", ["result"]
-)
+STATUS_WRITES = Counter("mcop_status_writes_total", "Status refreshes by what they did", ["result"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,9 +99,7 @@ class StatusRefresher:
                 "messaging.system": "nats",
                 "messaging.operation.type": "process",
                 "messaging.operation.name": "process",
-                "messaging.destination.name": subjects.subject(
-                    subjects.REQUESTS, CONTROLLER, key
-                ),
+                "messaging.destination.name": subjects.subject(subjects.REQUESTS, CONTROLLER, key),
                 "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
                 "k8s.object.key": str(key),
             },

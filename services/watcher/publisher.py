@@ -37,6 +37,7 @@ from shared.kube import JsonObject
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
 from shared.subjects import ObjectKey
+from shared.workqueue import ORIGIN
 
 log = logging.getLogger("memcached_operator.watcher")
 tracer = trace.get_tracer("memcached-operator.watcher")
@@ -55,8 +56,6 @@ REQUESTS_PUBLISHED = Counter(
 
 RECONCILE = "reconcile"
 STATUS = "status"
-# Every request says who asked for it (the queues refuse requests without it as poison).
-ORIGIN = "Mcop-Origin"
 
 
 @dataclass(frozen=True)

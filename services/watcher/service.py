@@ -18,11 +18,12 @@ from nats.aio.client import Client
 
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
 from services.watcher.informer import Informer
-from services.watcher.publisher import ORIGIN, RECONCILE, Kind, Publisher, load_known
+from services.watcher.publisher import RECONCILE, Kind, Publisher, load_known
 from shared import natsconn, runtime
 from shared.http import HealthServer
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient, Resource
 from shared.streams import EVENTS_STREAM, ensure_streams
+from shared.workqueue import ORIGIN
 
 log = logging.getLogger("memcached_operator.watcher")
 

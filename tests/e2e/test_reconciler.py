@@ -4,6 +4,7 @@ object, through crashes, with poison requests dead-lettered and the workers carr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -68,7 +69,10 @@ def start_pipeline(services: Services, namespace: str, *, workers: int, **env: s
 
 def converged(cluster: Cluster, namespace: str, expected: int) -> list[str] | None:
     """Names of CRs whose Deployment is exactly as desired, if all `expected` are."""
-    crs = {c["metadata"]["name"]: c for c in cluster.kubectl_json("get", "mc", "-n", namespace)["items"]}
+    crs = {
+        c["metadata"]["name"]: c
+        for c in cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
+    }
     deps = {
         d["metadata"]["name"]: d
         for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
@@ -82,7 +86,9 @@ def converged(cluster: Cluster, namespace: str, expected: int) -> list[str] | No
 
 
 def outcomes(cluster: Cluster, namespace: str) -> list[Outcome]:
-    filter_ = f"{subjects.PREFIX}.{subjects.OUTCOMES}.reconcile.{subjects.encode_token(namespace)}.*"
+    filter_ = (
+        f"{subjects.PREFIX}.{subjects.OUTCOMES}.reconcile.{subjects.encode_token(namespace)}.*"
+    )
     return [Outcome.from_json(m.data) for m in asyncio.run(read_stream(cluster.nats_url, filter_))]
 
 
@@ -97,7 +103,7 @@ def assert_no_overlap(results: list[Outcome]) -> None:
         by_key[o.key].append((o.time - timedelta(seconds=o.duration_seconds), o.time))
     for key, spans in by_key.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two reconciles of {key} overlapped: {spans}"
 
 
@@ -106,14 +112,20 @@ def test_four_workers_converge_300_crs_without_overlap(
 ) -> None:
     start_pipeline(service_procs, namespace, workers=4)
     asyncio.run(create_many(cluster, [cr(f"mc-{i:03d}", namespace, 1 + i % 3) for i in range(300)]))
-    wait_for(lambda: converged(cluster, namespace, 300), timeout=240, what="300 correct Deployments")
+    wait_for(
+        lambda: converged(cluster, namespace, 300), timeout=240, what="300 correct Deployments"
+    )
     results = outcomes(cluster, namespace)
     assert {o.key for o in results} == {f"{namespace}/mc-{i:03d}" for i in range(300)}
     assert all(o.result == "success" for o in results)
     assert_no_overlap(results)
     # Work was shared: outcomes come from more than one worker's trace of processes is not
     # recorded in the outcome, but every worker logged reconciles.
-    busy = [n for n in (f"reconciler-{i}" for i in range(4)) if "applied deployment" in service_procs.log(n)]
+    busy = [
+        n
+        for n in (f"reconciler-{i}" for i in range(4))
+        if "applied deployment" in service_procs.log(n)
+    ]
     assert len(busy) >= 2, "the fleet did not share the work"
 
 
@@ -141,9 +153,11 @@ def test_rapid_spec_changes_coalesce(
     before = len(outcomes(cluster, namespace))
     asyncio.run(burst())
     wait_for(
-        lambda: (d := cluster.kubectl_json("get", "deployment", "-n", namespace, "hot"))
-        and d["spec"]["template"]["spec"]["containers"][0]["image"] == "memcached:1.6.99"
-        and d["spec"]["replicas"] == 1 + 99 % 7,
+        lambda: (
+            (d := cluster.kubectl_json("get", "deployment", "-n", namespace, "hot"))
+            and d["spec"]["template"]["spec"]["containers"][0]["image"] == "memcached:1.6.99"
+            and d["spec"]["replicas"] == 1 + 99 % 7
+        ),
         timeout=60,
         what="the Deployment to match the last spec",
     )
@@ -189,7 +203,11 @@ def test_drift_is_corrected_and_deleting_the_cr_collects_the_deployment(
     cluster.kubectl("delete", "deployment", "-n", namespace, "drift")
     wait_for(
         lambda: (
-            (d := cluster.kubectl("get", "deployment", "-n", namespace, "drift", "-o", "json", check=False))
+            (
+                d := cluster.kubectl(
+                    "get", "deployment", "-n", namespace, "drift", "-o", "json", check=False
+                )
+            )
             and d.returncode == 0
             and json.loads(d.stdout)["metadata"]["uid"] != uid
         ),
@@ -198,13 +216,19 @@ def test_drift_is_corrected_and_deleting_the_cr_collects_the_deployment(
     )
     cluster.kubectl("scale", "deployment", "-n", namespace, "drift", "--replicas=7")
     wait_for(
-        lambda: cluster.kubectl_json("get", "deployment", "-n", namespace, "drift")["spec"]["replicas"] == 2,
+        lambda: (
+            cluster.kubectl_json("get", "deployment", "-n", namespace, "drift")["spec"]["replicas"]
+            == 2
+        ),
         timeout=60,
         what="the edited replicas to be restored",
     )
     cluster.kubectl("delete", "mc", "-n", namespace, "drift")
     wait_for(
-        lambda: cluster.kubectl("get", "deployment", "-n", namespace, "drift", check=False).returncode != 0,
+        lambda: (
+            cluster.kubectl("get", "deployment", "-n", namespace, "drift", check=False).returncode
+            != 0
+        ),
         timeout=60,
         what="the garbage collector to delete the Deployment",
     )
@@ -229,14 +253,18 @@ def test_poison_requests_are_dead_lettered_and_the_worker_carries_on(
         "huge": (b"{" + b" " * (1024 * 1024) + b"}", origin, "RequestTooLarge"),
     }
     for name, (data, headers, _) in poison.items():
-        subject = subjects.subject(subjects.REQUESTS, "reconcile", subjects.ObjectKey(namespace, name))
+        subject = subjects.subject(
+            subjects.REQUESTS, "reconcile", subjects.ObjectKey(namespace, name)
+        )
         asyncio.run(_publish_raw(cluster.nats_url, subject, data, headers))
     letters = wait_for(
         lambda: (d := dead_letters(cluster, namespace)) and len(d) >= 3 and d,
         timeout=60,
         what="three dead letters",
     )
-    reasons = {subjects.parse(m.subject).key.name: m.headers.get("Mcop-Deadletter-Reason") for m in letters}
+    reasons = {
+        subjects.parse(m.subject).key.name: m.headers.get("Mcop-Deadletter-Reason") for m in letters
+    }
     assert reasons == {name: reason for name, (_, _, reason) in poison.items()}
     log = service_procs.log("reconciler-0")
     for _, (_, _, reason) in poison.items():

@@ -1,0 +1,864 @@
+"""A keyed work queue shared by a fleet of worker processes, built on JetStream.
+
+A request is a message on ``mcop.requests.<controller>.<namespace>.<name>``: "bring this object
+to its desired state". The requests stream keeps one message per subject, so requests that
+wait for the same object coalesce into the newest. Every process of one controller pulls from
+one durable consumer, so any worker may take any request, the way a consumer group shares work.
+Handlers are level-based: a run that *starts* after a request was published satisfies it.
+
+Exclusivity per object comes from a lease in the ``mcop-leases`` KV bucket, because JetStream
+alone does not give it: when a request for an object arrives while a worker still holds the
+older one, the stream replaces the older message and another worker receives the newer one at
+once. So before running, a worker creates the object's lease key (create fails while another
+run holds it); while the handler runs, it refreshes the lease (compare-and-swap on the
+revision) and sends in-progress acks so the message is not redelivered; afterwards it settles
+the message and deletes the lease (again only at its own revision). Each lease write carries a
+TTL, so the lease of a killed worker frees itself. A worker that finds the lease held neither
+naks (a nak counts as a delivery and would push the request towards the dead-letter limit) nor
+drops the message: it keeps it alive with in-progress acks and polls the lease (woken at once
+when the holder is in the same process). While waiting, and once more after acquiring, it asks
+the stream for the subject's newest message: if that is not its own, a newer request will run
+after it, so it acks its stale one and lets go. Hence no two runs of an object overlap, and a
+request that arrives during a run causes exactly one more run after it.
+
+Why a lease and not hash partitions. Partitioning the subjects (``partition(N, ...)``) with one
+owner per partition also serialises each object, but it needs what NATS pull consumers do not
+provide: assigning partitions to live workers and rebalancing them when a worker joins, stops or
+dies, which is the leader election we set out to avoid in another form. It also caps the
+parallelism at N, lets one slow object hold up its whole partition, and makes a crashed
+worker's partitions wait for the rebalance. The lease costs two small KV writes per run and
+only makes a worker wait in the rare case that its object is being reconciled right then; any
+worker takes any request, and a killed worker's request moves on after the ack wait and the
+lease TTL. Like any TTL lease, it cannot protect against a holder stalled longer than the TTL
+(the holder notices at its next refresh and cancels its handler); keep the TTL well above the
+longest event-loop stall.
+
+Failures and delivery counting. A handler raises :class:`TransientError` to be retried (nak
+with a capped exponential backoff with jitter, or the error's ``retry_after``) or
+:class:`PermanentError` to stop at once (the message is terminated and ``on_permanent_error``
+awaited). Any other exception counts as transient. ``Request.delivery`` counts the deliveries
+of this message that did not complete, so a request that crashes its worker every time also
+ends in the dead-letter stream: when ``max_deliveries`` is reached the request is published to
+``mcop.deadletter.<controller>.<namespace>.<name>`` with its headers and body plus
+``Mcop-Deadletter-*`` headers (reason, error, deliveries), ``on_dead_letter`` is awaited and the
+message terminated. Poison requests (a subject that does not parse, more than
+``max_request_bytes``, a body that is not a JSON object, a missing required header) go there at
+once (with the callback, unless the subject has no key to report on). A result with
+``requeue_after`` does not nak (that would count as a failed delivery): the queue publishes a
+copy of the request marked ``Mcop-Not-Before`` (only if no newer request is waiting, by an
+expected-last-sequence check) and acks the original; a worker that receives the copy early naks
+it with the remaining delay, which is the one redelivery not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NotFoundError
+
+from shared import metrics
+from shared.errors import PermanentError, TransientError
+from shared.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX, REQUESTS_STREAM
+from shared.subjects import DEADLETTER, PREFIX, REQUESTS, ObjectKey, encode_token, parse, subject
+
+log = logging.getLogger(__name__)
+
+# Handlers raise the errors of shared.errors; they are re-exported here for convenience.
+__all__ = [
+    "Handler",
+    "KeyedWorkQueue",
+    "PermanentError",
+    "PoisonRequest",
+    "Request",
+    "Result",
+    "TransientError",
+    "backoff_delay",
+    "enqueue",
+    "retry_delay",
+]
+
+# Every request says who asked for it ("watcher:memcached.modified", "reconciler:success",
+# ...); the services' queues require it, so a message without it is refused as poison.
+ORIGIN = "Mcop-Origin"
+# Headers the queue adds. Everything else on a request is the publisher's and passes through.
+NOT_BEFORE = "Mcop-Not-Before"
+DL_REASON = "Mcop-Deadletter-Reason"
+DL_ERROR = "Mcop-Deadletter-Error"
+DL_DELIVERIES = "Mcop-Deadletter-Deliveries"
+DL_SUBJECT = "Mcop-Deadletter-Subject"
+DL_SEQUENCE = "Mcop-Deadletter-Sequence"
+DL_CONTROLLER = "Mcop-Deadletter-Controller"
+DL_WORKER = "Mcop-Deadletter-Worker"
+DL_TIME = "Mcop-Deadletter-Time"
+DL_BODY_TRUNCATED = "Mcop-Deadletter-Body-Truncated"
+
+# Dead-letter reasons (CamelCase, like condition reasons).
+MAX_DELIVERIES_EXCEEDED = "MaxDeliveriesExceeded"
+UNPARSABLE_SUBJECT = "UnparsableSubject"
+REQUEST_TOO_LARGE = "RequestTooLarge"
+MALFORMED_BODY = "MalformedBody"
+MISSING_HEADER = "MissingHeader"
+
+_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_KV_OPERATION = "KV-Operation"
+_CONTROLLER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_MAX_HEADER_VALUE = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request to reconcile ``key``, as the handler sees it.
+
+    ``headers`` and ``body`` are what the publisher sent (``traceparent`` included; a copy
+    made for ``requeue_after`` also carries ``Mcop-Not-Before`` and JetStream's expectation
+    header). ``delivery`` is 1 on the first attempt and grows with each failed one.
+    """
+
+    key: ObjectKey
+    controller: str
+    headers: Mapping[str, str]
+    body: bytes
+    delivery: int
+    published_at: datetime
+    sequence: int
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body as a dict (empty when there is no body)."""
+        if not self.body:
+            return {}
+        doc: dict[str, Any] = json.loads(self.body)
+        return doc
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a successful run asks for: nothing, or another run ``requeue_after`` seconds later."""
+
+    requeue_after: float | None = None
+
+
+class Handler(Protocol):
+    async def __call__(self, request: Request, /) -> Result: ...
+
+
+class PoisonRequest(PermanentError):
+    """A request the queue rejects before any handler sees it."""
+
+
+DeadLetterCallback = Callable[[Request, Exception], Awaitable[None]]
+PermanentErrorCallback = Callable[[Request, PermanentError], Awaitable[None]]
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
+    """Seconds to wait after the ``attempt``-th failed delivery (1-based).
+
+    Exponential (``base * 2**(attempt-1)``), capped at ``cap``, with "equal jitter": the delay
+    is drawn from the upper half of that ceiling, so retries of many keys that failed together
+    spread out while each still waits at least half the ceiling. ``jitter`` is in [0, 1).
+    """
+    exponent = max(0, attempt - 1)
+    ceiling = cap if exponent >= 64 else min(cap, base * 2.0**exponent)
+    return ceiling / 2 + ceiling / 2 * jitter
+
+
+def retry_delay(
+    *, attempt: int, base: float, cap: float, retry_after: float | None, jitter: float
+) -> float:
+    """The delay before the next attempt; a server's ``retry_after`` is honoured as a minimum."""
+    if retry_after is not None:
+        # Up to 10% on top so that clients told the same Retry-After do not return in step.
+        return max(0.0, retry_after) * (1 + 0.1 * jitter)
+    return backoff_delay(attempt, base=base, cap=cap, jitter=jitter)
+
+
+def lease_name(controller: str, key: ObjectKey) -> str:
+    """The KV key of an object's lease: the subject tokens, with ``~`` (not allowed) as ``=``."""
+    tokens = (controller, encode_token(key.namespace), encode_token(key.name))
+    return ".".join(tokens).replace("~", "=")
+
+
+async def enqueue(
+    js: JetStreamContext,
+    *,
+    controller: str,
+    key: ObjectKey,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+) -> int:
+    """Publish a request to reconcile ``key``; returns its stream sequence.
+
+    A request still waiting for the same key is replaced by this one. ``body`` is empty or a
+    small JSON object.
+    """
+    if body:
+        _check_body(body)
+    ack = await js.publish(
+        subject(REQUESTS, controller, key), body, headers=dict(headers) if headers else None
+    )
+    metrics.workqueue_adds_total.labels(controller).inc()
+    return ack.seq
+
+
+def _check_body(body: bytes) -> None:
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError is one
+        raise PoisonRequest(MALFORMED_BODY, f"the body is not JSON in UTF-8: {err}") from None
+    if not isinstance(doc, dict):
+        raise PoisonRequest(
+            MALFORMED_BODY, f"the body must be a JSON object, not {type(doc).__name__}"
+        )
+
+
+def _header_value(text: str) -> str:
+    """Fit arbitrary text (an error message) into one header value."""
+    flat = " ".join(text.split())
+    flat = flat.encode("ascii", "backslashreplace").decode("ascii")
+    return flat if len(flat) <= _MAX_HEADER_VALUE else flat[: _MAX_HEADER_VALUE - 3] + "..."
+
+
+def _publisher_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers to copy onto a new message: without JetStream's own (``Nats-*``), which
+    would make the copy a duplicate (``Nats-Msg-Id``) or fail an expectation."""
+    return {k: v for k, v in headers.items() if not k.startswith("Nats-")}
+
+
+class LeaseLost(Exception):
+    """The lease expired or was taken by another worker while its holder was running."""
+
+
+class _Leases:
+    """Create-if-absent, compare-and-swap and delete on the lease bucket, each with a TTL."""
+
+    def __init__(self, js: JetStreamContext, *, ttl: float) -> None:
+        self._js = js
+        self.ttl = ttl
+        self._ttl_header = f"{max(1, math.ceil(ttl))}s"
+
+    async def try_acquire(self, name: str, value: bytes) -> int | None:
+        """The new lease revision, or None when another run holds the lease."""
+        subject_ = LEASES_SUBJECT_PREFIX + name
+        expected = 0
+        for _ in range(3):
+            try:
+                return await self._write(subject_, value, expected)
+            except APIError as err:
+                if err.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+            # The key exists: a live lease, or the marker a released one leaves behind.
+            try:
+                current = await self._js.get_last_msg(LEASES_STREAM, subject_, direct=True)
+            except NotFoundError:
+                expected = 0  # expired in between
+                continue
+            if (current.headers or {}).get(_KV_OPERATION) not in ("DEL", "PURGE"):
+                return None
+            expected = current.seq or 0
+        return None
+
+    async def refresh(self, name: str, revision: int, value: bytes) -> int:
+        try:
+            return await self._write(LEASES_SUBJECT_PREFIX + name, value, revision)
+        except APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise LeaseLost(name) from None
+            raise
+
+    async def release(self, name: str, revision: int) -> None:
+        headers = {_KV_OPERATION: "DEL", _EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
+        try:
+            await self._js.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
+        except APIError as err:
+            if err.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
+            log.warning("lease %s was no longer ours when released", name)
+
+    async def _write(self, subject_: str, value: bytes, expected: int) -> int:
+        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(expected), "Nats-TTL": self._ttl_header}
+        ack = await self._js.publish(subject_, value, headers=headers)
+        return ack.seq
+
+
+@dataclass
+class _Held:
+    name: str
+    revision: int
+    value: bytes
+    lost: bool = False
+
+
+class KeyedWorkQueue:
+    """One process's share of a controller's request queue; see the module docstring.
+
+    ``start(handler)`` begins taking requests, running at most ``concurrency`` at a time;
+    ``stop()`` stops taking them, lets running handlers finish and settles their messages.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        controller: str,
+        concurrency: int = 8,
+        ack_wait: float = 30.0,
+        lease_ttl: float = 30.0,
+        max_deliveries: int = 10,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 60.0,
+        max_request_bytes: int = 64 * 1024,
+        required_headers: Collection[str] = (),
+        on_dead_letter: DeadLetterCallback | None = None,
+        on_permanent_error: PermanentErrorCallback | None = None,
+        worker_id: str | None = None,
+        fetch_timeout: float = 1.0,
+        depth_interval: float = 5.0,
+    ) -> None:
+        if not _CONTROLLER_NAME.fullmatch(controller):
+            raise ValueError(f"controller name must be a lower-case DNS label: {controller!r}")
+        if concurrency < 1 or max_deliveries < 1:
+            raise ValueError("concurrency and max_deliveries must be at least 1")
+        if ack_wait <= 0 or lease_ttl <= 0:
+            raise ValueError("ack_wait and lease_ttl must be positive")
+        self.controller = controller
+        self.durable = f"mcop-{controller}"
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._concurrency = concurrency
+        self._ack_wait = ack_wait
+        self._lease_ttl = lease_ttl
+        self._max_deliveries = max_deliveries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_request_bytes = max_request_bytes
+        self._required_headers = tuple(required_headers)
+        self._on_dead_letter = on_dead_letter
+        self._on_permanent_error = on_permanent_error
+        self._fetch_timeout = fetch_timeout
+        self._depth_interval = depth_interval
+
+        self._handler: Handler | None = None
+        self._leases = _Leases(self._js, ttl=lease_ttl)
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._released: dict[str, asyncio.Event] = {}
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._depth_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def filter_subject(self) -> str:
+        return f"{PREFIX}.{REQUESTS}.{self.controller}.>"
+
+    async def start(self, handler: Handler) -> None:
+        """Create or update the controller's consumer and start taking requests."""
+        if self._fetch_task is not None:
+            raise RuntimeError("the work queue was already started")
+        self._handler = handler
+        await self._ensure_consumer()
+        await self._bound_lease_ttl()
+        self._psub = await self._js.pull_subscribe_bind(
+            durable=self.durable, stream=REQUESTS_STREAM
+        )
+        metrics.max_concurrent_reconciles.labels(self.controller).set(self._concurrency)
+        metrics.active_workers.labels(self.controller)  # exported as 0 from the start
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
+        self._depth_task = asyncio.create_task(self._depth_loop(), name=f"{self.durable}-depth")
+        log.info(
+            "work queue %s started: worker %s, concurrency %d, ack wait %.1fs, lease TTL %.1fs",
+            self.controller,
+            self.worker_id,
+            self._concurrency,
+            self._ack_wait,
+            self._leases.ttl,
+        )
+
+    async def stop(self, timeout: float = 25.0) -> None:
+        """Stop taking requests, let running handlers finish (up to ``timeout``), settle them.
+
+        Requests taken but not started (waiting for a lease) are handed back at once. Handlers
+        still running at the deadline are cancelled and their requests naked, so another
+        worker runs them.
+        """
+        if self._fetch_task is None or self._stopped:
+            return
+        self._stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stopping.set()
+        log.info("work queue %s stopping: %d requests in flight", self.controller, len(self._tasks))
+        # Let a fetch in progress return rather than cancel it: a cancelled fetch can leave a
+        # message on its way to this process, which would then wait for the ack wait.
+        await asyncio.wait({self._fetch_task}, timeout=max(0.0, deadline - loop.time()))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        leftovers = [*self._tasks, self._fetch_task]
+        if self._depth_task is not None:
+            leftovers.append(self._depth_task)
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=max(1, math.ceil(deadline - loop.time())))
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+        log.info("work queue %s stopped", self.controller)
+
+    # -- taking requests --------------------------------------------------------------------
+
+    async def _ensure_consumer(self) -> None:
+        config = api.ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            description=f"memcached-operator: requests of controller {self.controller}",
+            filter_subject=self.filter_subject,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            # The queue dead-letters by itself so that it can record why.
+            max_deliver=-1,
+            # Requests deferred by a retry delay or requeue_after stay ack-pending; a limit
+            # would let a backlog of them stall all new work.
+            max_ack_pending=-1,
+        )
+        try:
+            await self._js.add_consumer(REQUESTS_STREAM, config)
+        except NotFoundError:
+            raise RuntimeError(
+                f"stream {REQUESTS_STREAM} not found: run shared.streams.ensure_streams first"
+            ) from None
+
+    async def _bound_lease_ttl(self) -> None:
+        info = await self._js.stream_info(LEASES_STREAM)
+        bucket_ttl = info.config.max_age or 0.0
+        if bucket_ttl and self._lease_ttl > bucket_ttl:
+            log.warning(
+                "lease TTL %.1fs exceeds the TTL of the lease bucket (%.1fs); using the latter",
+                self._lease_ttl,
+                bucket_ttl,
+            )
+            self._leases = _Leases(self._js, ttl=bucket_ttl)
+
+    async def _fetch_loop(self) -> None:
+        assert self._psub is not None
+        failures = 0
+        while not self._stopping.is_set():
+            free = self._concurrency - len(self._tasks)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait(self._slot_freed, self._stopping, within=None)
+                continue
+            try:
+                msgs = await self._psub.fetch(batch=free, timeout=self._fetch_timeout)
+            except TimeoutError:
+                continue  # nothing to do (nats.errors.TimeoutError is one of these)
+            except Exception as err:
+                failures += 1
+                # One line per streak of failures, not one per attempt (a bus restart must not
+                # flood the log).
+                if failures == 1:
+                    log.warning("fetching requests of %s failed: %r", self.controller, err)
+                await self._wait(self._stopping, within=min(5.0, 0.25 * 2**failures))
+                with contextlib.suppress(Exception):
+                    await self._ensure_consumer()
+                continue
+            if failures:
+                log.info(
+                    "fetching requests of %s again after %d failures", self.controller, failures
+                )
+                failures = 0
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+
+    async def _depth_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                info = await self._js.consumer_info(REQUESTS_STREAM, self.durable)
+                depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                metrics.workqueue_depth.labels(self.controller).set(depth)
+            except Exception as err:
+                log.debug("could not read the depth of %s: %r", self.durable, err)
+            await self._wait(self._stopping, within=self._depth_interval)
+
+    @staticmethod
+    async def _wait(*events: asyncio.Event, within: float | None) -> None:
+        """Until one of ``events`` is set or ``within`` seconds pass."""
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    # -- handling one request ---------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            await self._process_message(msg)
+        except asyncio.CancelledError:
+            # stop() ran out of time: hand the request to another worker now.
+            await self._settle(msg, "nak")
+            raise
+        except Exception:
+            log.exception("unexpected failure handling %s; retrying it shortly", msg.subject)
+            await self._settle(msg, "nak", delay=1.0)
+
+    async def _process_message(self, msg: Msg) -> None:
+        meta = msg.metadata
+        headers: dict[str, str] = dict(msg.headers or {})
+        body = msg.data or b""
+        try:
+            key = self._parse_key(msg.subject)
+        except PoisonRequest as error:
+            await self._dead_letter(msg, None, error)
+            return
+
+        not_before = _float_header(headers.get(NOT_BEFORE))
+        # One redelivery of a requeued copy is its deferral (see the module docstring).
+        delivery = max(1, meta.num_delivered - (1 if not_before is not None else 0))
+        request = Request(
+            key=key,
+            controller=self.controller,
+            headers=headers,
+            body=body,
+            delivery=delivery,
+            published_at=meta.timestamp,
+            sequence=meta.sequence.stream,
+        )
+        try:
+            self._check_content(request)
+        except PoisonRequest as error:
+            # The key is known, so the callback can tell the object's owner what went wrong.
+            await self._dead_letter(msg, request, error)
+            return
+        if delivery > self._max_deliveries:
+            crashed = PermanentError(
+                MAX_DELIVERIES_EXCEEDED,
+                f"delivered {meta.num_delivered} times without completing "
+                "(did its handling crash the worker?)",
+            )
+            await self._dead_letter(msg, request, crashed)
+            return
+        if not_before is not None and not_before - time.time() > 0.001:
+            await self._settle(msg, "nak", delay=not_before - time.time())
+            return
+        if self._stopping.is_set():
+            await self._settle(msg, "nak")
+            return
+
+        held = await self._acquire(msg, request)
+        if held is None:
+            return
+        try:
+            if await self._superseded(msg):
+                await self._settle(msg, "ack")
+                return
+            queued_since = max(request.published_at.timestamp(), not_before or 0.0)
+            metrics.workqueue_queue_duration_seconds.labels(self.controller).observe(
+                max(0.0, time.time() - queued_since)
+            )
+            await self._run(msg, request, held)
+        finally:
+            if not held.lost:
+                with contextlib.suppress(Exception):
+                    await self._leases.release(held.name, held.revision)
+            waiting = self._released.pop(held.name, None)
+            if waiting is not None:
+                waiting.set()
+
+    def _parse_key(self, subject_: str) -> ObjectKey:
+        try:
+            parsed = parse(subject_)
+        except ValueError as err:
+            raise PoisonRequest(UNPARSABLE_SUBJECT, str(err)) from None
+        if parsed.family != REQUESTS or parsed.kind != self.controller:
+            raise PoisonRequest(
+                UNPARSABLE_SUBJECT, f"not a request of controller {self.controller}: {subject_}"
+            )
+        return parsed.key
+
+    def _check_content(self, request: Request) -> None:
+        size = len(request.body) + sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+        if size > self._max_request_bytes:
+            raise PoisonRequest(
+                REQUEST_TOO_LARGE,
+                f"the request has {size} bytes, more than the limit of {self._max_request_bytes}",
+            )
+        missing = [name for name in self._required_headers if name not in request.headers]
+        if missing:
+            raise PoisonRequest(MISSING_HEADER, f"missing header(s): {', '.join(missing)}")
+        if request.body:
+            _check_body(request.body)
+
+    async def _superseded(self, msg: Msg) -> bool:
+        """Whether a newer request for this subject is waiting, or ran after this one arrived
+        (the stream holds no message for the subject although this one was never settled)."""
+        try:
+            newest = await self._js.get_last_msg(REQUESTS_STREAM, msg.subject, direct=True)
+        except NotFoundError:
+            return True
+        except Exception as err:
+            # Running once too often is harmless; skipping a needed run is not.
+            log.debug("could not read the newest request on %s: %r", msg.subject, err)
+            return False
+        return newest.seq != msg.metadata.sequence.stream
+
+    async def _acquire(self, msg: Msg, request: Request) -> _Held | None:
+        """Take the object's lease, waiting while another run holds it; None when this request
+        was settled instead (a newer one will run, or the queue is stopping)."""
+        name = lease_name(self.controller, request.key)
+        value = json.dumps(
+            {"worker": self.worker_id, "sequence": request.sequence, "since": time.time()}
+        ).encode()
+        poll = 0.02
+        poll_cap = min(0.5, self._leases.ttl / 4)
+        progress_every = self._ack_wait / 3
+        last_progress = time.monotonic()
+        released: asyncio.Event | None = None
+        try:
+            while True:
+                if self._stopping.is_set():
+                    await self._settle(msg, "nak")
+                    return None
+                revision = await self._leases.try_acquire(name, value)
+                if revision is not None:
+                    return _Held(name, revision, value)
+                if released is None:
+                    metrics.lease_contention_total.labels(self.controller).inc()
+                    log.debug("%s/%s: lease held, waiting", self.controller, request.key)
+                if await self._superseded(msg):
+                    await self._settle(msg, "ack")
+                    return None
+                if time.monotonic() - last_progress >= progress_every:
+                    await self._settle(msg, "in_progress")
+                    last_progress = time.monotonic()
+                released = self._released.setdefault(name, asyncio.Event())
+                await self._wait(released, self._stopping, within=poll * (0.5 + random.random()))
+                poll = min(poll * 2, poll_cap)
+        finally:
+            # A holder in another process never sets the event: do not keep it for ever.
+            if released is not None and self._released.get(name) is released:
+                del self._released[name]
+
+    async def _run(self, msg: Msg, request: Request, held: _Held) -> None:
+        assert self._handler is not None
+        handler_task = asyncio.create_task(self._handler(request))
+        keepalive = asyncio.create_task(self._keep_alive(msg, held, handler_task))
+        labels = self.controller
+        metrics.active_workers.labels(labels).inc()
+        started = time.monotonic()
+        outcome: Result | BaseException
+        try:
+            try:
+                outcome = await handler_task
+            except asyncio.CancelledError as cancelled:
+                current = asyncio.current_task()
+                if not held.lost or (current is not None and current.cancelling()):
+                    raise
+                outcome = cancelled
+            except Exception as err:
+                outcome = err
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+            metrics.active_workers.labels(labels).dec()
+            elapsed = time.monotonic() - started
+            metrics.reconcile_time_seconds.labels(labels).observe(elapsed)
+            metrics.workqueue_work_duration_seconds.labels(labels).observe(elapsed)
+
+        if isinstance(outcome, Result):
+            await self._succeeded(msg, request, outcome)
+            return
+        metrics.reconcile_total.labels(labels, metrics.ERROR).inc()
+        metrics.reconcile_errors_total.labels(labels).inc()
+        if isinstance(outcome, asyncio.CancelledError):
+            log.warning(
+                "%s/%s: lease lost while the handler ran (stalled longer than the lease TTL?); "
+                "handler cancelled, request retried",
+                self.controller,
+                request.key,
+            )
+            await self._settle(msg, "nak", delay=self._backoff_base)
+        elif isinstance(outcome, PermanentError):
+            log.error("%s/%s: permanent error: %s", self.controller, request.key, outcome)
+            await self._settle(msg, "term")
+            if self._on_permanent_error is not None:
+                try:
+                    await self._on_permanent_error(request, outcome)
+                except Exception:
+                    log.exception("on_permanent_error failed for %s", request.key)
+        else:
+            assert isinstance(outcome, Exception)
+            await self._failed(msg, request, outcome)
+
+    async def _succeeded(self, msg: Msg, request: Request, result: Result) -> None:
+        labels = self.controller
+        after = result.requeue_after
+        if after is None:
+            metrics.reconcile_total.labels(labels, metrics.SUCCESS).inc()
+        else:
+            kind = metrics.REQUEUE if after <= 0 else metrics.REQUEUE_AFTER
+            metrics.reconcile_total.labels(labels, kind).inc()
+            await self._requeue(msg, request, after)
+        await self._settle(msg, "ack")
+
+    async def _requeue(self, msg: Msg, request: Request, after: float) -> None:
+        headers = _publisher_headers(request.headers)
+        headers.pop(NOT_BEFORE, None)
+        if after > 0:
+            headers[NOT_BEFORE] = f"{time.time() + after:.3f}"
+        # Only while this request is still the newest: a newer one runs soon anyway, and this
+        # copy would replace it (and its headers) in the stream.
+        headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(request.sequence)
+        try:
+            await self._js.publish(msg.subject, request.body, headers=headers)
+        except APIError as err:
+            if err.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
+            return
+        metrics.workqueue_adds_total.labels(self.controller).inc()
+
+    async def _failed(self, msg: Msg, request: Request, error: Exception) -> None:
+        if request.delivery >= self._max_deliveries:
+            await self._dead_letter(msg, request, error)
+            return
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        delay = retry_delay(
+            attempt=request.delivery,
+            base=self._backoff_base,
+            cap=self._backoff_cap,
+            retry_after=retry_after,
+            jitter=random.random(),
+        )
+        log.warning(
+            "%s/%s: attempt %d failed, retrying in %.2fs: %s",
+            self.controller,
+            request.key,
+            request.delivery,
+            delay,
+            error if isinstance(error, TransientError) else repr(error),
+            exc_info=not isinstance(error, TransientError),
+        )
+        metrics.workqueue_retries_total.labels(self.controller).inc()
+        await self._settle(msg, "nak", delay=delay)
+
+    async def _keep_alive(self, msg: Msg, held: _Held, handler_task: asyncio.Task[Result]) -> None:
+        """In-progress acks and lease refreshes while the handler runs."""
+        interval = min(self._ack_wait, self._leases.ttl) / 3
+        while True:
+            await asyncio.sleep(interval)
+            await self._settle(msg, "in_progress")
+            try:
+                held.revision = await self._leases.refresh(held.name, held.revision, held.value)
+            except LeaseLost:
+                held.lost = True
+                handler_task.cancel()
+                return
+            except Exception as err:
+                log.warning("could not refresh lease %s (retrying): %r", held.name, err)
+
+    async def _dead_letter(self, msg: Msg, request: Request | None, error: Exception) -> None:
+        meta = msg.metadata
+        reason = error.reason if isinstance(error, PermanentError) else MAX_DELIVERIES_EXCEEDED
+        text = error.message if isinstance(error, PermanentError | TransientError) else repr(error)
+        headers = _publisher_headers(msg.headers or {})
+        body = msg.data or b""
+        if reason == REQUEST_TOO_LARGE:
+            # Keep the evidence, not the whole payload (it may not even fit in a message).
+            headers[DL_BODY_TRUNCATED] = str(len(body))
+            body = body[:1024]
+            if sum(len(k) + len(v) for k, v in headers.items()) > self._max_request_bytes:
+                headers = {DL_BODY_TRUNCATED: headers[DL_BODY_TRUNCATED]}
+        headers.update(
+            {
+                DL_REASON: reason,
+                DL_ERROR: _header_value(text),
+                DL_DELIVERIES: str(meta.num_delivered),
+                DL_SUBJECT: _header_value(msg.subject),
+                DL_SEQUENCE: str(meta.sequence.stream),
+                DL_CONTROLLER: self.controller,
+                DL_WORKER: self.worker_id,
+                DL_TIME: datetime.now(UTC).isoformat(),
+                # A retry after a crash between this publish and the term is not a second copy.
+                "Nats-Msg-Id": f"mcop-dl.{self.controller}.{meta.sequence.stream}",
+            }
+        )
+        if request is not None:
+            target = subject(DEADLETTER, self.controller, request.key)
+        else:
+            target = f"{PREFIX}.{DEADLETTER}.{self.controller}._._"
+        try:
+            await self._js.publish(target, body, headers=headers)
+        except Exception as err:
+            log.error("could not dead-letter %s (will retry): %r", msg.subject, err)
+            await self._settle(msg, "nak", delay=min(self._backoff_cap, 5.0))
+            return
+        metrics.dead_lettered_total.labels(self.controller, reason).inc()
+        log.error(
+            "dead-lettered request %s after %d deliveries: %s: %s",
+            msg.subject,
+            meta.num_delivered,
+            reason,
+            text,
+        )
+        if request is not None and self._on_dead_letter is not None:
+            try:
+                await self._on_dead_letter(request, error)
+            except Exception:
+                log.exception("on_dead_letter failed for %s", request.key)
+        await self._settle(msg, "term")
+
+    @staticmethod
+    async def _settle(
+        msg: Msg, how: Literal["ack", "nak", "term", "in_progress"], *, delay: float | None = None
+    ) -> None:
+        """Ack, nak, term or mark in progress; a failure here only delays a redelivery, so it
+        is logged, not raised."""
+        try:
+            if how == "ack":
+                await msg.ack()
+            elif how == "nak":
+                await msg.nak(delay=delay)
+            elif how == "term":
+                await msg.term()
+            else:
+                await msg.in_progress()
+        except nats.errors.Error as err:
+            log.debug("%s of %s failed: %r", how, msg.subject, err)
+
+
+def _float_header(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,645 @@
+"""The keyed work queue against a real nats-server: each property of issue 4 part 1, as a user
+of the queue would notice it (which runs happen, in which order, what lands where).
+
+Every test uses its own controller name, so its consumer and subjects are its own although the
+streams are shared by the whole session. Ack wait and lease TTL are a couple of seconds so that
+the crash and shutdown tests stay short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
+
+from shared.streams import (
+    DEADLETTER_STREAM,
+    EVENTS_STREAM,
+    LEASES_BUCKET,
+    REQUESTS_STREAM,
+    ensure_streams,
+)
+from shared.subjects import DEADLETTER, ObjectKey, subject
+from shared.workqueue import (
+    DL_BODY_TRUNCATED,
+    DL_DELIVERIES,
+    DL_ERROR,
+    DL_REASON,
+    DL_SUBJECT,
+    MALFORMED_BODY,
+    MAX_DELIVERIES_EXCEEDED,
+    MISSING_HEADER,
+    REQUEST_TOO_LARGE,
+    UNPARSABLE_SUBJECT,
+    Handler,
+    KeyedWorkQueue,
+    PermanentError,
+    Request,
+    Result,
+    TransientError,
+    enqueue,
+)
+
+pytestmark = pytest.mark.integration
+
+WORKER = Path(__file__).with_name("workqueue_worker.py")
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def nc(nats_server: Any) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url)
+    await ensure_streams(conn.jetstream())
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def controller() -> str:
+    return f"wq-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def queues(nats_server: Any) -> AsyncIterator[Callable[..., Awaitable[KeyedWorkQueue]]]:
+    """Start queues, each on its own connection like separate processes; stopped afterwards."""
+    started: list[tuple[KeyedWorkQueue, Client]] = []
+
+    async def start(handler: Handler, **kwargs: Any) -> KeyedWorkQueue:
+        conn = await nats.connect(nats_server.url)
+        kwargs.setdefault("ack_wait", 2.0)
+        kwargs.setdefault("lease_ttl", 2.0)
+        queue = KeyedWorkQueue(conn, **kwargs)
+        await queue.start(handler)
+        started.append((queue, conn))
+        return queue
+
+    yield start
+    for queue, conn in started:
+        await queue.stop(timeout=10)
+        await conn.close()
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, within: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def dead_letters(js: JetStreamContext, controller: str) -> list[Msg]:
+    """All dead-lettered requests of one controller, oldest first."""
+    psub = await js.pull_subscribe(f"mcop.{DEADLETTER}.{controller}.>", stream=DEADLETTER_STREAM)
+    found: list[Msg] = []
+    try:
+        while True:
+            try:
+                found.extend(await psub.fetch(100, timeout=0.5))
+            except TimeoutError:
+                return found
+    finally:
+        await psub.unsubscribe()
+
+
+async def pending_subjects(js: JetStreamContext, controller: str) -> dict[str, int]:
+    info = await js.stream_info(REQUESTS_STREAM, subjects_filter=f"mcop.requests.{controller}.>")
+    return dict(info.state.subjects or {})
+
+
+def metric(sample: str, /, **labels: str) -> float:
+    return REGISTRY.get_sample_value(sample, labels) or 0.0
+
+
+@dataclass
+class Run:
+    key: ObjectKey
+    n: Any
+    delivery: int
+    started: float
+    ended: float | None = None
+
+
+@dataclass
+class Recorder:
+    """A handler that records each run and tracks how many runs of a key are active."""
+
+    sleep: Callable[[Request], float] = lambda request: 0.0
+    fail: Callable[[Request], BaseException | None] = lambda request: None
+    runs: list[Run] = field(default_factory=list)
+    active: dict[ObjectKey, int] = field(default_factory=lambda: defaultdict(int))
+    max_active: dict[ObjectKey, int] = field(default_factory=lambda: defaultdict(int))
+
+    async def __call__(self, request: Request) -> Result:
+        run = Run(request.key, request.payload().get("n"), request.delivery, time.monotonic())
+        self.runs.append(run)
+        self.active[request.key] += 1
+        self.max_active[request.key] = max(self.max_active[request.key], self.active[request.key])
+        try:
+            await asyncio.sleep(self.sleep(request))
+            error = self.fail(request)
+            if error is not None:
+                raise error
+            return Result()
+        finally:
+            self.active[request.key] -= 1
+            run.ended = time.monotonic()
+
+    def of(self, key: ObjectKey) -> list[Run]:
+        return [run for run in self.runs if run.key == key]
+
+
+def body(n: int) -> bytes:
+    return json.dumps({"n": n}).encode()
+
+
+class Workers:
+    """Worker processes (tests/integration/workqueue_worker.py) sharing one log file."""
+
+    def __init__(self, url: str, controller: str, log: Path) -> None:
+        self.url, self.controller, self.log = url, controller, log
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, str(WORKER), "--url", self.url, "--controller", self.controller]
+        cmd += ["--log", str(self.log), "--worker", name, *args]
+        # stderr to a file, not a pipe: a pipe nobody reads would block a chatty worker.
+        with self.stderr(name).open("wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        self.procs[name] = proc
+        return proc
+
+    def stderr(self, name: str) -> Path:
+        return self.log.with_name(f"{name}.stderr")
+
+    def lines(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [line.split() for line in self.log.read_text().splitlines() if line]
+
+    def has(self, event: str, worker: str, key: str = "-") -> bool:
+        return any(
+            f[0] == event and f[2] == worker and (key == "-" or f[1] == key) for f in self.lines()
+        )
+
+    async def ready(self, *names: str) -> None:
+        for name in names:
+            await eventually(lambda n=name: self.has("ready", n), what=f"worker {name} ready")
+
+    def cleanup(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(nats_server: Any, controller: str, tmp_path: Path) -> Iterator[Workers]:
+    fleet = Workers(nats_server.url, controller, tmp_path / "runs.log")
+    yield fleet
+    fleet.cleanup()
+
+
+def assert_runs_never_overlap(lines: list[list[str]]) -> dict[str, list[list[str]]]:
+    """Per key, the log must read start, end, start, end, ... with each end matching its start."""
+    per_key: dict[str, list[list[str]]] = defaultdict(list)
+    for fields_ in lines:
+        if fields_[0] in ("start", "end"):
+            per_key[fields_[1]].append(fields_)
+    for key, events in per_key.items():
+        for i, event in enumerate(events):
+            expected = "start" if i % 2 == 0 else "end"
+            assert event[0] == expected, f"runs of {key} overlap: {events[max(0, i - 2) : i + 1]}"
+            if expected == "end":
+                assert event[2:] == events[i - 1][2:], f"interleaved runs of {key}: {events}"
+    return per_key
+
+
+# -- the streams ------------------------------------------------------------------------------
+
+
+async def test_ensure_streams_is_idempotent_when_called_concurrently(nats_server: Any) -> None:
+    conns = [await nats.connect(nats_server.url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(ensure_streams(c.jetstream()) for c in conns))
+        await ensure_streams(conns[0].jetstream())
+        js = conns[0].jetstream()
+        requests = (await js.stream_info(REQUESTS_STREAM)).config
+        assert requests.retention == "workqueue"
+        assert requests.max_msgs_per_subject == 1
+        assert requests.subjects == ["mcop.requests.>"]
+        events = (await js.stream_info(EVENTS_STREAM)).config
+        assert sorted(events.subjects or []) == ["mcop.events.>", "mcop.outcomes.>"]
+        assert events.duplicate_window == 600
+        assert events.allow_direct
+        assert (await js.stream_info(DEADLETTER_STREAM)).config.max_age == 30 * 86400
+        kv = await js.key_value(LEASES_BUCKET)
+        assert (await kv.status()).history == 1
+    finally:
+        for c in conns:
+            await c.close()
+
+
+# -- a. coalescing ----------------------------------------------------------------------------
+
+
+async def test_pending_requests_for_a_key_coalesce_into_the_newest(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    k, other = ObjectKey("default", "cache-a"), ObjectKey("prod", "cache.b")
+    for n in range(20):
+        await enqueue(js, controller=controller, key=k, body=body(n))
+    for n in range(5):
+        await enqueue(js, controller=controller, key=other, body=body(n))
+    assert sorted((await pending_subjects(js, controller)).values()) == [1, 1]
+
+    recorder = Recorder()
+    await queues(recorder, controller=controller, concurrency=3, depth_interval=0.2)
+    await eventually(lambda: len(recorder.runs) >= 2, what="both keys handled")
+    await asyncio.sleep(1.5)  # time for any extra run to show up
+    assert sorted((r.key, r.n) for r in recorder.runs) == sorted([(k, 19), (other, 4)])
+
+    assert metric("workqueue_adds_total", name=controller) == 25
+    assert metric("workqueue_work_duration_seconds_count", name=controller) == 2
+    assert metric("workqueue_queue_duration_seconds_count", name=controller) == 2
+    assert metric("controller_runtime_max_concurrent_reconciles", controller=controller) == 3
+    assert REGISTRY.get_sample_value("workqueue_depth", {"name": controller}) == 0
+
+
+# -- b. exclusivity, c. no lost request -------------------------------------------------------
+
+
+async def test_a_request_arriving_during_a_run_causes_exactly_one_more_run(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    k = ObjectKey("default", "busy")
+    recorder = Recorder(sleep=lambda r: 1.5 if r.payload()["n"] == 1 else 0.0)
+    await queues(recorder, controller=controller, concurrency=4)
+    contention_before = metric("mcop_lease_contention_total", controller=controller)
+
+    await enqueue(js, controller=controller, key=k, body=body(1))
+    await eventually(lambda: len(recorder.runs) == 1, what="the first run")
+    await enqueue(js, controller=controller, key=k, body=body(2))
+    await asyncio.sleep(0.3)
+    await enqueue(js, controller=controller, key=k, body=body(3))
+    await eventually(lambda: len(recorder.runs) == 2 and recorder.runs[1].ended is not None)
+    await asyncio.sleep(1.5)
+
+    first, second = recorder.of(k)  # exactly two runs: 2 and 3 coalesced
+    assert (first.n, second.n) == (1, 3)
+    assert first.ended is not None and second.started >= first.ended
+    assert metric("mcop_lease_contention_total", controller=controller) > contention_before
+
+
+async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    keys = [ObjectKey("ns", f"obj-{i}") for i in range(4)]
+    recorder = Recorder(sleep=lambda r: random.uniform(0.02, 0.15))
+    for _ in range(2):
+        await queues(recorder, controller=controller, concurrency=4)
+
+    last: dict[ObjectKey, int] = {}
+    for n in range(150):
+        key = random.choice(keys)
+        await enqueue(js, controller=controller, key=key, body=body(n))
+        last[key] = n
+        await asyncio.sleep(random.uniform(0, 0.03))
+
+    def caught_up() -> bool:
+        return all(
+            any(r.n == n and r.ended is not None for r in recorder.of(key))
+            for key, n in last.items()
+        )
+
+    await eventually(caught_up, what="a run of each key's newest request")
+    assert all(count == 1 for count in recorder.max_active.values()), recorder.max_active
+    for key, n in last.items():
+        # The newest request's run is the last run of its key: nothing after it was lost.
+        assert recorder.of(key)[-1].n == n
+
+
+async def test_runs_of_one_key_never_overlap_across_processes(
+    nc: Client, controller: str, workers: Workers
+) -> None:
+    js = nc.jetstream()
+    names = ["w1", "w2", "w3"]
+    for name in names:
+        workers.start(name, "--sleep", "0.05", "--jitter", "0.2", "--concurrency", "3")
+    await workers.ready(*names)
+
+    keys = [ObjectKey("ns", f"obj.{i}") for i in range(6)]
+    last: dict[str, int] = {}
+    for n in range(200):
+        key = random.choice(keys)
+        await enqueue(js, controller=controller, key=key, body=body(n))
+        last[str(key)] = n
+        await asyncio.sleep(random.uniform(0, 0.03))
+
+    def caught_up() -> bool:
+        ended = {(f[1], f[4]) for f in workers.lines() if f[0] == "end"}
+        return all((key, str(n)) in ended for key, n in last.items())
+
+    await eventually(caught_up, within=60, what="a run of each key's newest request")
+    per_key = assert_runs_never_overlap(workers.lines())
+    for key, n in last.items():
+        assert per_key[key][-1][4] == str(n), f"a run of {key} after its newest request"
+    assert len({f[2] for events in per_key.values() for f in events}) >= 2, "one worker did all"
+
+
+# -- d. retries and permanent errors ----------------------------------------------------------
+
+
+async def test_transient_errors_are_retried_with_growing_backoff(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    k = ObjectKey("default", "flaky")
+
+    def fail(request: Request) -> BaseException | None:
+        return TransientError("apiserver: 503") if request.delivery <= 3 else None
+
+    recorder = Recorder(fail=fail)
+    await queues(recorder, controller=controller, backoff_base=0.4, backoff_cap=10.0)
+    await enqueue(nc.jetstream(), controller=controller, key=k)
+    await eventually(lambda: len(recorder.runs) == 4 and recorder.runs[-1].ended is not None)
+
+    runs = recorder.of(k)
+    assert [r.delivery for r in runs] == [1, 2, 3, 4]
+    gaps = [b.started - a.started for a, b in itertools.pairwise(runs)]
+    # Each wait is at least half its ceiling: 0.4, 0.8, 1.6 seconds.
+    for gap, minimum in zip(gaps, [0.2, 0.4, 0.8], strict=True):
+        assert gap >= minimum, gaps
+    assert metric("workqueue_retries_total", name=controller) == 3
+    assert metric("controller_runtime_reconcile_total", controller=controller, result="error") == 3
+    assert (
+        metric("controller_runtime_reconcile_total", controller=controller, result="success") == 1
+    )
+    assert metric("controller_runtime_reconcile_errors_total", controller=controller) == 3
+
+
+async def test_retry_after_given_by_the_error_is_honoured(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    k = ObjectKey("default", "throttled")
+
+    def fail(request: Request) -> BaseException | None:
+        if request.delivery == 1:
+            return TransientError("429 Too Many Requests", retry_after=2.0)
+        return None
+
+    recorder = Recorder(fail=fail)
+    await queues(recorder, controller=controller, backoff_base=0.05)
+    await enqueue(nc.jetstream(), controller=controller, key=k)
+    await eventually(lambda: len(recorder.runs) == 2)
+    assert recorder.runs[1].started - recorder.runs[0].started >= 2.0
+
+
+async def test_permanent_error_stops_retrying_and_is_reported(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    k = ObjectKey("default", "invalid")
+    reported: list[tuple[Request, PermanentError]] = []
+
+    async def on_permanent_error(request: Request, error: PermanentError) -> None:
+        reported.append((request, error))
+
+    recorder = Recorder(fail=lambda r: PermanentError("InvalidSpec", "spec.size must be >= 0"))
+    await queues(
+        recorder, controller=controller, on_permanent_error=on_permanent_error, backoff_base=0.05
+    )
+    await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
+    await eventually(lambda: bool(reported), what="the permanent error reported")
+    await asyncio.sleep(1.5)
+
+    assert len(recorder.runs) == 1
+    request, error = reported[0]
+    assert request.key == k and request.headers["traceparent"] == TRACEPARENT
+    assert (error.reason, error.message) == ("InvalidSpec", "spec.size must be >= 0")
+    assert await pending_subjects(js, controller) == {}
+    assert await dead_letters(js, controller) == []
+
+
+async def test_requeue_after_runs_again_later_without_counting_as_a_failure(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    k = ObjectKey("default", "periodic")
+    runs: list[tuple[float, Request]] = []
+
+    async def handler(request: Request) -> Result:
+        runs.append((time.monotonic(), request))
+        return Result(requeue_after=1.0) if len(runs) == 1 else Result()
+
+    await queues(handler, controller=controller, max_deliveries=1)
+    js = nc.jetstream()
+    await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
+    await eventually(lambda: len(runs) == 2, what="the requeued run")
+    await asyncio.sleep(1.5)
+
+    (first_at, _), (second_at, second) = runs
+    assert second_at - first_at >= 1.0
+    assert second.key == k and second.headers["traceparent"] == TRACEPARENT
+    assert second.delivery == 1  # with max_deliveries=1 anything else is dead-lettered
+    total = "controller_runtime_reconcile_total"
+    assert metric(total, controller=controller, result="requeue_after") == 1
+    assert metric(total, controller=controller, result="success") == 1
+    assert await pending_subjects(js, controller) == {}
+    assert await dead_letters(js, controller) == []
+
+
+# -- e. dead letters --------------------------------------------------------------------------
+
+
+async def test_request_failing_every_delivery_is_dead_lettered_and_the_worker_carries_on(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    broken, fine = ObjectKey("team-a", "broken.cache"), ObjectKey("team-a", "fine")
+    dead: list[tuple[Request, Exception]] = []
+
+    async def on_dead_letter(request: Request, error: Exception) -> None:
+        dead.append((request, error))
+
+    def fail(request: Request) -> BaseException | None:
+        return TransientError("apiserver: 503") if request.key == broken else None
+
+    recorder = Recorder(fail=fail)
+    await queues(
+        recorder,
+        controller=controller,
+        max_deliveries=3,
+        backoff_base=0.05,
+        on_dead_letter=on_dead_letter,
+    )
+    headers = {"traceparent": TRACEPARENT, "x-origin": "test"}
+    await enqueue(js, controller=controller, key=broken, headers=headers, body=body(7))
+    await eventually(lambda: bool(dead), what="the dead-letter callback")
+
+    assert [r.delivery for r in recorder.of(broken)] == [1, 2, 3]
+    request, error = dead[0]
+    assert request.key == broken and isinstance(error, TransientError)
+    (letter,) = await dead_letters(js, controller)
+    assert letter.subject == subject(DEADLETTER, controller, broken)
+    assert letter.data == body(7)
+    assert letter.headers is not None
+    assert letter.headers["traceparent"] == TRACEPARENT
+    assert letter.headers["x-origin"] == "test"
+    assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
+    assert "apiserver: 503" in letter.headers[DL_ERROR]
+    assert letter.headers[DL_DELIVERIES] == "3"
+    assert metric("mcop_dead_lettered_total", controller=controller, reason=MAX_DELIVERIES_EXCEEDED)
+
+    await enqueue(js, controller=controller, key=fine)
+    await eventually(lambda: bool(recorder.of(fine)), what="the worker handling the next key")
+    await asyncio.sleep(1.0)
+    assert len(recorder.of(broken)) == 3
+    assert await pending_subjects(js, controller) == {}
+
+
+async def test_poison_requests_are_dead_lettered_at_once_with_a_clear_reason(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    dead: list[tuple[Request, Exception]] = []
+
+    async def on_dead_letter(request: Request, error: Exception) -> None:
+        dead.append((request, error))
+
+    recorder = Recorder()
+    await queues(
+        recorder,
+        controller=controller,
+        required_headers=("ce-id",),
+        on_dead_letter=on_dead_letter,
+    )
+    ok = {"ce-id": "1"}
+    prefix = f"mcop.requests.{controller}"
+    await js.publish(f"{prefix}.ns.too.many.tokens", b"", headers=ok)
+    await js.publish(f"{prefix}.ns.bad~ZZescape", b"", headers=ok)
+    await js.publish(f"{prefix}.ns.huge", b"x" * 1_000_000, headers=ok)
+    await js.publish(f"{prefix}.ns.garbage", b"\xff\xfe{not json", headers=ok)
+    await js.publish(f"{prefix}.ns.array", b"[1, 2]", headers=ok)
+    await js.publish(f"{prefix}.ns.no-headers", body(1))
+    await enqueue(js, controller=controller, key=ObjectKey("ns", "good"), headers=ok)
+
+    await eventually(lambda: len(recorder.runs) == 1, what="the good request handled")
+    await eventually(lambda: len(dead) == 4, what="dead-letter callbacks for requests with a key")
+    letters = await dead_letters(js, controller)
+    reasons = {m.headers[DL_SUBJECT]: m.headers[DL_REASON] for m in letters if m.headers}
+    assert reasons == {
+        f"{prefix}.ns.too.many.tokens": UNPARSABLE_SUBJECT,
+        f"{prefix}.ns.bad~ZZescape": UNPARSABLE_SUBJECT,
+        f"{prefix}.ns.huge": REQUEST_TOO_LARGE,
+        f"{prefix}.ns.garbage": MALFORMED_BODY,
+        f"{prefix}.ns.array": MALFORMED_BODY,
+        f"{prefix}.ns.no-headers": MISSING_HEADER,
+    }
+    huge = next(m for m in letters if m.headers and m.headers[DL_REASON] == REQUEST_TOO_LARGE)
+    assert huge.headers is not None and huge.headers[DL_BODY_TRUNCATED] == "1000000"
+    assert len(huge.data) <= 1024
+    missing = next(m for m in letters if m.headers and m.headers[DL_REASON] == MISSING_HEADER)
+    assert missing.headers is not None and "ce-id" in missing.headers[DL_ERROR]
+    assert [r.key for r in recorder.runs] == [ObjectKey("ns", "good")]
+    assert await pending_subjects(js, controller) == {}
+
+
+# -- f. crashes and long runs -----------------------------------------------------------------
+
+
+async def test_request_of_a_killed_worker_is_redelivered_to_another(
+    nc: Client, controller: str, workers: Workers
+) -> None:
+    js = nc.jetstream()
+    workers.start("doomed", "--sleep", "120")
+    await workers.ready("doomed")
+    k = ObjectKey("default", "survivor")
+    await enqueue(js, controller=controller, key=k, body=body(1))
+    await eventually(lambda: workers.has("start", "doomed", str(k)), what="the doomed run")
+
+    workers.start("rescuer", "--sleep", "0.1")
+    await workers.ready("rescuer")
+    workers.procs["doomed"].send_signal(signal.SIGKILL)
+    workers.procs["doomed"].wait(timeout=10)
+
+    await eventually(lambda: workers.has("end", "rescuer", str(k)), what="the rescuer's run")
+    rescued = [f for f in workers.lines() if f[0] == "start" and f[2] == "rescuer"]
+    assert [(f[1], f[3], f[4]) for f in rescued] == [(str(k), "2", "1")]
+    assert not workers.has("end", "doomed")
+    assert await pending_subjects(js, controller) == {}
+    assert await dead_letters(js, controller) == []
+
+
+async def test_long_run_keeps_its_message_and_its_lease(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    js = nc.jetstream()
+    k = ObjectKey("default", "slow")
+    # Five seconds against an ack wait and a lease TTL of 1.5s. Were the message redelivered
+    # meanwhile, its delivery count would pass max_deliveries and it would be dead-lettered.
+    recorder = Recorder(sleep=lambda r: 5.0 if r.payload()["n"] == 1 else 0.0)
+    for _ in range(2):
+        await queues(recorder, controller=controller, ack_wait=1.5, lease_ttl=1.5, max_deliveries=2)
+    await enqueue(js, controller=controller, key=k, body=body(1))
+    await eventually(lambda: len(recorder.runs) == 1, what="the long run")
+    await asyncio.sleep(3.5)
+    assert (await js.consumer_info(REQUESTS_STREAM, f"mcop-{controller}")).num_redelivered == 0
+    await enqueue(js, controller=controller, key=k, body=body(2))
+    await eventually(lambda: len(recorder.runs) == 2 and recorder.runs[1].ended is not None)
+
+    first, second = recorder.of(k)
+    assert (first.n, first.delivery, second.n) == (1, 1, 2)
+    assert first.ended is not None and second.started >= first.ended
+    assert first.ended - first.started >= 5.0
+    assert await dead_letters(js, controller) == []
+
+
+# -- g. graceful stop -------------------------------------------------------------------------
+
+
+async def test_sigterm_finishes_the_run_in_flight_takes_no_new_work_and_exits(
+    nc: Client, controller: str, workers: Workers
+) -> None:
+    js = nc.jetstream()
+    proc = workers.start("w", "--sleep", "3")
+    await workers.ready("w")
+    k, later = ObjectKey("default", "inflight"), ObjectKey("default", "later")
+    await enqueue(js, controller=controller, key=k, body=body(1))
+    await eventually(lambda: workers.has("start", "w", str(k)), what="the run in flight")
+
+    proc.send_signal(signal.SIGTERM)
+    await eventually(lambda: workers.has("stopping", "w"), what="the worker stopping")
+    await enqueue(js, controller=controller, key=later, body=body(2))
+    rc = await asyncio.to_thread(proc.wait, 30)
+
+    assert rc == 0, workers.stderr("w").read_text()
+    assert workers.has("end", "w", str(k))
+    assert workers.has("exited", "w")
+    assert not workers.has("start", "w", str(later))
+    # The finished run was acked; the request that came later waits for the next worker.
+    assert list((await pending_subjects(js, controller)).values()) == [1]
+    assert subject("requests", controller, later) in await pending_subjects(js, controller)
