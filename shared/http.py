@@ -3,19 +3,47 @@
 /healthz answers when the event loop does (a stuck loop cannot answer). /readyz runs the
 service's named readiness checks (NATS connected, API server reachable, streams present) and
 answers 200 only if all pass, listing each check's result either way, in the style of the
-API server's own /readyz?verbose. /metrics is the Prometheus text format of the default
-registry.
+API server's own /readyz?verbose; :func:`readiness_checks` builds the three every service of
+the pipeline has. /metrics is the Prometheus text format of the default registry.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
+from nats.aio.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared.kube import KubeClient
+
 Check = Callable[[], Awaitable[bool]]
+
+
+def readiness_checks(*, nc: Client, kube: KubeClient, streams: Iterable[str]) -> dict[str, Check]:
+    """NATS connected, API server reachable, and the service's streams present; a failure or
+    a timeout (see :meth:`HealthServer._run_check`) is not ready."""
+    js = nc.jetstream()
+    names = tuple(streams)
+
+    async def nats_connected() -> bool:
+        return bool(nc.is_connected)
+
+    async def apiserver_reachable() -> bool:
+        # /version answers JSON to anyone (system:public-info-viewer); the API server's own
+        # /readyz answers plain text, which the JSON client cannot take.
+        await kube.request("GET", "/version", resource="version", timeout=2, traced=False)
+        return True
+
+    async def streams_present() -> bool:
+        if not nc.is_connected:
+            return False  # a request would only wait for the reconnect
+        for name in names:
+            await js.stream_info(name)
+        return True
+
+    return {"nats": nats_connected, "apiserver": apiserver_reachable, "streams": streams_present}
 
 
 class HealthServer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -22,7 +23,7 @@ import aiohttp
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
 from shared.errors import PermanentError, TransientError
@@ -174,17 +175,27 @@ class KubeClient:
         content_type: str | None = None,
         resource: str = "",
         timeout: float = 30.0,
+        traced: bool = True,
     ) -> JsonObject:
-        """One API call; returns the decoded body or raises ApiError / TransientError."""
-        with _tracer.start_as_current_span(
-            f"{method} {resource or path}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "http.request.method": method,
-                "url.path": path,
-                "k8s.resource": resource,
-            },
-        ) as span:
+        """One API call; returns the decoded body or raises ApiError / TransientError.
+
+        ``traced=False`` leaves out the span (readiness probes would otherwise start a trace
+        every few seconds); the call is counted either way.
+        """
+        span_cm: AbstractContextManager[Span] = (
+            _tracer.start_as_current_span(
+                f"{method} {resource or path}",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "http.request.method": method,
+                    "url.path": path,
+                    "k8s.resource": resource,
+                },
+            )
+            if traced
+            else nullcontext(trace.INVALID_SPAN)
+        )
+        with span_cm as span:
             try:
                 resp = await self._send(
                     method,

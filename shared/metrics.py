@@ -3,8 +3,11 @@
 Where a metric means what controller-runtime's does, it has controller-runtime's name and
 labels, so existing dashboards and alerts for Go operators work unchanged; ``workqueue_*``
 describe the shared JetStream queue rather than an in-process one (``name`` is the controller).
-The product's own metrics are prefixed ``mcop_``. All live in the default registry, which the
-metrics endpoint serves.
+The product's own metrics are prefixed ``mcop_`` (the watcher's, the status service's and the
+API client's are defined beside the code that counts them). All live in the default registry,
+which the metrics endpoint serves; :func:`init_controller` exports a controller's series at 0
+from the start, as controller-runtime does, so that rates and alerts have a series to work on
+before the first error or retry happens.
 """
 
 from __future__ import annotations
@@ -91,3 +94,18 @@ lease_contention_total = Counter(
     "Requests that found their object's lease held by another reconcile and waited for it",
     ["controller"],
 )
+
+
+def init_controller(controller: str) -> None:
+    """Create the labelled series of ``controller`` at 0 (or their empty histograms)."""
+    for result in (SUCCESS, ERROR, REQUEUE, REQUEUE_AFTER):
+        reconcile_total.labels(controller, result)
+    reconcile_errors_total.labels(controller)
+    reconcile_time_seconds.labels(controller)
+    active_workers.labels(controller)
+    workqueue_depth.labels(controller)
+    workqueue_adds_total.labels(controller)
+    workqueue_queue_duration_seconds.labels(controller)
+    workqueue_work_duration_seconds.labels(controller)
+    workqueue_retries_total.labels(controller)
+    lease_contention_total.labels(controller)

@@ -4,10 +4,12 @@ Level-based and idempotent, as in the reference Memcached operator: the request 
 a key; the worker reads the CR (gone: nothing to do — the garbage collector removes the
 Deployment through its owner reference), builds the desired Deployment (the Memcached-specific
 part lives in `desired.py`), reads the live one, and applies the desired state with
-server-side apply only when the live object differs. A Deployment of that name that another
-owner controls is never taken over: that is a permanent OwnershipConflict. Every finished
-reconcile publishes an outcome (for the status service and the audit stream) and asks the
-status service to refresh the CR, both carrying the reconcile's trace context.
+server-side apply only when the live object differs, stamped with the trace of the write
+(KEP-5915's ``tracing.k8s.io/traceparent``, so the rollout it starts stays in that trace). A
+Deployment of that name that another owner controls is never taken over: that is a permanent
+OwnershipConflict. Every finished reconcile publishes an outcome (for the status service and
+the audit stream) and asks the status service to refresh the CR, both carrying the
+reconcile's trace context.
 """
 
 from __future__ import annotations
@@ -66,17 +68,17 @@ class MemcachedReconciler:
     async def __call__(self, request: Request) -> Result:
         parent = telemetry.extract(request.headers)
         destination = subjects.subject(subjects.REQUESTS, CONTROLLER, request.key)
+        # One message per run (older requests for the key were replaced in the stream), so
+        # its creation context is the parent, as the messaging conventions say.
         with tracer.start_as_current_span(
             f"process {subjects.PREFIX}.{subjects.REQUESTS}.{CONTROLLER}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": destination,
+                **telemetry.messaging_attributes("process", destination),
                 "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
                 "messaging.message.delivery_count": request.delivery,
+                "messaging.nats.stream.sequence": request.sequence,
                 "k8s.object.key": str(request.key),
                 "worker": self.worker,
             },
@@ -90,6 +92,14 @@ class MemcachedReconciler:
                     return Result()
                 written = await self._converge(cr_obj)
                 span.set_attribute("reconcile.deployment_written", written)
+                log.debug(
+                    "reconciled",
+                    extra={
+                        "key": str(request.key),
+                        "written": written,
+                        "delivery": request.delivery,
+                    },
+                )
                 await self._finish(request.key, cr_obj, "success", started=started)
                 return Result()
             except PermanentError as err:
@@ -144,6 +154,10 @@ class MemcachedReconciler:
                 )
             if matches(live, desired):
                 return False
+        stamp = telemetry.traceparent()
+        if stamp:
+            # After the comparison: the trace of the last write is no reason to write again.
+            desired["metadata"]["annotations"][telemetry.TRACEPARENT_ANNOTATION] = stamp
         await self.kube.apply(DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=True)
         log.info("applied deployment", extra={"key": f"{cr.namespace}/{cr.name}"})
         return True
@@ -183,13 +197,13 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
         f"send {subjects.PREFIX}.{subjects.OUTCOMES}.{CONTROLLER}",
         kind=SpanKind.PRODUCER,
         attributes={
-            "messaging.system": "nats",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-            "messaging.destination.name": subject,
+            **telemetry.messaging_attributes("send", subject),
+            # The outcome and the status request, both with this span's context.
+            "messaging.batch.message_count": 2,
+            "k8s.object.key": outcome.key,
             "reconcile.result": outcome.result,
         },
-    ):
+    ) as span:
         trace_headers: dict[str, str] = {}
         telemetry.inject(trace_headers)
         attrs = {
@@ -210,6 +224,7 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
         headers["Content-Type"] = "application/json"
         headers[events.MSG_ID] = attrs["id"]
         headers.update(trace_headers)
+        span.set_attribute("messaging.message.id", attrs["id"])
         await js.publish(subject, outcome.to_json(), headers=headers)
         await enqueue(
             js,

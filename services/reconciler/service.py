@@ -16,9 +16,9 @@ import logging
 import nats.errors
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
-from shared import natsconn, runtime
+from shared import metrics, natsconn, runtime
 from shared.errors import PermanentError
-from shared.http import HealthServer
+from shared.http import HealthServer, readiness_checks
 from shared.kube import MEMCACHED, KubeClient
 from shared.outcomes import Outcome
 from shared.streams import REQUESTS_STREAM, ensure_streams
@@ -121,20 +121,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         worker_id=worker,
     )
 
-    async def nats_ready() -> bool:
-        return bool(nc.is_connected)
-
-    async def api_ready() -> bool:
-        await kube.request("GET", "/readyz", resource="readyz", timeout=2)
-        return True
-
-    async def streams_ready() -> bool:
-        await js.stream_info(REQUESTS_STREAM)
-        return True
-
+    metrics.init_controller(CONTROLLER)
     health = HealthServer(
         port=args.health_port,
-        checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
+        checks=readiness_checks(nc=nc, kube=kube, streams=(REQUESTS_STREAM,)),
     )
     await health.start()
     await queue.start(

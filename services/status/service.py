@@ -17,12 +17,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
@@ -30,8 +32,8 @@ from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGE
 from services.reconciler.service import add_queue_arguments
 from services.status.conditions import fold_status, status_changed, transitions
 from services.status.recorder import EventRecorder
-from shared import natsconn, runtime, subjects, telemetry
-from shared.http import HealthServer
+from shared import metrics, natsconn, runtime, subjects, telemetry
+from shared.http import HealthServer, readiness_checks
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams
@@ -41,7 +43,14 @@ log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")
 
 CONTROLLER = "status"
-STATUS_WRITES = Counter("mcop_status_writes_total", "Status refreshes by what they did", ["result"])
+STATUS_WRITES = Counter(
+    "mcop_status_writes_total",
+    "Status refreshes by what they did: written, or skipped (nothing a reader sees changed)",
+    ["result"],
+)
+WRITTEN = "written"
+SKIPPED = "skipped"
+LAST_TRACE_ID = "lastTraceId"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,20 +69,52 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def last_outcome(js: JetStreamContext, key: subjects.ObjectKey) -> Outcome | None:
+    found = await last_outcome_message(js, key)
+    return found.outcome if found is not None else None
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """The newest outcome of a CR with what its message says besides: where it is in the
+    stream and the trace context of the reconcile that published it."""
+
+    outcome: Outcome
+    sequence: int
+    context: Context
+
+
+async def last_outcome_message(
+    js: JetStreamContext, key: subjects.ObjectKey
+) -> StoredOutcome | None:
     subject = subjects.subject(subjects.OUTCOMES, "reconcile", key)
     try:
         msg = await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
     except NotFoundError:
         return None
     try:
-        return Outcome.from_json(msg.data or b"")
+        outcome = Outcome.from_json(msg.data or b"")
     except ValueError as err:
         log.warning("ignoring a malformed outcome on %s: %s", subject, err)
         return None
+    return StoredOutcome(outcome, int(msg.seq or 0), telemetry.extract(msg.headers))
+
+
+def _trace_of(context: Context | None) -> int | None:
+    ctx = telemetry.span_context(context)
+    return ctx.trace_id if ctx is not None else None
 
 
 class StatusRefresher:
-    """The status handler: one CR's status brought up to date per call."""
+    """The status handler: one CR's status brought up to date per call.
+
+    A refresh acts on two messages: the request (which may stand for several, coalesced) and
+    the CR's newest outcome. Its span is a child of the request's context and links to the
+    outcome's, except when it is the first refresh of this process to fold a new outcome of
+    another trace: then the roles swap, so the status write that reports a reconcile is in
+    that reconcile's trace even when a watcher's request (a pod became ready) replaced the
+    reconciler's in the queue. ``status.lastTraceId`` names that trace too; it is written
+    with a change a reader can see (conditions, replicas, generation), not on its own.
+    """
 
     def __init__(
         self,
@@ -88,55 +129,87 @@ class StatusRefresher:
         self.recorder = recorder
         self.min_interval = min_interval
         self._last_write: dict[subjects.ObjectKey, float] = {}
+        # Stream sequence of the newest outcome folded per CR.
+        self._folded: dict[subjects.ObjectKey, int] = {}
 
     async def __call__(self, request: Request) -> Result:
         key = request.key
+        stored = await last_outcome_message(self.js, key)
+        parent = telemetry.extract(request.headers)
+        other: Context | None = None
+        if stored is not None:
+            other = stored.context
+            new_outcome = self._folded.get(key) != stored.sequence
+            if new_outcome and _trace_of(other) not in (None, _trace_of(parent)):
+                parent, other = other, parent
         with tracer.start_as_current_span(
             f"process {subjects.PREFIX}.{subjects.REQUESTS}.{CONTROLLER}",
-            context=telemetry.extract(request.headers),
+            context=parent,
             kind=SpanKind.CONSUMER,
+            links=telemetry.links(other, besides=parent),
             attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": subjects.subject(subjects.REQUESTS, CONTROLLER, key),
+                **telemetry.messaging_attributes(
+                    "process", subjects.subject(subjects.REQUESTS, CONTROLLER, key)
+                ),
                 "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
+                "messaging.message.delivery_count": request.delivery,
+                "messaging.nats.stream.sequence": request.sequence,
                 "k8s.object.key": str(key),
             },
-        ):
-            return await self._refresh(key)
+        ) as span:
+            result, what = await self._refresh(key, stored)
+            span.set_attribute("status.result", what)
+            return result
 
-    async def _refresh(self, key: subjects.ObjectKey) -> Result:
+    async def _refresh(
+        self, key: subjects.ObjectKey, stored: StoredOutcome | None
+    ) -> tuple[Result, str]:
+        """The refresh and what it did: gone, deferred, skipped or written."""
         cr = await self.kube.get(MEMCACHED, key.namespace, key.name)
         if cr is None:
             self.recorder.forget(str(key))
             self._last_write.pop(key, None)
-            return Result()
+            self._folded.pop(key, None)
+            return Result(), "gone"
         since = time.monotonic() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
-            return Result(requeue_after=self.min_interval - since)
+            return Result(requeue_after=self.min_interval - since), "deferred"
         selector = ",".join(
             [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
         )
-        deployment, (pods, _), outcome = await asyncio.gather(
+        deployment, (pods, _) = await asyncio.gather(
             self.kube.get(DEPLOYMENT, key.namespace, key.name),
             self.kube.list(POD, namespace=key.namespace, label_selector=selector),
-            last_outcome(self.js, key),
         )
         old: dict[str, Any] | None = cr.get("status")
         new = fold_status(
-            cr=cr, deployment=deployment, pods=pods, outcome=outcome, now=dt.datetime.now(dt.UTC)
+            cr=cr,
+            deployment=deployment,
+            pods=pods,
+            outcome=stored.outcome if stored is not None else None,
+            now=dt.datetime.now(dt.UTC),
         )
-        if not status_changed(old, new):
-            STATUS_WRITES.labels("skipped").inc()
-            return Result()
+        # A new lastTraceId alone is no reason to write: every status write is a change the
+        # watcher turns into a reconcile, whose (new) trace would make the next write, and so
+        # on without end. It is written with the next change a reader can see.
+        seen = {k: v for k, v in new.items() if k != LAST_TRACE_ID}
+        if not status_changed(old, seen):
+            self._note_folded(key, stored)
+            STATUS_WRITES.labels(SKIPPED).inc()
+            return Result(), SKIPPED
         await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
+        self._note_folded(key, stored)
         self._last_write[key] = time.monotonic()
-        STATUS_WRITES.labels("written").inc()
+        STATUS_WRITES.labels(WRITTEN).inc()
+        log.debug("status written", extra={"key": str(key)})
         changed = transitions(old, new)
         if changed:
             await self.recorder.record(cr, changed)
-        return Result()
+        return Result(), WRITTEN
+
+    def _note_folded(self, key: subjects.ObjectKey, stored: StoredOutcome | None) -> None:
+        if stored is not None:
+            self._folded[key] = stored.sequence
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -163,21 +236,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         worker_id=worker,
     )
 
-    async def nats_ready() -> bool:
-        return bool(nc.is_connected)
-
-    async def api_ready() -> bool:
-        await kube.request("GET", "/readyz", resource="readyz", timeout=2)
-        return True
-
-    async def streams_ready() -> bool:
-        await js.stream_info(REQUESTS_STREAM)
-        await js.stream_info(EVENTS_STREAM)
-        return True
-
+    metrics.init_controller(CONTROLLER)
+    for result in (WRITTEN, SKIPPED):
+        STATUS_WRITES.labels(result)
     health = HealthServer(
         port=args.health_port,
-        checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
+        checks=readiness_checks(nc=nc, kube=kube, streams=(REQUESTS_STREAM, EVENTS_STREAM)),
     )
     await health.start()
     refresher = StatusRefresher(

@@ -11,8 +11,11 @@ second without giving up ordering per object. After the event, requests go to th
   reconciler too when it was created, deleted or its spec (generation) changed (drift);
 - a Pod change asks the status service only (ready pods are status, not desired state).
 
-A PRODUCER span per change carries the trace to all three messages; a Memcached annotated
-with ``tracing.k8s.io/traceparent`` continues that trace instead of starting one.
+A PRODUCER span per change carries the trace to all three messages. An object annotated with
+``tracing.k8s.io/traceparent`` continues that trace instead of starting one: a Memcached whose
+writer put it there, and a Deployment, which the reconciler stamps with the trace of its write
+(so the rollout that write starts stays in the same trace). Requests published here count as
+workqueue adds, as those of :func:`shared.workqueue.enqueue` do.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from prometheus_client import Counter
 
 from services.reconciler.desired import OWNER_ANNOTATION
 from services.watcher.informer import Known
-from shared import events, subjects, telemetry
+from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
 from shared.kube import JsonObject
 from shared.replay import replay
@@ -43,7 +46,9 @@ log = logging.getLogger("memcached_operator.watcher")
 tracer = trace.get_tracer("memcached-operator.watcher")
 
 EVENTS_PUBLISHED = Counter(
-    "mcop_events_published_total", "Change events stored in the stream", ["kind", "change"]
+    "mcop_events_published_total",
+    "Change events stored in the stream (duplicates not included)",
+    ["kind", "change"],
 )
 DUPLICATES_DROPPED = Counter(
     "mcop_events_duplicates_total",
@@ -90,9 +95,9 @@ class Publisher:
         self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
         self._generations: dict[tuple[str, ObjectKey], int] = {}
 
-    async def _send(self, subject: str, body: bytes, headers: dict[str, str], kind: str) -> None:
+    async def _send(self, subject: str, body: bytes, headers: dict[str, str], event: str) -> None:
         future = await self.js.publish_async(subject, body, headers=headers)
-        self._pending.append((subject, body, headers, future, kind))
+        self._pending.append((subject, body, headers, future, event))
         if len(self._pending) >= self.batch:
             await self.flush()
 
@@ -133,33 +138,38 @@ class Publisher:
                     log.warning("publish to %s failed (%s); retrying in %.1fs", subject, err, delay)
                     await asyncio.sleep(delay)
 
-    def _count(self, ack: Any, kind: str) -> None:
-        if not kind:
+    def _count(self, ack: Any, event: str) -> None:
+        """Count a confirmed event (``event`` is "<kind>.<change>"; '' for a request): stored,
+        or dropped as a duplicate another replica (or an earlier run) stored first."""
+        if not event:
             return
+        kind, _, change = event.partition(".")
         if getattr(ack, "duplicate", False):
             DUPLICATES_DROPPED.labels(kind).inc()
+        else:
+            EVENTS_PUBLISHED.labels(kind, change).inc()
 
     async def emit(self, kind: Kind, change: str, obj: JsonObject, before: Known | None) -> None:
         key = ObjectKey(
             str((obj.get("metadata") or {}).get("namespace") or ""),
             str((obj.get("metadata") or {}).get("name") or ""),
         )
-        parent = telemetry.context_from_annotation(obj) if kind.name == "memcached" else None
+        parent = telemetry.context_from_annotation(obj)
         subject = subjects.subject(subjects.EVENTS, kind.name, key)
+        requests = self._requests(kind, change, key, obj)
         with tracer.start_as_current_span(
             f"send {subjects.PREFIX}.{subjects.EVENTS}.{kind.name}",
             context=parent,
             kind=SpanKind.PRODUCER,
             attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-                "messaging.destination.name": subject,
+                **telemetry.messaging_attributes("send", subject),
                 "messaging.message.id": events.change_id(
                     str((obj.get("metadata") or {}).get("uid") or ""),
                     str((obj.get("metadata") or {}).get("resourceVersion") or ""),
                     change,
                 ),
+                # The event and the requests it causes, all with this span's context.
+                "messaging.batch.message_count": 1 + len(requests),
                 "k8s.object.kind": kind.name,
                 "k8s.object.key": str(key),
                 "k8s.change": change,
@@ -170,9 +180,8 @@ class Publisher:
             headers, body = events.encode(
                 kind=kind.name, change=change, obj=obj, extra_headers=trace_headers
             )
-            await self._send(subject, body, headers, kind.name)
-            EVENTS_PUBLISHED.labels(kind.name, change).inc()
-            for controller, target in self._requests(kind, change, key, obj):
+            await self._send(subject, body, headers, f"{kind.name}.{change}")
+            for controller, target in requests:
                 await self.request(
                     controller, target, {**trace_headers, ORIGIN: f"watcher:{kind.name}.{change}"}
                 )
@@ -204,6 +213,7 @@ class Publisher:
         subject = subjects.subject(subjects.REQUESTS, controller, key)
         await self._send(subject, b"", dict(headers or {}), "")
         REQUESTS_PUBLISHED.labels(controller).inc()
+        metrics.workqueue_adds_total.labels(controller).inc()
 
 
 async def load_known(

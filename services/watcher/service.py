@@ -18,11 +18,19 @@ from nats.aio.client import Client
 
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
 from services.watcher.informer import Informer
-from services.watcher.publisher import RECONCILE, Kind, Publisher, load_known
-from shared import natsconn, runtime
-from shared.http import HealthServer
+from services.watcher.publisher import (
+    DUPLICATES_DROPPED,
+    RECONCILE,
+    REQUESTS_PUBLISHED,
+    STATUS,
+    Kind,
+    Publisher,
+    load_known,
+)
+from shared import metrics, natsconn, runtime
+from shared.http import HealthServer, readiness_checks
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient, Resource
-from shared.streams import EVENTS_STREAM, ensure_streams
+from shared.streams import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams
 from shared.workqueue import ORIGIN
 
 log = logging.getLogger("memcached_operator.watcher")
@@ -79,22 +87,17 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         None
     ]
 
-    async def nats_ready() -> bool:
-        return bool(nc.is_connected)
-
-    async def api_ready() -> bool:
-        await kube.request("GET", "/readyz", resource="readyz", timeout=2)
-        return True
-
-    async def streams_ready() -> bool:
-        await js.stream_info(EVENTS_STREAM)
-        return True
-
     health = HealthServer(
         port=args.health_port,
-        checks={"nats": nats_ready, "apiserver": api_ready, "streams": streams_ready},
+        checks=readiness_checks(nc=nc, kube=kube, streams=(EVENTS_STREAM, REQUESTS_STREAM)),
     )
     await health.start()
+    # Series exported at 0 from the start, so that rates have something to work on.
+    for kind, _, _ in WATCHED:
+        DUPLICATES_DROPPED.labels(kind.name)
+    for controller in (RECONCILE, STATUS):
+        REQUESTS_PUBLISHED.labels(controller)
+        metrics.workqueue_adds_total.labels(controller)
     while True:
         try:
             await ensure_streams(
