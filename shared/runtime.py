@@ -15,8 +15,16 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from shared import logs, telemetry
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared import logs, natsconn, telemetry
+from shared.http import HealthServer, readiness_checks
+from shared.kube import KubeClient
+from shared.streams import ensure_streams
 
 log = logging.getLogger("memcached_operator")
 
@@ -46,6 +54,56 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, health_port: int) -
 
 def worker_id(service: str) -> str:
     return os.environ.get("POD_NAME") or f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Connections:
+    """A service process's NATS connection, API client and health endpoint."""
+
+    worker: str
+    nc: Client
+    js: JetStreamContext
+    kube: KubeClient
+    health: HealthServer
+
+    @classmethod
+    async def open(
+        cls,
+        service: str,
+        args: argparse.Namespace,
+        *,
+        streams: tuple[str, ...],
+        events_max_age: float | None = None,
+        lease_ttl: float | None = None,
+    ) -> Connections:
+        """Connect, serve /healthz, /readyz (the given streams must exist) and /metrics, and
+        create the streams if missing, retrying while NATS is not there yet."""
+        worker = worker_id(service)
+        nc = await natsconn.connect(worker, args.nats_url)
+        kube = await KubeClient.connect(args.kubeconfig)
+        health = HealthServer(
+            port=args.health_port, checks=readiness_checks(nc=nc, kube=kube, streams=streams)
+        )
+        await health.start()
+        js = nc.jetstream()
+        while True:
+            try:
+                await ensure_streams(
+                    js,
+                    replicas=args.stream_replicas,
+                    events_max_age=events_max_age,
+                    lease_ttl=lease_ttl,
+                )
+                break
+            except (nats.errors.Error, TimeoutError) as err:
+                log.warning("creating streams failed (%s); retrying", err)
+                await asyncio.sleep(1)
+        return cls(worker, nc, js, kube, health)
+
+    async def close(self) -> None:
+        await self.health.stop()
+        await self.kube.close()
+        await self.nc.drain()
 
 
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:

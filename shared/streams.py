@@ -108,8 +108,11 @@ def leases_config(*, replicas: int = 1, ttl: float = DEFAULT_LEASE_TTL) -> api.S
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:
-    """Create the stream, or update it when it exists with another configuration."""
+async def ensure_stream(
+    js: JetStreamContext, config: api.StreamConfig, *, update: bool = True
+) -> api.StreamInfo:
+    """Create the stream; when it exists with another configuration, update it only if
+    `update` (the service that owns that setting), else leave it as it is."""
     try:
         # Adding a stream that exists with the same configuration succeeds, so concurrent
         # callers with one configuration never reach the update.
@@ -117,6 +120,8 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.S
     except APIError as err:
         if err.err_code != _STREAM_EXISTS_DIFFERENTLY:
             raise
+    if not update:
+        return await js.stream_info(str(config.name))
     log.info("updating the configuration of stream %s", config.name)
     return await js.update_stream(config)
 
@@ -125,14 +130,25 @@ async def ensure_streams(
     js: JetStreamContext,
     *,
     replicas: int = 1,
-    events_max_age: float = DEFAULT_EVENTS_MAX_AGE,
-    lease_ttl: float = DEFAULT_LEASE_TTL,
+    events_max_age: float | None = None,
+    lease_ttl: float | None = None,
 ) -> None:
-    """Create or update the events, requests and dead-letter streams and the lease bucket."""
-    for config in (
-        events_config(replicas=replicas, max_age=events_max_age),
-        requests_config(replicas=replicas),
-        deadletter_config(replicas=replicas),
-        leases_config(replicas=replicas, ttl=lease_ttl),
+    """Create the events, requests and dead-letter streams and the lease bucket if missing.
+
+    A setting given here is also applied to an existing stream; one left as None keeps what
+    the stream has, so a service started with defaults never undoes another's configuration
+    (the watcher owns the events' max age, the queue services the lease TTL).
+    """
+    for config, update in (
+        (
+            events_config(replicas=replicas, max_age=events_max_age or DEFAULT_EVENTS_MAX_AGE),
+            events_max_age is not None,
+        ),
+        (requests_config(replicas=replicas), True),
+        (deadletter_config(replicas=replicas), True),
+        (
+            leases_config(replicas=replicas, ttl=lease_ttl or DEFAULT_LEASE_TTL),
+            lease_ttl is not None,
+        ),
     ):
-        await ensure_stream(js, config)
+        await ensure_stream(js, config, update=update)

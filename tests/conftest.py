@@ -109,6 +109,7 @@ class Cluster:
         env.update(
             KUBECONFIG=self.kubeconfig,
             NATS_URL=self.nats_url,
+            MCOP_STATE_DIR=str(self.layout.state_dir),
             PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
         )
         env.update(extra)

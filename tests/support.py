@@ -15,6 +15,8 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from deploy.local import nats_auth
+from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
@@ -82,10 +84,16 @@ class Services:
 
     def start(self, service: str, *args: str, name: str | None = None, **env: str) -> Record:
         name = name or f"{service}-{uuid.uuid4().hex[:6]}"
+        # Each service connects as its own NATS user, as in deploy/ (MCOP_STATE_DIR names the
+        # local cluster whose generated passwords to use).
+        credentials: dict[str, str] = {}
+        state_dir = self.env.get("MCOP_STATE_DIR")
+        if state_dir and service in nats_auth.SERVICE_USERS:
+            credentials = Layout.load(Path(state_dir)).nats_credentials(service)
         rec = self.supervisor.start(
             name,
             [sys.executable, "-m", "shared.cli", service, "--health-port", "0", *args],
-            env={**self.env, "LOG_FORMAT": "json", **env},
+            env={**self.env, "LOG_FORMAT": "json", **credentials, **env},
         )
         self.started.append(name)
         return rec

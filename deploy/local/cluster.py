@@ -3,7 +3,9 @@
 `up` builds (or reuses from the cache) etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kubectl and kwok, generates the PKI, starts each component as a detached child
 process with its log under the state directory, creates fake nodes that kwok keeps Ready,
-starts nats-server with JetStream, installs the CRD, waits until all of it answers, and prints
+starts nats-server with JetStream and the NATS users of deploy/ (passwords generated into the
+state directory; `Layout.nats_url` connects as the admin user, `Layout.nats_credentials` gives
+a service its own), installs the CRD, waits until all of it answers, and prints
 `export` lines for a shell. All ports derive from one base port, so a second instance (the test
 suite's) runs beside a developer's without collisions. `down` stops exactly the processes
 recorded in the state directory.
@@ -20,11 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local import build, pki
+from deploy.local import build, nats_auth, pki
 from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
 
@@ -99,7 +102,26 @@ class Layout:
 
     @property
     def nats_url(self) -> str:
+        """The URL for people and tests: as the admin user when the server has users."""
+        passwords = nats_auth.load_passwords(self.state_dir) or {}
+        if "admin" not in passwords:
+            return self._nats_address
+        secret = urllib.parse.quote(passwords["admin"], safe="")
+        return f"nats://admin:{secret}@127.0.0.1:{self.nats_port}"
+
+    @property
+    def _nats_address(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
+
+    def nats_credentials(self, user: str) -> dict[str, str]:
+        """Environment for a process connecting as `user` (watcher, reconciler, status,
+        audit, admin): NATS_URL without credentials, NATS_USER and NATS_PASSWORD."""
+        nats_auth.user(user)  # unknown users are an error even before `up`
+        passwords = nats_auth.load_passwords(self.state_dir) or {}
+        env = {"NATS_URL": self._nats_address}
+        if user in passwords:
+            env.update(NATS_USER=user, NATS_PASSWORD=passwords[user])
+        return env
 
     @property
     def server(self) -> str:
@@ -370,7 +392,7 @@ def up(layout: Layout) -> None:
         _log(f"{component} ready")
 
     _ensure_nodes(layout)
-    local_nats.start(sup, port=layout.nats_port, monitor_port=layout.nats_monitor_port)
+    local_nats.start(sup, port=layout.nats_port, monitor_port=layout.nats_monitor_port, auth=True)
     _log("nats-server ready")
     if CRD_FILE.exists():
         kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))

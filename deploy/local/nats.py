@@ -2,16 +2,21 @@
 
 The config file is written into the state directory; the store directory lives beside it, so
 messages survive a restart of the server (which tests check) and disappear with `down --purge`.
+With authentication on, the server has the users and permissions of deploy/ (the same
+``auth.conf``, from deploy/local/nats_auth.py) and reads their passwords, generated once into
+the state directory, from its environment, as the Kubernetes StatefulSet does from a Secret.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
 import time
 from pathlib import Path
 
+from deploy.local import nats_auth
 from deploy.local.processes import Record, Supervisor
 
 NAME = "nats-server"
@@ -28,10 +33,16 @@ def binary() -> str:
     return found
 
 
-def write_config(state_dir: Path, *, port: int, monitor_port: int, extra: str = "") -> Path:
+def write_config(
+    state_dir: Path, *, port: int, monitor_port: int, extra: str = "", auth: bool = False
+) -> Path:
     store = state_dir / "nats-store"
     store.mkdir(parents=True, exist_ok=True)
     conf = state_dir / "nats.conf"
+    include: list[str] = []
+    if auth:
+        (state_dir / "auth.conf").write_text(nats_auth.authorization_block())
+        include = ['include "auth.conf"']
     conf.write_text(
         "\n".join(
             [
@@ -44,6 +55,7 @@ def write_config(state_dir: Path, *, port: int, monitor_port: int, extra: str = 
                 "  max_memory_store: 256MB",
                 "  max_file_store: 4GB",
                 "}",
+                *include,
                 extra,
                 "",
             ]
@@ -52,9 +64,37 @@ def write_config(state_dir: Path, *, port: int, monitor_port: int, extra: str = 
     return conf
 
 
-def start(sup: Supervisor, *, port: int, monitor_port: int, extra: str = "") -> Record:
-    conf = write_config(sup.state_dir, port=port, monitor_port=monitor_port, extra=extra)
-    rec = sup.start(NAME, [binary(), "-c", str(conf)])
+def _config_text(state_dir: Path) -> str:
+    parts = []
+    for name in ("nats.conf", "auth.conf"):
+        try:
+            parts.append((state_dir / name).read_text())
+        except OSError:
+            parts.append("")
+    return "\0".join(parts)
+
+
+def start(
+    sup: Supervisor, *, port: int, monitor_port: int, extra: str = "", auth: bool | None = None
+) -> Record:
+    """Start nats-server, or keep the running one if its configuration is unchanged.
+
+    ``auth`` None means: as the state directory says (on once passwords were generated there,
+    see :func:`deploy.local.nats_auth.ensure_passwords`), so a restart keeps the users.
+    """
+    state = sup.state_dir
+    passwords = nats_auth.ensure_passwords(state) if auth else nats_auth.load_passwords(state)
+    use_auth = passwords is not None if auth is None else auth
+    before = _config_text(state)
+    conf = write_config(state, port=port, monitor_port=monitor_port, extra=extra, auth=use_auth)
+    if _config_text(state) != before and sup.running(NAME) is not None:
+        # Users or ports changed (e.g. a state directory from before authentication): the
+        # running server must pick them up. Its data on disk is kept.
+        sup.stop(NAME)
+    env = dict(os.environ)
+    if use_auth and passwords is not None:
+        env.update(nats_auth.server_environment(passwords))
+    rec = sup.start(NAME, [binary(), "-c", str(conf)], env=env)
     wait_ready(port)
     return rec
 

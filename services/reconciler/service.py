@@ -13,16 +13,13 @@ import asyncio
 import datetime as dt
 import logging
 
-import nats.errors
-
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
-from shared import metrics, natsconn, runtime
+from shared import metrics, runtime
 from shared.errors import PermanentError
-from shared.http import HealthServer, readiness_checks
-from shared.kube import MEMCACHED, KubeClient
+from shared.kube import MEMCACHED
 from shared.outcomes import Outcome
-from shared.streams import REQUESTS_STREAM, ensure_streams
-from shared.workqueue import ORIGIN, KeyedWorkQueue, Request
+from shared.streams import REQUESTS_STREAM
+from shared.workqueue import ORIGIN, DeadLetterCallback, KeyedWorkQueue, Request
 
 log = logging.getLogger("memcached_operator.reconciler")
 
@@ -77,17 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    worker = runtime.worker_id("reconciler")
-    nc = await natsconn.connect(worker, args.nats_url)
-    js = nc.jetstream()
-    kube = await KubeClient.connect(args.kubeconfig)
-    while True:
-        try:
-            await ensure_streams(js, replicas=args.stream_replicas, lease_ttl=args.lease_ttl)
-            break
-        except (nats.errors.Error, TimeoutError) as err:
-            log.warning("creating streams failed (%s); retrying", err)
-            await asyncio.sleep(1)
+    conn = await runtime.Connections.open(
+        "reconciler", args, streams=(REQUESTS_STREAM,), lease_ttl=args.lease_ttl
+    )
+    kube, js = conn.kube, conn.js
 
     async def on_dead_letter(request: Request, error: Exception) -> None:
         cr = await kube.get(MEMCACHED, request.key.namespace, request.key.name)
@@ -108,9 +98,34 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             ),
         )
 
-    queue = KeyedWorkQueue(
-        nc,
-        controller=CONTROLLER,
+    queue = queue_from_args(conn, args, controller=CONTROLLER, on_dead_letter=on_dead_letter)
+    metrics.init_controller(CONTROLLER)
+    await queue.start(
+        MemcachedReconciler(
+            kube, js, worker=conn.worker, progress_deadline_seconds=args.progress_deadline
+        )
+    )
+    log.info("reconciler started", extra={"worker": conn.worker, "concurrency": args.concurrency})
+    try:
+        await stop.wait()
+        log.info("stopping: finishing in-flight reconciles")
+    finally:
+        await queue.stop(timeout=25)
+        await conn.close()
+        log.info("reconciler stopped")
+
+
+def queue_from_args(
+    conn: runtime.Connections,
+    args: argparse.Namespace,
+    *,
+    controller: str,
+    on_dead_letter: DeadLetterCallback | None = None,
+) -> KeyedWorkQueue:
+    """The controller's work queue configured from the flags of add_queue_arguments."""
+    return KeyedWorkQueue(
+        conn.nc,
+        controller=controller,
         concurrency=args.concurrency,
         ack_wait=args.ack_wait,
         lease_ttl=args.lease_ttl,
@@ -118,27 +133,5 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         backoff_cap=args.backoff_cap,
         required_headers=(ORIGIN,),
         on_dead_letter=on_dead_letter,
-        worker_id=worker,
+        worker_id=conn.worker,
     )
-
-    metrics.init_controller(CONTROLLER)
-    health = HealthServer(
-        port=args.health_port,
-        checks=readiness_checks(nc=nc, kube=kube, streams=(REQUESTS_STREAM,)),
-    )
-    await health.start()
-    await queue.start(
-        MemcachedReconciler(
-            kube, js, worker=worker, progress_deadline_seconds=args.progress_deadline
-        )
-    )
-    log.info("reconciler started", extra={"worker": worker, "concurrency": args.concurrency})
-    try:
-        await stop.wait()
-        log.info("stopping: finishing in-flight reconciles")
-    finally:
-        await queue.stop(timeout=25)
-        await health.stop()
-        await kube.close()
-        await nc.drain()
-        log.info("reconciler stopped")

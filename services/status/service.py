@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
@@ -29,15 +28,14 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, label_value
-from services.reconciler.service import add_queue_arguments
+from services.reconciler.service import add_queue_arguments, queue_from_args
 from services.status.conditions import fold_status, status_changed, transitions
 from services.status.recorder import EventRecorder
-from shared import metrics, natsconn, runtime, subjects, telemetry
-from shared.http import HealthServer, readiness_checks
+from shared import metrics, runtime, subjects, telemetry
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
-from shared.streams import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams
-from shared.workqueue import ORIGIN, KeyedWorkQueue, Request, Result
+from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
+from shared.workqueue import Request, Result
 
 log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")
@@ -213,47 +211,24 @@ class StatusRefresher:
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    worker = runtime.worker_id("status")
-    nc = await natsconn.connect(worker, args.nats_url)
-    js = nc.jetstream()
-    kube = await KubeClient.connect(args.kubeconfig)
-    while True:
-        try:
-            await ensure_streams(js, replicas=args.stream_replicas, lease_ttl=args.lease_ttl)
-            break
-        except (nats.errors.Error, TimeoutError) as err:
-            log.warning("creating streams failed (%s); retrying", err)
-            await asyncio.sleep(1)
-    queue = KeyedWorkQueue(
-        nc,
-        controller=CONTROLLER,
-        concurrency=args.concurrency,
-        ack_wait=args.ack_wait,
-        lease_ttl=args.lease_ttl,
-        max_deliveries=args.max_deliveries,
-        backoff_cap=args.backoff_cap,
-        required_headers=(ORIGIN,),
-        worker_id=worker,
+    conn = await runtime.Connections.open(
+        "status", args, streams=(REQUESTS_STREAM, EVENTS_STREAM), lease_ttl=args.lease_ttl
     )
-
+    queue = queue_from_args(conn, args, controller=CONTROLLER)
     metrics.init_controller(CONTROLLER)
     for result in (WRITTEN, SKIPPED):
         STATUS_WRITES.labels(result)
-    health = HealthServer(
-        port=args.health_port,
-        checks=readiness_checks(nc=nc, kube=kube, streams=(REQUESTS_STREAM, EVENTS_STREAM)),
-    )
-    await health.start()
     refresher = StatusRefresher(
-        kube, js, recorder=EventRecorder(kube, instance=worker), min_interval=args.min_interval
+        conn.kube,
+        conn.js,
+        recorder=EventRecorder(conn.kube, instance=conn.worker),
+        min_interval=args.min_interval,
     )
     await queue.start(refresher)
-    log.info("status service started", extra={"worker": worker})
+    log.info("status service started", extra={"worker": conn.worker})
     try:
         await stop.wait()
     finally:
         await queue.stop(timeout=25)
-        await health.stop()
-        await kube.close()
-        await nc.drain()
+        await conn.close()
         log.info("status service stopped")

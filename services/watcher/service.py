@@ -13,9 +13,6 @@ import argparse
 import asyncio
 import logging
 
-import nats.errors
-from nats.aio.client import Client
-
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
 from services.watcher.informer import Informer
 from services.watcher.publisher import (
@@ -27,10 +24,9 @@ from services.watcher.publisher import (
     Publisher,
     load_known,
 )
-from shared import metrics, natsconn, runtime
-from shared.http import HealthServer, readiness_checks
-from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient, Resource
-from shared.streams import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams
+from shared import metrics, runtime
+from shared.kube import DEPLOYMENT, MEMCACHED, POD, Resource
+from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
 from shared.workqueue import ORIGIN
 
 log = logging.getLogger("memcached_operator.watcher")
@@ -80,33 +76,22 @@ async def _resync(publisher: Publisher, informers: list[Informer], period: float
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    nc: Client = await natsconn.connect(runtime.worker_id("watcher"), args.nats_url)
-    js = nc.jetstream()
-    kube = await KubeClient.connect(args.kubeconfig)
+    conn = await runtime.Connections.open(
+        "watcher",
+        args,
+        streams=(EVENTS_STREAM, REQUESTS_STREAM),
+        events_max_age=args.events_max_age,
+    )
+    js, kube = conn.js, conn.kube
     namespaces: list[str | None] = [n.strip() for n in args.namespaces.split(",") if n.strip()] or [
         None
     ]
-
-    health = HealthServer(
-        port=args.health_port,
-        checks=readiness_checks(nc=nc, kube=kube, streams=(EVENTS_STREAM, REQUESTS_STREAM)),
-    )
-    await health.start()
     # Series exported at 0 from the start, so that rates have something to work on.
     for kind, _, _ in WATCHED:
         DUPLICATES_DROPPED.labels(kind.name)
     for controller in (RECONCILE, STATUS):
         REQUESTS_PUBLISHED.labels(controller)
         metrics.workqueue_adds_total.labels(controller)
-    while True:
-        try:
-            await ensure_streams(
-                js, replicas=args.stream_replicas, events_max_age=args.events_max_age
-            )
-            break
-        except (nats.errors.Error, TimeoutError) as err:
-            log.warning("creating streams failed (%s); retrying", err)
-            await asyncio.sleep(1)
 
     publisher = Publisher(js)
     informers: list[Informer] = []
@@ -145,7 +130,5 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             await asyncio.wait_for(publisher.flush(), timeout=10)
         except Exception as err:
             log.warning("final flush failed: %s", err)
-        await health.stop()
-        await kube.close()
-        await nc.drain()
+        await conn.close()
         log.info("watcher stopped")

@@ -78,7 +78,9 @@ def test_cel_rule_message_for_memory_limit_below_request(cluster: Cluster) -> No
     spec = {"size": 1, "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1Mi"}}}
     proc = cluster.kubectl("apply", "-f", "-", input_=_mc("bad-mem", spec), check=False)
     assert proc.returncode != 0
-    assert "resources.limits.memory must not be less than resources.requests.memory" in proc.stderr, proc.stderr
+    assert (
+        "resources.limits.memory must not be less than resources.requests.memory" in proc.stderr
+    ), proc.stderr
 
 
 def test_plain_deployment_becomes_available(cluster: Cluster) -> None:
@@ -108,7 +110,10 @@ def test_rbac_refuses_a_user_without_rights(cluster: Cluster) -> None:
     proc = cluster.kubectl("get", "pods", "--as=nobody", check=False)
     assert proc.returncode != 0
     assert "Forbidden" in proc.stderr or "forbidden" in proc.stderr, proc.stderr
-    assert cluster.kubectl("auth", "can-i", "list", "pods", "--as=nobody", check=False).stdout.strip() == "no"
+    assert (
+        cluster.kubectl("auth", "can-i", "list", "pods", "--as=nobody", check=False).stdout.strip()
+        == "no"
+    )
 
 
 async def _publish_and_read(url: str, *, publish: bool) -> list[bytes]:
@@ -166,6 +171,7 @@ def test_cluster_up_twice_reuses_and_down_stops_everything(tmp_path: Path) -> No
     finally:
         local_cluster.down(layout)
     for pid in first.values():
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status"
-        ).read_text().lower(), f"pid {pid} still running after down"
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"pid {pid} still running after down"
