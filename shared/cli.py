@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reconciler": ("services.reconciler.service", "converge Deployments (one worker process)"),
     "status": ("services.status.service", "fold outcomes into the Memcached status"),
     "audit": ("services.watcher.audit", "replay or follow the event stream"),
+    "demo": ("deploy.local.demo", "run the whole system locally and apply the samples"),
 }
 
 

@@ -253,11 +253,18 @@ class KubeClient:
         )
 
     async def patch_status(
-        self, res: Resource, namespace: str, name: str, patch: JsonObject
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        patch: JsonObject,
+        *,
+        field_manager: str = "memcached-operator-status",
     ) -> JsonObject:
         return await self.request(
             "PATCH",
             res.path(namespace, name, "status"),
+            query={"fieldManager": field_manager},
             body=patch,
             content_type="application/merge-patch+json",
             resource=f"{res.plural}/status",

@@ -54,30 +54,34 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def setup(service: str) -> TracerProvider | None:
-    """Install a tracer provider for `service` if OTLP export is configured."""
+    """Install a tracer provider for `service`: always (so trace ids exist in logs, the audit
+    stream and the CR status even without a collector), exporting over OTLP only when the
+    OTEL_* variables ask for it; OTEL_SDK_DISABLED=true turns tracing off altogether."""
     global _provider
     if _provider is not None:
         return _provider
-    if not enabled():
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; the sampler comes from
     # OTEL_TRACES_SAMPLER and the batch settings from OTEL_BSP_*, both read by the SDK.
     provider = TracerProvider(resource=Resource.create(resource_attributes(service)))
-    protocol = os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    )
-    if protocol.startswith("http"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
+    if enabled():
+        protocol = os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         )
+        if protocol.startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpExporter,
+            )
 
-        provider.add_span_processor(BatchSpanProcessor(HttpExporter()))
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
+            provider.add_span_processor(BatchSpanProcessor(HttpExporter()))
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
 
-        provider.add_span_processor(BatchSpanProcessor(GrpcExporter()))
+            provider.add_span_processor(BatchSpanProcessor(GrpcExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

@@ -66,22 +66,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 def free_port_block(size: int = 8) -> int:
-    """A base port whose `size` consecutive ports are all free on loopback right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return base
-    raise RuntimeError("no block of free ports found")
+    return local_cluster.free_base_port(size)
 
 
 class Cluster:

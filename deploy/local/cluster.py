@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -49,6 +51,26 @@ COMPONENTS = (
 )
 _CM_USER = "system:kube-controller-manager"
 _SCHED_USER = "system:kube-scheduler"
+
+
+def free_base_port(size: int = 8) -> int:
+    """A base port whose `size` consecutive loopback ports are free now, taken below Linux's
+    ephemeral range (32768+) so that outgoing connections cannot grab them before `up` binds."""
+    for _ in range(200):
+        base = random.randrange(10000, 32000 - size)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError("no block of free loopback ports found")
 
 
 def default_state_dir() -> Path:
@@ -506,6 +528,12 @@ def env_lines(layout: Layout) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status", "env"])
+    add_common_arguments(parser)
+    parser.add_argument("--purge", action="store_true", help="down: also delete the state dir")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which local instance: shared by `cluster` and `demo`."""
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -521,7 +549,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nodes", type=int, default=int(os.environ.get("MCOP_NODES", "1")), help="fake nodes"
     )
-    parser.add_argument("--purge", action="store_true", help="down: also delete the state dir")
 
 
 def run(args: argparse.Namespace) -> int:

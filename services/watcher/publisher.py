@@ -186,25 +186,31 @@ class Publisher:
                     controller, target, {**trace_headers, ORIGIN: f"watcher:{kind.name}.{change}"}
                 )
 
+    def _spec_changed(self, kind: Kind, change: str, key: ObjectKey, obj: JsonObject) -> bool:
+        """Whether this change can alter desired state: a creation, a deletion, or a new
+        metadata.generation (status writes and metadata-only edits keep the generation, as
+        controller-runtime's GenerationChangedPredicate relies on)."""
+        gen_key = (kind.name, key)
+        generation = _generation(obj)
+        previous = self._generations.get(gen_key)
+        if change == "deleted":
+            self._generations.pop(gen_key, None)
+        else:
+            self._generations[gen_key] = generation
+        return change != "modified" or previous != generation
+
     def _requests(
         self, kind: Kind, change: str, key: ObjectKey, obj: JsonObject
     ) -> list[tuple[str, ObjectKey]]:
         if not kind.owned:
-            return [(RECONCILE, key)]
+            # The CR's own status writes must not wake the reconciler again.
+            return [(RECONCILE, key)] if self._spec_changed(kind, change, key, obj) else []
         owner = owner_key(obj)
         if owner is None:
             return []
         out = [(STATUS, owner)]
-        if kind.name == "deployment":
-            gen_key = (kind.name, key)
-            generation = _generation(obj)
-            previous = self._generations.get(gen_key)
-            if change == "deleted":
-                self._generations.pop(gen_key, None)
-            else:
-                self._generations[gen_key] = generation
-            if change != "modified" or previous != generation:
-                out.insert(0, (RECONCILE, owner))
+        if kind.name == "deployment" and self._spec_changed(kind, change, key, obj):
+            out.insert(0, (RECONCILE, owner))
         return out
 
     async def request(
