@@ -17,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from shared.backoff import retry_delay
 from shared.errors import TransientError
 from shared.kube import ApiError, JsonObject, KubeClient, Resource
 from shared.subjects import ObjectKey
@@ -77,9 +78,10 @@ def _stub(key: ObjectKey, known: Known) -> JsonObject:
     }
 
 
-def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    """Capped exponential backoff with full jitter (attempt counts from 1)."""
-    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+def _delay(attempt: int, retry_after: float | None) -> float:
+    return retry_delay(
+        attempt=attempt, base=0.5, cap=30.0, retry_after=retry_after, jitter=random.random()
+    )
 
 
 class Informer:
@@ -162,11 +164,11 @@ class Informer:
                     need_list = True
                     continue
                 attempt += 1
-                delay = err.retry_after or backoff_delay(attempt)
+                delay = _delay(attempt, err.retry_after)
                 log.warning("watch %s: %s; retrying in %.1fs", self.resource.plural, err, delay)
                 await asyncio.sleep(delay)
             except TransientError as err:
                 attempt += 1
-                delay = err.retry_after or backoff_delay(attempt)
+                delay = _delay(attempt, err.retry_after)
                 log.warning("watch %s: %s; retrying in %.1fs", self.resource.plural, err, delay)
                 await asyncio.sleep(delay)
