@@ -56,6 +56,22 @@ def last_field_manager(obj: Mapping[str, Any]) -> str:
     return best
 
 
+def last_spec_writer(obj: Mapping[str, Any]) -> str:
+    """The one manager whose write is the newest on the object itself (status-subresource
+    entries left out), or '' when there is none or several wrote within that second."""
+    entries = [
+        e
+        for e in (obj.get("metadata") or {}).get("managedFields") or []
+        if e.get("subresource") != "status"
+    ]
+    # Writes through the scale subresource are recorded without a time: then nobody can say.
+    if not entries or any(not e.get("time") for e in entries):
+        return ""
+    newest = max(str(e.get("time") or "") for e in entries)
+    managers = {str(e.get("manager") or "") for e in entries if str(e.get("time") or "") == newest}
+    return managers.pop() if len(managers) == 1 else ""
+
+
 def strip_managed_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return {**obj, "metadata": meta}

@@ -109,6 +109,15 @@ def _work_queue(controller: str) -> list[str]:
     ]
 
 
+def _observed_state() -> list[str]:
+    """Direct gets of the newest Memcached and Deployment events (shared/state.py): the
+    reconciler and the status service read objects from the stream, not the API server."""
+    return [
+        f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, kind)}"
+        for kind in ("memcached", "deployment")
+    ]
+
+
 USERS: tuple[User, ...] = (
     User(
         "watcher",
@@ -132,6 +141,7 @@ USERS: tuple[User, ...] = (
                 _family(REQUESTS, STATUS),
                 *_ensure_streams(),
                 *_work_queue(RECONCILE),
+                *_observed_state(),
             ),
             subscribe=(INBOX,),
             publish_deny=(_family(EVENTS),),
@@ -145,6 +155,7 @@ USERS: tuple[User, ...] = (
                 *_ensure_streams(),
                 *_work_queue(STATUS),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
+                *_observed_state(),
             ),
             subscribe=(INBOX,),
             publish_deny=(_family(EVENTS), _family(OUTCOMES)),

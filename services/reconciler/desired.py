@@ -18,6 +18,9 @@ CONTAINER_NAME = "memcached"
 PORT = 11211
 COMMAND = ["memcached", "-m=64", "-o", "modern", "-v"]
 MANAGED_BY = "memcached-operator"
+# The field manager of the reconciler's server-side applies; the watcher recognises the
+# Deployment changes our own applies made by it.
+FIELD_MANAGER = "memcached-operator"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

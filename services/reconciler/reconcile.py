@@ -25,12 +25,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
-from services.reconciler.desired import desired_deployment, matches, owned_by
+from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
 from shared import events, subjects, telemetry
 from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
 from shared.models import Memcached
 from shared.outcomes import Outcome, OutcomeResult
+from shared.state import last_observed
 from shared.subjects import ObjectKey
 from shared.workqueue import ORIGIN, Request, Result, enqueue
 
@@ -39,7 +40,6 @@ tracer = trace.get_tracer("memcached-operator.reconciler")
 
 CONTROLLER = "reconcile"
 STATUS_CONTROLLER = "status"
-FIELD_MANAGER = "memcached-operator"
 OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
 
 
@@ -86,7 +86,7 @@ class MemcachedReconciler:
             started = time.monotonic()
             cr_obj: dict[str, Any] | None = None
             try:
-                cr_obj = await self.kube.get(MEMCACHED, request.key.namespace, request.key.name)
+                cr_obj = await self._read_cr(request.key)
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
                     return Result()
@@ -131,6 +131,23 @@ class MemcachedReconciler:
                 span.set_status(Status(StatusCode.ERROR, err.message))
                 raise
 
+    async def _read_cr(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The CR from the event stream (no API call); from the API server only when the
+        stream has never seen it (e.g. a request published by hand before the watcher ran)."""
+        observed = await last_observed(self.js, "memcached", key)
+        if observed is not None:
+            return observed.obj if observed.exists else None
+        return await self.kube.get(MEMCACHED, key.namespace, key.name)
+
+    async def _read_deployment(self, key: ObjectKey, cr_uid: str) -> dict[str, Any] | None:
+        """The Deployment from the event stream when it is ours there; otherwise from the API
+        server, because only managed Deployments are streamed and a foreign one of that name
+        must be found before anything is applied over it."""
+        observed = await last_observed(self.js, "deployment", key)
+        if observed is not None and observed.exists and owned_by(observed.obj, cr_uid):
+            return observed.obj
+        return await self.kube.get(DEPLOYMENT, key.namespace, key.name)
+
     async def _converge(self, cr_obj: dict[str, Any]) -> bool:
         """Apply the desired Deployment if the live one differs; True if a write was made."""
         try:
@@ -138,7 +155,7 @@ class MemcachedReconciler:
         except ValidationError as err:
             raise PermanentError("InvalidSpec", _validation_message(err)) from err
         desired = desired_deployment(cr, progress_deadline_seconds=self.progress_deadline_seconds)
-        live = await self.kube.get(DEPLOYMENT, cr.namespace, cr.name)
+        live = await self._read_deployment(cr.key(), cr.uid or "")
         if live is not None:
             if not owned_by(live, cr.uid or ""):
                 owners = [

@@ -32,8 +32,9 @@ from services.reconciler.service import add_queue_arguments, queue_from_args
 from services.status.conditions import fold_status, status_changed, transitions
 from services.status.recorder import EventRecorder
 from shared import metrics, runtime, subjects, telemetry
-from shared.kube import DEPLOYMENT, MEMCACHED, POD, KubeClient
+from shared.kube import MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
+from shared.state import last_observed
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
 from shared.workqueue import Request, Result
 
@@ -102,6 +103,12 @@ def _trace_of(context: Context | None) -> int | None:
     return ctx.trace_id if ctx is not None else None
 
 
+def _revision(obj: dict[str, Any]) -> int:
+    """metadata.resourceVersion as a number (etcd revisions are; -1 if it is not one)."""
+    value = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(value) if value.isdigit() else -1
+
+
 class StatusRefresher:
     """The status handler: one CR's status brought up to date per call.
 
@@ -127,6 +134,8 @@ class StatusRefresher:
         self.recorder = recorder
         self.min_interval = min_interval
         self._last_write: dict[subjects.ObjectKey, float] = {}
+        # What this process last wrote per CR: (resourceVersion after the write, status).
+        self._written: dict[subjects.ObjectKey, tuple[int, dict[str, Any]]] = {}
         # Stream sequence of the newest outcome folded per CR.
         self._folded: dict[subjects.ObjectKey, int] = {}
 
@@ -159,15 +168,33 @@ class StatusRefresher:
             span.set_attribute("status.result", what)
             return result
 
+    async def _read_cr(self, key: subjects.ObjectKey) -> dict[str, Any] | None:
+        """The CR from the event stream, or from the API server if the stream never saw it."""
+        observed = await last_observed(self.js, "memcached", key)
+        if observed is not None:
+            return observed.obj if observed.exists else None
+        return await self.kube.get(MEMCACHED, key.namespace, key.name)
+
+    def _newest_status(self, key: subjects.ObjectKey, cr: dict[str, Any]) -> dict[str, Any] | None:
+        """The CR's current status: the streamed one, unless this process wrote a newer one
+        that the stream does not show yet (comparing with a stale status would see condition
+        flips that did not happen and move their lastTransitionTime)."""
+        streamed: dict[str, Any] | None = cr.get("status")
+        mine = self._written.get(key)
+        if mine is not None and mine[0] > _revision(cr):
+            return mine[1]
+        return streamed
+
     async def _refresh(
         self, key: subjects.ObjectKey, stored: StoredOutcome | None
     ) -> tuple[Result, str]:
         """The refresh and what it did: gone, deferred, skipped or written."""
-        cr = await self.kube.get(MEMCACHED, key.namespace, key.name)
+        cr = await self._read_cr(key)
         if cr is None:
             self.recorder.forget(str(key))
             self._last_write.pop(key, None)
             self._folded.pop(key, None)
+            self._written.pop(key, None)
             return Result(), "gone"
         since = time.monotonic() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
@@ -175,11 +202,15 @@ class StatusRefresher:
         selector = ",".join(
             [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
         )
-        deployment, (pods, _) = await asyncio.gather(
-            self.kube.get(DEPLOYMENT, key.namespace, key.name),
-            self.kube.list(POD, namespace=key.namespace, label_selector=selector),
-        )
-        old: dict[str, Any] | None = cr.get("status")
+        observed = await last_observed(self.js, "deployment", key)
+        deployment = observed.obj if observed is not None and observed.exists else None
+        pods: list[dict[str, Any]] = []
+        if deployment is not None and ((deployment.get("status") or {}).get("readyReplicas") or 0):
+            # Only ready pods are named in status.nodes; with none ready there is nothing to list.
+            pods, _ = await self.kube.list(POD, namespace=key.namespace, label_selector=selector)
+        old: dict[str, Any] | None = self._newest_status(key, cr)
+        if old is not None:
+            cr = {**cr, "status": old}
         new = fold_status(
             cr=cr,
             deployment=deployment,
@@ -195,7 +226,8 @@ class StatusRefresher:
             self._note_folded(key, stored)
             STATUS_WRITES.labels(SKIPPED).inc()
             return Result(), SKIPPED
-        await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
+        written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
+        self._written[key] = (_revision(written), written.get("status") or new)
         self._note_folded(key, stored)
         self._last_write[key] = time.monotonic()
         STATUS_WRITES.labels(WRITTEN).inc()

@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from services.reconciler.desired import OWNER_ANNOTATION
+from services.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
 from services.watcher.informer import Known
 from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
@@ -82,6 +82,15 @@ def owner_key(obj: Mapping[str, Any]) -> ObjectKey | None:
     return ObjectKey(namespace, str(name)) if name else None
 
 
+def _pod_ready(obj: Mapping[str, Any]) -> bool:
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
+
+
 def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
 
@@ -94,6 +103,7 @@ class Publisher:
         self.batch = batch
         self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
         self._generations: dict[tuple[str, ObjectKey], int] = {}
+        self._ready: dict[ObjectKey, bool] = {}
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], event: str) -> None:
         future = await self.js.publish_async(subject, body, headers=headers)
@@ -208,10 +218,28 @@ class Publisher:
         owner = owner_key(obj)
         if owner is None:
             return []
+        if kind.name == "pod":
+            # Only a pod's readiness (and its coming and going) shows in the owner's status.
+            return [(STATUS, owner)] if self._readiness_changed(change, key, obj) else []
         out = [(STATUS, owner)]
-        if kind.name == "deployment" and self._spec_changed(kind, change, key, obj):
+        if self._spec_changed(kind, change, key, obj) and not (
+            change == "modified" and events.last_spec_writer(obj) == FIELD_MANAGER
+        ):
+            # A new generation that our own apply made needs no reconcile: it is the result
+            # of one. Anyone else's edit (drift) does.
             out.insert(0, (RECONCILE, owner))
         return out
+
+    def _readiness_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
+        ready = _pod_ready(obj)
+        previous = self._ready.get(key)
+        if change == "deleted":
+            self._ready.pop(key, None)
+            return True
+        self._ready[key] = ready
+        # An unready pod seen for the first time changes no status (the Deployment's own
+        # events carry its counts); a ready one, or a flip, does.
+        return ready if previous is None else previous != ready
 
     async def request(
         self, controller: str, key: ObjectKey, headers: Mapping[str, str] | None = None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
+import signal
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -151,7 +153,15 @@ def test_rapid_spec_changes_coalesce(
             await kube.close()
 
     before = len(outcomes(cluster, namespace))
-    asyncio.run(burst())
+    # The workers are paused while the changes arrive (SIGSTOP), as a busy fleet would be:
+    # every change lands while the object's request still waits, and they coalesce.
+    for name in ("reconciler-0", "reconciler-1"):
+        os.kill(service_procs.supervisor.running(name).pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        asyncio.run(burst())
+    finally:
+        for name in ("reconciler-0", "reconciler-1"):
+            os.kill(service_procs.supervisor.running(name).pid, signal.SIGCONT)  # type: ignore[union-attr]
     wait_for(
         lambda: (
             (d := cluster.kubectl_json("get", "deployment", "-n", namespace, "hot"))
@@ -164,7 +174,7 @@ def test_rapid_spec_changes_coalesce(
     time.sleep(2)
     runs = len(outcomes(cluster, namespace)) - before
     print(f"100 spec changes -> {runs} reconciles")
-    assert 1 <= runs < 50, f"{runs} reconciles for 100 rapid changes: requests did not coalesce"
+    assert 1 <= runs <= 5, f"{runs} reconciles for 100 rapid changes: requests did not coalesce"
     assert_no_overlap(outcomes(cluster, namespace))
 
 

@@ -66,3 +66,30 @@ def test_deletions_are_keyed_by_uid_only() -> None:
 def test_decode_rejects_what_is_not_our_event(headers: dict[str, str], data: bytes) -> None:
     with pytest.raises(ValueError):
         events.decode(headers, data)
+
+
+@pytest.mark.unit
+def test_last_spec_writer_ignores_status_and_refuses_ties() -> None:
+    def obj(*entries: tuple[str, str, str]) -> dict:  # type: ignore[type-arg]
+        return {
+            "metadata": {
+                "managedFields": [
+                    {"manager": m, "time": t, **({"subresource": sub} if sub else {})}
+                    for m, t, sub in entries
+                ]
+            }
+        }
+
+    ours = ("memcached-operator", "2026-01-01T00:00:05Z", "")
+    status = ("kube-controller-manager", "2026-01-01T00:00:09Z", "status")
+    kubectl_same_second = ("kubectl", "2026-01-01T00:00:05Z", "")
+    kubectl_later = ("kubectl", "2026-01-01T00:00:07Z", "")
+    assert events.last_spec_writer(obj(ours, status)) == "memcached-operator"
+    assert events.last_spec_writer(obj(ours, kubectl_same_second)) == ""
+    assert events.last_spec_writer(obj(ours, kubectl_later, status)) == "kubectl"
+    assert events.last_spec_writer(obj()) == ""
+    # kubectl scale deployment: recorded for the scale subresource, without a time.
+    scale = {"manager": "kubectl", "subresource": "scale", "operation": "Update"}
+    with_scale = obj(ours)
+    with_scale["metadata"]["managedFields"].append(scale)
+    assert events.last_spec_writer(with_scale) == ""
