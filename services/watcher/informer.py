@@ -172,3 +172,16 @@ class Informer:
                 delay = _delay(attempt, err.retry_after)
                 log.warning("watch %s: %s; retrying in %.1fs", self.resource.plural, err, delay)
                 await asyncio.sleep(delay)
+            except Exception as err:
+                # Whatever else broke (e.g. publishing while NATS restarts), the informer must
+                # not die: start over from a list, which re-emits only what the stream lacks.
+                attempt += 1
+                delay = _delay(attempt, None)
+                log.exception(
+                    "watch %s failed unexpectedly (%r); relisting in %.1fs",
+                    self.resource.plural,
+                    err,
+                    delay,
+                )
+                need_list = True
+                await asyncio.sleep(delay)

@@ -104,9 +104,18 @@ class Publisher:
         self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
         self._generations: dict[tuple[str, ObjectKey], int] = {}
         self._ready: dict[ObjectKey, bool] = {}
+        self._flushing = asyncio.Lock()
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], event: str) -> None:
-        future = await self.js.publish_async(subject, body, headers=headers)
+        try:
+            future = await self.js.publish_async(subject, body, headers=headers)
+        except Exception as err:
+            # Disconnected, or the client's buffer is full: settle what is pending first so
+            # the order per object holds, then publish this one synchronously.
+            log.warning("pipelined publish to %s refused (%s); publishing in order", subject, err)
+            await self.flush()
+            await self._publish_until_stored(subject, body, headers, event)
+            return
         self._pending.append((subject, body, headers, future, event))
         if len(self._pending) >= self.batch:
             await self.flush()
@@ -120,33 +129,41 @@ class Publisher:
 
     async def flush(self) -> None:
         """Wait until every pipelined publish is stored; re-send, in order, from the first
-        that failed (the message ids make re-sends of stored messages harmless)."""
-        pending, self._pending = self._pending, []
-        failed_from: int | None = None
-        for i, (_, _, _, future, kind) in enumerate(pending):
-            try:
-                ack = await future
-            except Exception as err:
-                log.warning("publish failed, will resend: %s", err)
-                failed_from = i
-                break
-            self._count(ack, kind)
-        if failed_from is None:
-            return
-        for i, (subject, body, headers, future, kind) in enumerate(pending[failed_from:]):
-            if i > 0 and not future.done():
-                future.cancel()
-            attempt = 0
-            while True:
-                attempt += 1
+        that failed (the message ids make re-sends of stored messages harmless). One flush at
+        a time, so a later batch is never confirmed before an earlier one is re-sent."""
+        async with self._flushing:
+            pending, self._pending = self._pending, []
+            failed_from: int | None = None
+            for i, (_, _, _, future, kind) in enumerate(pending):
                 try:
-                    ack = await self.js.publish(subject, body, headers=headers, timeout=5)
-                    self._count(ack, kind)
-                    break
+                    ack = await future
                 except Exception as err:
-                    delay = min(5.0, 0.2 * 2**attempt)
-                    log.warning("publish to %s failed (%s); retrying in %.1fs", subject, err, delay)
-                    await asyncio.sleep(delay)
+                    log.warning("publish failed, will resend: %s", err)
+                    failed_from = i
+                    break
+                self._count(ack, kind)
+            if failed_from is None:
+                return
+            for i, (subject, body, headers, future, kind) in enumerate(pending[failed_from:]):
+                if i > 0 and not future.done():
+                    future.cancel()
+                await self._publish_until_stored(subject, body, headers, kind)
+
+    async def _publish_until_stored(
+        self, subject: str, body: bytes, headers: dict[str, str], event: str
+    ) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                ack = await self.js.publish(subject, body, headers=headers, timeout=5)
+            except Exception as err:
+                delay = min(5.0, 0.2 * 2**attempt)
+                log.warning("publish to %s failed (%s); retrying in %.1fs", subject, err, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._count(ack, event)
+            return
 
     def _count(self, ack: Any, event: str) -> None:
         """Count a confirmed event (``event`` is "<kind>.<change>"; '' for a request): stored,

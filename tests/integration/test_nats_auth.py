@@ -379,7 +379,9 @@ async def test_work_queue_paths_need_no_more_than_the_service_user(
         )
         violations = [e for e in errors + other_errors if "permission" in e]
         assert not violations
-    assert dead == [ObjectKey(namespace, "failing")]
+    # The queue is the controller's real one, shared by the session: requests other tests left
+    # behind may pass through it too; only this test's objects are judged here.
+    assert [k for k in dead if k.namespace == namespace] == [ObjectKey(namespace, "failing")]
     if controller == "status":
         assert seen_outcomes and set(seen_outcomes) == {3}
     letters = await read_stream(
