@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
@@ -77,11 +78,9 @@ def matches_type(event_type: str, wanted: list[str]) -> bool:
     return any(event_type == w or event_type.endswith("." + w) for w in wanted)
 
 
-def record(headers: dict[str, str], data: bytes, subject: str) -> dict[str, Any] | None:
-    try:
-        event = events.decode(headers, data)
-    except ValueError:
-        return None
+def record(headers: dict[str, str], data: bytes, subject: str) -> dict[str, Any]:
+    """The audit record of one message; raises ValueError when it is not a valid event."""
+    event = events.decode(headers, data)
     if not event.name:
         parsed = subjects.parse(subject)
         event = events.Event(
@@ -138,8 +137,19 @@ async def audit(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         ):
             if msg is None:
                 continue
-            rec = record(dict(msg.headers or {}), msg.data, msg.subject)
-            if rec is not None and matches_type(rec["type"], args.types):
+            try:
+                rec = record(dict(msg.headers or {}), msg.data, msg.subject)
+            except ValueError as err:
+                # Reported, never silently dropped: the stream is an audit log.
+                where = msg.subject
+                with contextlib.suppress(ValueError):
+                    where = str(subjects.parse(msg.subject).key)
+                sys.stderr.write(
+                    f"audit: malformed message {msg.metadata.sequence.stream} "
+                    f"for {where}: {err}\n"
+                )
+                continue
+            if matches_type(rec["type"], args.types):
                 _print(rec, args.output, out)
                 out.flush()
         return 0
