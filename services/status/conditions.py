@@ -76,6 +76,18 @@ class Transition:
     def warning(self) -> bool:
         return abnormal(self.type, self.new_status, self.reason)
 
+    @property
+    def newsworthy(self) -> bool:
+        """Worth a Kubernetes Event: every flip and abnormal reason change; of the conditions
+        a CR starts with, only reaching Available or a failure (Degraded=True, a stalled
+        rollout) — the initial not-yet states every new CR has would be noise, and an Event
+        costs an API write."""
+        if self.old_status is not None:
+            return True
+        if self.type == AVAILABLE:
+            return self.new_status == "True"
+        return self.warning
+
 
 @dataclass(frozen=True)
 class _Verdict:

@@ -232,7 +232,7 @@ class StatusRefresher:
         self._last_write[key] = time.monotonic()
         STATUS_WRITES.labels(WRITTEN).inc()
         log.debug("status written", extra={"key": str(key)})
-        changed = transitions(old, new)
+        changed = [t for t in transitions(old, new) if t.newsworthy]
         if changed:
             await self.recorder.record(cr, changed)
         return Result(), WRITTEN

@@ -537,3 +537,22 @@ def test_outcome_parsing() -> None:
 def test_outcome_garbage_is_a_value_error(body: bytes, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         Outcome.from_json(body)
+
+
+@pytest.mark.unit
+def test_only_newsworthy_transitions_become_events() -> None:
+    from services.status.conditions import Transition
+
+    def t(type_: str, old: str | None, new: str, reason: str = "R") -> Transition:
+        return Transition(type_, old, new, reason, "m")
+
+    # A new CR's initial not-yet states are no news; reaching Available or failing is.
+    assert not t("Available", None, "False", "ReplicasNotReady").newsworthy
+    assert not t("Progressing", None, "True", "RolloutInProgress").newsworthy
+    assert not t("Degraded", None, "False", "NoFailures").newsworthy
+    assert t("Available", None, "True", "AllReplicasReady").newsworthy
+    assert t("Degraded", None, "True", "InvalidSpec").newsworthy
+    assert t("Progressing", None, "False", "ProgressDeadlineExceeded").newsworthy
+    # Every flip is.
+    assert t("Available", "True", "False", "ReplicasNotReady").newsworthy
+    assert t("Progressing", "False", "True", "RolloutInProgress").newsworthy
