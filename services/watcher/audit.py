@@ -145,8 +145,7 @@ async def audit(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 with contextlib.suppress(ValueError):
                     where = str(subjects.parse(msg.subject).key)
                 sys.stderr.write(
-                    f"audit: malformed message {msg.metadata.sequence.stream} "
-                    f"for {where}: {err}\n"
+                    f"audit: malformed message {msg.metadata.sequence.stream} for {where}: {err}\n"
                 )
                 continue
             if matches_type(rec["type"], args.types):

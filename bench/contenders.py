@@ -1,0 +1,152 @@
+"""How each contender is started and stopped: this pipeline, the kopf peer, the floor client.
+
+Every contender runs as real child processes (recorded by the local Supervisor, so teardown
+stops exactly them), authenticates as the ``bench-operator`` user through the kubeconfig it is
+given (direct, or through the latency proxy), and is confined to the scenario's namespace.
+``start`` returns once the contender is ready to work; ``ports`` are the /metrics ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.harness import free_port, nats_env, scrape, wait_http_ok, wait_service_ready
+from deploy.local.cluster import Layout
+from deploy.local.processes import Record, Supervisor
+
+REPO = Path(__file__).resolve().parent.parent
+KOPF_OPERATOR = REPO / "bench" / "peers" / "kopf_operator.py"
+
+
+@dataclass
+class Contender:
+    """A set of processes doing one operator's job in one namespace."""
+
+    supervisor: Supervisor
+    kubeconfig: Path
+    layout: Layout
+    namespace: str
+    prefix: str
+    env: dict[str, str] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=str(self.kubeconfig),
+            PYTHONPATH=str(REPO),
+            LOG_FORMAT="json",
+        )
+        env.update(self.env)
+        return env
+
+    def _start(self, role: str, argv: list[str], *, port: int, **extra: str) -> Record:
+        name = f"{self.prefix}-{role}"
+        rec = self.supervisor.start(name, argv, env={**self._env(), **extra}, cwd=REPO)
+        self.records[role] = rec
+        self.ports[role] = port
+        self.started.append(name)
+        return rec
+
+    def pids(self) -> dict[str, int]:
+        return {role: rec.pid for role, rec in self.records.items()}
+
+    def metrics(self) -> dict[str, str]:
+        return {role: scrape(port) for role, port in self.ports.items()}
+
+    def stop(self) -> None:
+        for name in reversed(self.started):
+            self.supervisor.stop(name, timeout=35)
+
+    def alive(self, role: str) -> bool:
+        return self.records[role].alive()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Pipeline(Contender):
+    """This system: 1 watcher, 1 status service and `workers` reconciler processes."""
+
+    workers: int = 1
+    concurrency: int = 8
+    status_concurrency: int = 32
+
+    def _service(self, role: str, service: str, *args: str) -> None:
+        port = free_port()
+        argv = [sys.executable, "-m", "shared.cli", service, "--health-port", str(port), *args]
+        self._start(role, argv, port=port, **nats_env(self.layout, service))
+
+    async def start(self) -> None:
+        self._service("watcher", "watcher", "--namespaces", self.namespace)
+        self._service("status", "status", "--concurrency", str(self.status_concurrency))
+        for i in range(self.workers):
+            self._service(f"reconciler-{i}", "reconciler", "--concurrency", str(self.concurrency))
+        await asyncio.gather(
+            *(
+                wait_service_ready(port, timeout=60, alive=self.records[role].alive)
+                for role, port in self.ports.items()
+            )
+        )
+
+
+@dataclass
+class KopfPeer(Contender):
+    """bench/peers/kopf_operator.py under `kopf run`."""
+
+    async def start(self) -> None:
+        health = free_port()
+        metrics = free_port()
+        kopf = str(Path(sys.executable).parent / "kopf")
+        argv = [
+            kopf,
+            "run",
+            "--standalone",
+            "--namespace",
+            self.namespace,
+            f"--liveness=http://127.0.0.1:{health}/healthz",
+            str(KOPF_OPERATOR),
+        ]
+        rec = self._start("kopf", argv, port=metrics, BENCH_METRICS_PORT=str(metrics))
+        await wait_http_ok(health, "/healthz", timeout=60, alive=rec.alive)
+        await wait_http_ok(metrics, "/metrics", timeout=30, alive=rec.alive)
+
+
+@dataclass
+class FloorClient(Contender):
+    """bench/floor.py: a plain client, no queue."""
+
+    concurrency: int = 32
+
+    async def start(self) -> None:
+        ready = self.supervisor.state_dir / f"{self.prefix}.ready"
+        ready.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.floor",
+            "--namespace",
+            self.namespace,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--concurrency",
+            str(self.concurrency),
+            "--ready-file",
+            str(ready),
+        ]
+        rec = self._start("floor", argv, port=0)
+        self.ports.pop("floor")
+        for _ in range(300):
+            if ready.exists():
+                return
+            if not rec.alive():
+                raise RuntimeError(f"the floor client exited; see {rec.log}")
+            await asyncio.sleep(0.2)
+        raise TimeoutError("the floor client did not get ready in 60 s")

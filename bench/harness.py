@@ -1,0 +1,375 @@
+"""What every scenario shares: creating the CRs, watching them converge, and measuring.
+
+The harness talks to the API server as the admin user, so none of its requests count as the
+operator's. :class:`Observer` watches the scenario's Deployments and Memcacheds and records,
+per CR, the first moment its Deployment matched the desired one and the first moment the CR
+reported Available=True for its current generation. :class:`RssPoller` samples the resident
+memory of the contender's processes from /proc. All times are ``time.monotonic()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.watch import watch_forever
+from deploy.local.cluster import Layout, free_base_port
+from services.reconciler.desired import desired_deployment, matches
+from shared.kube import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
+from shared.models import Memcached
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_block(size: int = 8) -> int:
+    return free_base_port(size)
+
+
+def nats_env(layout: Layout, user: str) -> dict[str, str]:
+    """NATS_URL (and the user's credentials, where the local server has users) for a service."""
+    credentials = getattr(layout, "nats_credentials", None)
+    if credentials is not None:
+        env: dict[str, str] = credentials(user)
+        return env
+    return {"NATS_URL": layout.nats_url}
+
+
+def memcached(name: str, namespace: str, *, size: int = 1) -> JsonObject:
+    return {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"size": size},
+    }
+
+
+async def create_namespace(kube: KubeClient, name: str) -> None:
+    await kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        resource="namespaces",
+    )
+
+
+async def create_crs(
+    kube: KubeClient,
+    objs: list[JsonObject],
+    *,
+    concurrency: int,
+    on_created: Any = None,
+) -> dict[str, float]:
+    """POST every CR, `concurrency` at a time; returns name -> time the POST returned."""
+    sem = asyncio.Semaphore(concurrency)
+    created: dict[str, float] = {}
+
+    async def one(obj: JsonObject) -> None:
+        meta = obj["metadata"]
+        async with sem:
+            for attempt in range(5):
+                try:
+                    live = await kube.request(
+                        "POST", MEMCACHED.path(meta["namespace"]), body=obj, resource="memcacheds"
+                    )
+                    break
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5)
+        created[meta["name"]] = time.monotonic()
+        if on_created is not None:
+            on_created(live)
+
+    await asyncio.gather(*(one(o) for o in objs))
+    return created
+
+
+def _available(cr: JsonObject) -> bool:
+    meta = cr.get("metadata") or {}
+    status = cr.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Available":
+            return cond.get("status") == "True" and status.get("observedGeneration", 0) >= meta.get(
+                "generation", 0
+            )
+    return False
+
+
+@dataclass
+class Observer:
+    """Watches one namespace and timestamps convergence per CR."""
+
+    kube: KubeClient
+    namespace: str
+    expected: int
+    crs: dict[str, JsonObject] = field(default_factory=dict)
+    desired: dict[str, JsonObject] = field(default_factory=dict)
+    last_deployment: dict[str, JsonObject] = field(default_factory=dict)
+    deployment_ok: dict[str, float] = field(default_factory=dict)
+    available: dict[str, float] = field(default_factory=dict)
+    deployments_seen: set[str] = field(default_factory=set)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        synced = [asyncio.Event(), asyncio.Event()]
+        self._tasks = [
+            asyncio.create_task(
+                watch_forever(
+                    self.kube,
+                    DEPLOYMENT,
+                    namespace=self.namespace,
+                    on_event=self._on_deployment,
+                    synced=synced[0],
+                )
+            ),
+            asyncio.create_task(
+                watch_forever(
+                    self.kube,
+                    MEMCACHED,
+                    namespace=self.namespace,
+                    on_event=self._on_cr,
+                    synced=synced[1],
+                )
+            ),
+        ]
+        await asyncio.gather(*(s.wait() for s in synced))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def created(self, cr: JsonObject) -> None:
+        """Called with the POST response, which carries the uid the desired state needs."""
+        self._on_cr("ADDED", cr)
+
+    def _on_cr(self, kind: str, cr: JsonObject) -> None:
+        name = cr["metadata"]["name"]
+        if kind == "DELETED":
+            return
+        now = time.monotonic()
+        self.crs[name] = cr
+        if name not in self.desired:
+            self.desired[name] = desired_deployment(Memcached.from_api(cr))
+            if name in self.last_deployment:
+                self._check_deployment(name, now)
+        if name not in self.available and _available(cr):
+            self.available[name] = now
+            self._changed.set()
+
+    def _on_deployment(self, kind: str, dep: JsonObject) -> None:
+        name = dep["metadata"]["name"]
+        if kind == "DELETED":
+            self.last_deployment.pop(name, None)
+            return
+        self.deployments_seen.add(name)
+        self.last_deployment[name] = dep
+        self._check_deployment(name, time.monotonic())
+
+    def _check_deployment(self, name: str, now: float) -> None:
+        desired = self.desired.get(name)
+        if desired is None or name in self.deployment_ok:
+            return
+        if matches(self.last_deployment[name], desired):
+            self.deployment_ok[name] = now
+            self._changed.set()
+
+    def done(self, *, need_available: bool = True) -> bool:
+        if len(self.deployment_ok) < self.expected:
+            return False
+        return not need_available or len(self.available) >= self.expected
+
+    async def wait(self, *, timeout: float, need_available: bool = True) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.done(need_available=need_available):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+        return True
+
+
+def _rss_kb(pid: int, field_name: str = "VmRSS") -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (kopf run is one process; this guards against wrappers)."""
+    out = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        out.extend(process_tree(int(child)))
+    return out
+
+
+@dataclass
+class RssPoller:
+    """Peak resident memory (MB) per named process, polled from /proc."""
+
+    pids: dict[str, int]
+    interval: float = 0.25
+    peak_kb: dict[str, int] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            kb = max(_rss_kb(pid), _rss_kb(pid, "VmHWM"))
+            self.peak_kb[name] = max(self.peak_kb.get(name, 0), kb)
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, float]:
+        self.sample()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return {name: round(kb / 1024, 1) for name, kb in self.peak_kb.items()}
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
+    except OSError:
+        return ""
+
+
+def metric_sum(text: str, name: str, /, **labels: str) -> float:
+    """The sum of one Prometheus metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_text))
+        if all(have.get(k) == v for k, v in labels.items()):
+            with contextlib.suppress(ValueError):
+                total += float(value)
+    return total
+
+
+async def wait_http_ok(port: int, path: str, *, timeout: float, alive: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok = await asyncio.to_thread(_status, port, path)
+        if ok == 200:
+            return
+        if alive is not None and not alive():
+            raise RuntimeError(f"process serving :{port} exited before it was ready")
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"127.0.0.1:{port}{path} not ready after {timeout}s")
+
+
+async def wait_service_ready(port: int, *, timeout: float, alive: Any = None) -> None:
+    """Wait until a service's /readyz reports NATS and the streams ready (the harness has
+    already checked the API server, and an older build's apiserver check could not pass)."""
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        body = await asyncio.to_thread(_body, port, "/readyz")
+        if "[+]nats" in body and "[+]streams" in body:
+            return
+        if alive is not None and not alive():
+            raise RuntimeError(f"process serving :{port} exited before it was ready")
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"127.0.0.1:{port}/readyz not ready after {timeout}s: {body!r}")
+
+
+def _body(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as err:
+        return str(err.read().decode())
+    except OSError:
+        return ""
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def source_version(repo: Path) -> dict[str, Any]:
+    """The commit the services ran from, and which of their files differed from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "services", "shared", "deploy")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_service_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        match = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        mem_kb = int(match.group(1)) if match else 0
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -1,0 +1,211 @@
+"""Writing the results: JSON with everything, a Markdown table with ratios, and two plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    scenarios = results["scenarios"]
+    kopf = scenarios.get("kopf", {})
+    floor = scenarios.get("floor", {})
+    with_load = any("load_avg_1m" in s for s in scenarios.values())
+    lines = [
+        f"# Benchmark: {meta['n']} Memcached CRs, API latency {meta['latency_ms']:g} ms",
+        "",
+        "| scenario | Deployments correct (s) | all Available (s) | → Deployment p50 / p99 (ms)"
+        " | → Available p50 / p99 (ms) | CRs/s | reconciles/s | API requests / CR"
+        " | peak RSS (MB) | kopf ÷ this (Available) | this ÷ floor (Available) |"
+        + (" load 1m |" if with_load else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|" + ("---|" if with_load else ""),
+    ]
+    if not scenarios:
+        lines = lines[:2]
+    for name, s in scenarios.items():
+        rss = ", ".join(f"{role} {mb:.0f}" for role, mb in s.get("peak_rss_mb", {}).items())
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name + ("" if s.get("complete") else " (incomplete)"),
+                    _fmt(s.get("t_deployments")),
+                    _fmt(s.get("t_available")),
+                    f"{_fmt(s.get('p50_deployment_ms'), 0)} / {_fmt(s.get('p99_deployment_ms'), 0)}",
+                    f"{_fmt(s.get('p50_available_ms'), 0)} / {_fmt(s.get('p99_available_ms'), 0)}",
+                    _fmt(s.get("crs_per_s")),
+                    _fmt(s.get("reconciles_per_s")),
+                    _fmt(s.get("api_requests_per_cr"), 2),
+                    rss,
+                    _ratio(kopf.get("t_available"), s.get("t_available")),
+                    _ratio(s.get("t_available"), floor.get("t_available")),
+                ]
+                + (["→".join(f"{x:.1f}" for x in s.get("load_avg_1m", []))] if with_load else [])
+            )
+            + " |"
+        )
+    lines.append("")
+    scaling = results.get("scaling")
+    if scaling:
+        lines.append(
+            f"Horizontal scaling (CRs/s to correct Deployments): 1 → 4 workers "
+            f"**{scaling['speedup_1_to_4']:.2f}x** (1 → 2: {scaling['speedup_1_to_2']:.2f}x)."
+        )
+    tracing = results.get("tracing")
+    if tracing:
+        lines.append(
+            f"Tracing on (always-on sampler, OTLP/HTTP export of {tracing['spans']} spans) vs off, "
+            f"4 workers, time to all Available: **{tracing['ratio_available']:.2f}x** "
+            f"(Deployments: {tracing['ratio_deployments']:.2f}x)."
+        )
+    watcher = results.get("watcher")
+    if watcher:
+        lines.append(
+            f"Watcher throughput: {watcher['changes']} changes → stream in "
+            f"{watcher['seconds']:.1f} s = **{watcher['events_per_s']:.0f} events/s** "
+            f"(the API took the patches at {watcher['api_patches_per_s']:.0f}/s; the stream "
+            f"held the last one {watcher['lag_after_last_patch_s'] * 1000:.0f} ms after its "
+            f"patch returned)."
+        )
+    rss10k = results.get("rss_10k")
+    if rss10k:
+        lines.append(
+            f"Worker RSS with {rss10k['crs']} CRs in the cluster: "
+            + ", ".join(f"{k} {v:.0f} MB" for k, v in rss10k["peak_rss_mb"].items())
+            + "."
+        )
+    lines += [
+        "",
+        "## How it was measured",
+        "",
+        f"- Date {meta['date']}; machine: {meta['machine']['cpu']}, "
+        f"{meta['machine']['cores']} cores, {meta['machine']['memory_gb']} GB; load average "
+        f"at start {meta['machine']['load_avg_at_start']}; other work may share the machine.",
+        f"- One local cluster for every scenario (etcd, kube-apiserver, controller-manager, "
+        f"scheduler, kwok with {meta['nodes']} fake nodes, nats-server), each scenario in its own "
+        "namespace, in the order of the table.",
+        f"- N = {meta['n']} CRs (spec.size 1) created by a plain async client, "
+        f"{meta['create_concurrency']} at a time; every time counts from the first create. "
+        "Per-object latency: from the create call's return to the harness's watch seeing the "
+        "Deployment as desired (`matches(desired_deployment(cr))`), and the CR's "
+        "Available=True for its generation.",
+        f"- This system: 1 watcher, 1 status (--concurrency {meta['status_concurrency']}), and "
+        f"1/2/4 reconciler processes with --concurrency {meta['concurrency']} each. kopf: "
+        "bench/peers/kopf_operator.py under `kopf run --standalone --namespace`. Floor: "
+        f"bench/floor.py, one process, {meta['floor_concurrency']} requests at a time.",
+        "- API requests per CR: the API server's own "
+        "`apiserver_flowcontrol_dispatched_requests_total` for a FlowSchema that matches only "
+        "the contender's user (delta from ready to done, divided by N): the same source for all.",
+        "- CRs/s: N ÷ time until every Deployment is correct. reconciles/s: reconcile runs "
+        "(this system's `controller_runtime_reconcile_total{controller=reconcile}`, kopf's "
+        "handler runs, the floor's applies) ÷ the same time. Peak RSS: max of VmRSS/VmHWM "
+        "from /proc, polled every 0.25 s. load 1m: the machine's 1-minute load average when "
+        "the scenario started and ended (2 cores; other people's test suites share them).",
+    ]
+    source = meta.get("source")
+    if source:
+        dirty = source.get("uncommitted_service_files") or []
+        lines.append(
+            f"- Services from commit {source.get('commit')}"
+            + (f" plus uncommitted changes to {', '.join(dirty)}" if dirty else "")
+            + " (the tree read when each process started)."
+        )
+    observed = meta.get("load_avg_1m_observed")
+    if observed:
+        samples = ", ".join(f"{k} {v}" for k, v in observed.items() if k != "note")
+        lines.append(f"- 1-minute load average during the run ({observed.get('note')}): {samples}.")
+    if meta["latency_ms"]:
+        lines.append(
+            f"- Every contender reached the API server through bench/proxy.py, which delays "
+            f"each client→server chunk by {meta['latency_ms']:g} ms (the harness did not)."
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[Path]:
+    scenarios = results["scenarios"]
+    latency_png = out_dir / f"latency{suffix}.png"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, key, title in (
+        (axes[0], "latencies_deployment_s", "CR created → Deployment correct"),
+        (axes[1], "latencies_available_s", "CR created → Available=True"),
+    ):
+        for name, s in scenarios.items():
+            values = sorted(s.get(key) or [])
+            if not values:
+                continue
+            ys = [(i + 1) / len(values) for i in range(len(values))]
+            ax.plot(values, ys, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("latency (s)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of CRs")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(
+        f"Per-object latency, N={results['meta']['n']}, "
+        f"API latency {results['meta']['latency_ms']:g} ms"
+    )
+    fig.tight_layout()
+    fig.savefig(latency_png, dpi=110)
+    plt.close(fig)
+
+    scaling_png = out_dir / f"scaling{suffix}.png"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    workers = [w for w in (1, 2, 4) if f"pipeline-{w}" in scenarios]
+    tput = [scenarios[f"pipeline-{w}"].get("crs_per_s") or 0 for w in workers]
+    if workers:
+        ax.plot(workers, tput, "o-", label="this system")
+        ax.plot(workers, [tput[0] * w for w in workers], ":", color="gray", label="linear")
+    for name, style in (("kopf", "--"), ("floor", "-.")):
+        if scenarios.get(name, {}).get("crs_per_s"):
+            ax.axhline(
+                scenarios[name]["crs_per_s"],
+                linestyle=style,
+                color="C3" if name == "kopf" else "C2",
+                label=name,
+            )
+    ax.set_xticks([1, 2, 4])
+    ax.set_xlabel("reconciler processes")
+    ax.set_ylabel("CRs/s to correct Deployments")
+    ax.set_title(f"Throughput against workers (API latency {results['meta']['latency_ms']:g} ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(scaling_png, dpi=110)
+    plt.close(fig)
+    return [latency_png, scaling_png]
+
+
+def write(results: dict[str, Any], out_dir: Path, *, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if stem == "latest" else f"-{stem}"
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    md_path = out_dir / f"{stem}.md"
+    md_path.write_text(markdown(results))
+    if not results["scenarios"]:
+        return [json_path, md_path]
+    return [json_path, md_path, *plots(results, out_dir, suffix=suffix)]

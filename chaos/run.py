@@ -1,0 +1,407 @@
+"""`python -m chaos.run`: an N-CR run of the whole pipeline while its parts are killed.
+
+On a local cluster of its own (or a given one), it starts 2 watchers, 3 reconcilers and 1
+status service, creates the CRs in waves and meanwhile SIGKILLs a random reconciler every few
+seconds (restarting it at once), SIGKILLs and restarts one watcher, and restarts nats-server and
+kube-apiserver once each, in place, through the local Supervisor. Then it checks what a user
+would: every CR has exactly one Deployment, as desired and controlled by it, and reports
+Available=True; the event stream holds exactly one ``added`` event per CR; the dead-letter stream
+holds nothing of this run; and after teardown no process it started is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bench.harness import (
+    create_crs,
+    create_namespace,
+    free_port,
+    free_port_block,
+    memcached,
+    nats_env,
+)
+from deploy.local import cluster as local_cluster
+from deploy.local import nats as local_nats
+from deploy.local.cluster import Layout
+from deploy.local.processes import Record, Supervisor
+from services.reconciler.desired import desired_deployment, matches, owned_by
+from shared import events, subjects
+from shared.kube import DEPLOYMENT, MEMCACHED, KubeClient
+from shared.models import Memcached
+from shared.replay import replay
+from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, REQUESTS_STREAM
+
+REPO = Path(__file__).resolve().parent.parent
+# Short enough that a killed worker's request moves on within seconds.
+FAST = {"ACK_WAIT": "5", "LEASE_TTL": "5"}
+
+
+def log(message: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Report:
+    n: int
+    namespace: str
+    converged: int = 0
+    available: int = 0
+    deployments: int = 0
+    wrong_deployments: list[str] = field(default_factory=list)
+    missing_added_events: list[str] = field(default_factory=list)
+    duplicate_added_events: list[str] = field(default_factory=list)
+    duplicate_details: dict[str, list[str]] = field(default_factory=dict)
+    dead_letters: int = 0
+    leaked_pids: list[int] = field(default_factory=list)
+    kills: int = 0
+    restarts: list[str] = field(default_factory=list)
+    deliveries: int | None = None
+    seconds_to_converge: float | None = None
+
+    @property
+    def lost(self) -> int:
+        return self.n - self.converged
+
+    @property
+    def duplicated(self) -> int:
+        extra = max(0, self.deployments - self.n)
+        return extra + len(self.duplicate_added_events)
+
+    @property
+    def stuck(self) -> int:
+        return self.n - self.available
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0
+            and self.duplicated == 0
+            and self.stuck == 0
+            and not self.wrong_deployments
+            and not self.missing_added_events
+            and self.dead_letters == 0
+            and not self.leaked_pids
+        )
+
+    def lines(self) -> list[str]:
+        return [
+            f"CRs: {self.n}; converged (one correct Deployment): {self.converged}; "
+            f"Available: {self.available}; Deployments in the namespace: {self.deployments}",
+            f"lost {self.lost}, duplicated {self.duplicated}, stuck {self.stuck}",
+            f"time to converge: {self.seconds_to_converge} s from the first create",
+            f"reconcilers SIGKILLed: {self.kills}; restarted: {', '.join(self.restarts)}",
+            f"reconcile requests delivered (all workers, redeliveries included): {self.deliveries}",
+            f"CRs without an 'added' event: {len(self.missing_added_events)}; with more than "
+            f"one: {len(self.duplicate_added_events)}; dead letters: {self.dead_letters}",
+            *(f"  {name}: {'; '.join(seen)}" for name, seen in self.duplicate_details.items()),
+            f"leaked processes: {self.leaked_pids or 'none'}",
+            "RESULT: " + ("PASS" if self.ok else "FAIL"),
+        ]
+
+
+class Chaos:
+    def __init__(self, layout: Layout, *, n: int, duration: float, kill_every: float) -> None:
+        self.layout = layout
+        self.n = n
+        self.duration = duration
+        self.kill_every = kill_every
+        self.cluster = Supervisor(layout.state_dir)
+        self.services = Supervisor(layout.state_dir / "chaos")
+        self.namespace = f"chaos-{random.randrange(16**5):05x}"
+        self.pids: set[int] = set()
+        self.report = Report(n=n, namespace=self.namespace)
+        self.rng = random.Random(os.getpid())
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _track(self, rec: Record | None) -> None:
+        if rec is not None:
+            self.pids.add(rec.pid)
+
+    def start_service(self, name: str, service: str, *args: str) -> None:
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=str(self.layout.kubeconfig),
+            PYTHONPATH=str(REPO),
+            LOG_FORMAT="json",
+            **FAST,
+            **nats_env(self.layout, service),
+        )
+        argv = [sys.executable, "-m", "shared.cli", service, "--health-port", str(free_port())]
+        self._track(self.services.start(name, [*argv, *args], env=env, cwd=REPO))
+
+    def kill_and_restart(self, name: str, service: str, *args: str) -> None:
+        self.services.kill(name)
+        self.services.stop(name)
+        self.start_service(name, service, *args)
+
+    def restart_component(self, component: str) -> None:
+        """Stop one control-plane component and start it again with the same command line."""
+        rec = self.cluster.get(component)
+        if rec is None:
+            raise RuntimeError(f"{component} is not recorded in {self.layout.state_dir}")
+        self.cluster.stop(component)
+        if component == local_nats.NAME:
+            new = local_nats.start(
+                self.cluster, port=self.layout.nats_port, monitor_port=self.layout.nats_monitor_port
+            )
+        else:
+            new = self.cluster.start(component, rec.argv)
+        self._track(new)
+        self.report.restarts.append(component)
+
+    def wait_apiserver(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                local_cluster.kubectl(self.layout, "get", "--raw", "/readyz")
+                return
+            except RuntimeError:
+                time.sleep(0.5)
+        raise TimeoutError("kube-apiserver did not come back")
+
+    def stop_all(self) -> None:
+        for rec in self.services.records():
+            self.services.stop(rec.name, timeout=35)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def chaos(self, started: float) -> None:
+        watcher_at = self.duration * 0.25
+        nats_at = self.duration * 0.45
+        apiserver_at = self.duration * 0.65
+        done: set[str] = set()
+        next_kill = started + self.kill_every
+        while time.monotonic() - started < self.duration:
+            await asyncio.sleep(0.2)
+            elapsed = time.monotonic() - started
+            if time.monotonic() >= next_kill:
+                victim = self.rng.choice([f"reconciler-{i}" for i in range(3)])
+                await asyncio.to_thread(
+                    self.kill_and_restart, victim, "reconciler", "--concurrency", "8"
+                )
+                self.report.kills += 1
+                next_kill = time.monotonic() + self.kill_every * self.rng.uniform(0.6, 1.4)
+            if elapsed >= watcher_at and "watcher" not in done:
+                done.add("watcher")
+                log("SIGKILL and restart watcher-1")
+                await asyncio.to_thread(
+                    self.kill_and_restart, "watcher-1", "watcher", "--namespaces", self.namespace
+                )
+                self.report.restarts.append("watcher-1")
+            if elapsed >= nats_at and "nats" not in done:
+                done.add("nats")
+                log("restart nats-server")
+                await asyncio.to_thread(self.restart_component, local_nats.NAME)
+            if elapsed >= apiserver_at and "apiserver" not in done:
+                done.add("apiserver")
+                log("restart kube-apiserver")
+                await asyncio.to_thread(self.restart_component, "kube-apiserver")
+                await asyncio.to_thread(self.wait_apiserver)
+
+    async def create_in_waves(self, kube: KubeClient, waves: int = 5) -> None:
+        names = [f"c-{i:04d}" for i in range(self.n)]
+        per_wave = max(1, -(-self.n // waves))
+        for start in range(0, self.n, per_wave):
+            batch = [memcached(name, self.namespace) for name in names[start : start + per_wave]]
+            for attempt in range(120):
+                try:
+                    # After a failure (the API server may be restarting), only what is missing.
+                    existing = await self._names(kube) if attempt else set()
+                    todo = [o for o in batch if o["metadata"]["name"] not in existing]
+                    await create_crs(kube, todo, concurrency=16)
+                    break
+                except Exception as err:
+                    if attempt == 119:
+                        raise
+                    log(f"creating CRs failed ({type(err).__name__}); retrying")
+                    await asyncio.sleep(1)
+            await asyncio.sleep(self.duration / (waves + 1))
+
+    async def _names(self, kube: KubeClient) -> set[str]:
+        items, _ = await kube.list(MEMCACHED, namespace=self.namespace)
+        return {o["metadata"]["name"] for o in items}
+
+    async def converged(self, kube: KubeClient) -> bool:
+        crs, _ = await kube.list(MEMCACHED, namespace=self.namespace)
+        deps, _ = await kube.list(DEPLOYMENT, namespace=self.namespace)
+        # Items of a list carry no apiVersion and kind, which the desired object names.
+        by_name = {
+            d["metadata"]["name"]: {"apiVersion": "apps/v1", "kind": "Deployment", **d}
+            for d in deps
+        }
+        good = available = 0
+        wrong: list[str] = []
+        for cr in crs:
+            name = cr["metadata"]["name"]
+            dep = by_name.get(name)
+            if dep is not None:
+                if owned_by(dep, cr["metadata"]["uid"]) and matches(
+                    dep, desired_deployment(Memcached.from_api(cr))
+                ):
+                    good += 1
+                else:
+                    wrong.append(name)
+            conds = (cr.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Available" and c.get("status") == "True" for c in conds):
+                available += 1
+        r = self.report
+        r.converged, r.available, r.deployments, r.wrong_deployments = (
+            good,
+            available,
+            len(deps),
+            wrong,
+        )
+        return len(crs) == self.n and good == self.n and available == self.n
+
+    async def check_streams(self) -> None:
+        nc = await nats.connect(self.layout.nats_url, connect_timeout=10)
+        try:
+            js = nc.jetstream()
+            added: Counter[str] = Counter()
+            ids: dict[str, list[str]] = {}
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, headers_only=True)
+            filter_ = subjects.wildcard(subjects.EVENTS, "memcached", self.namespace)
+            async for msg in replay(js, filter_, stream=EVENTS_STREAM, config=config):
+                if msg is None:
+                    continue
+                headers = msg.headers or {}
+                if events.decode_value(headers.get("ce-type", "")).endswith(".added"):
+                    name = subjects.parse(msg.subject).key.name
+                    added[name] += 1
+                    ids.setdefault(name, []).append(
+                        f"seq {msg.metadata.sequence.stream} id "
+                        f"{events.decode_value(headers.get('ce-id', ''))} at "
+                        f"{events.decode_value(headers.get('ce-time', ''))}"
+                    )
+            names = [f"c-{i:04d}" for i in range(self.n)]
+            self.report.missing_added_events = [n for n in names if not added[n]]
+            self.report.duplicate_added_events = [n for n, c in added.items() if c > 1]
+            self.report.duplicate_details = {n: ids[n] for n in self.report.duplicate_added_events}
+            dl_filter = f"{subjects.PREFIX}.{subjects.DEADLETTER}.*.{subjects.encode_token(self.namespace)}.*"
+            info = await js.stream_info(DEADLETTER_STREAM, subjects_filter=dl_filter)
+            self.report.dead_letters = sum((info.state.subjects or {}).values())
+            consumer = await js.consumer_info(REQUESTS_STREAM, "mcop-reconcile")
+            self.report.deliveries = consumer.delivered.consumer_seq
+        finally:
+            await nc.close()
+
+    async def run(self, *, converge_timeout: float) -> Report:
+        kube = await KubeClient.connect(str(self.layout.kubeconfig))
+        try:
+            await create_namespace(kube, self.namespace)
+            for i in range(2):
+                self.start_service(f"watcher-{i}", "watcher", "--namespaces", self.namespace)
+            for i in range(3):
+                self.start_service(f"reconciler-{i}", "reconciler", "--concurrency", "8")
+            self.start_service("status", "status", "--concurrency", "16")
+            await asyncio.sleep(3)
+            started = time.monotonic()
+            log(f"creating {self.n} CRs in {self.namespace} while the chaos runs")
+            await asyncio.gather(self.create_in_waves(kube), self.chaos(started))
+            log("chaos over; waiting for convergence")
+            deadline = time.monotonic() + converge_timeout
+            while time.monotonic() < deadline:
+                try:
+                    if await self.converged(kube):
+                        self.report.seconds_to_converge = round(time.monotonic() - started, 1)
+                        break
+                except Exception as err:
+                    log(f"checking convergence failed ({err}); retrying")
+                await asyncio.sleep(1)
+            await self.check_streams()
+        finally:
+            await kube.close()
+            await asyncio.to_thread(self.stop_all)
+        return self.report
+
+    def check_leaks(self, cluster_pids: set[int]) -> None:
+        """Every process this run started (services, restarted and original components)."""
+        time.sleep(0.5)
+        self.report.leaked_pids = sorted(p for p in self.pids | cluster_pids if _alive(p))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def run_chaos(
+    *,
+    n: int,
+    duration: float,
+    kill_every: float = 3.0,
+    converge_timeout: float = 240.0,
+    state_dir: Path | None = None,
+) -> Report:
+    """Bring up a cluster of its own, run the chaos, tear everything down, and report."""
+    own = state_dir is None
+    state = state_dir or Path(tempfile.mkdtemp(prefix="mcop-chaos-"))
+    layout = Layout(state, base_port=free_port_block(), nodes=2)
+    chaos: Chaos | None = None
+    cluster_pids: set[int] = set()
+    try:
+        local_cluster.up(layout)
+        cluster_pids = {r.pid for r in Supervisor(state).records()}
+        chaos = Chaos(layout, n=n, duration=duration, kill_every=kill_every)
+        asyncio.run(chaos.run(converge_timeout=converge_timeout))
+    finally:
+        if chaos is not None:
+            chaos.stop_all()
+        local_cluster.down(layout)
+        if chaos is not None:
+            chaos.check_leaks(cluster_pids)
+        if own:
+            shutil.rmtree(state, ignore_errors=True)
+    return chaos.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos")
+    p.add_argument("--kill-every", type=float, default=3.0, help="seconds between reconciler kills")
+    p.add_argument("--converge-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    report = run_chaos(
+        n=args.n,
+        duration=args.duration,
+        kill_every=args.kill_every,
+        converge_timeout=args.converge_timeout,
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def summary(report: Report) -> dict[str, Any]:
+    return {
+        "lost": report.lost,
+        "duplicated": report.duplicated,
+        "stuck": report.stuck,
+        "kills": report.kills,
+        "restarts": report.restarts,
+        "deliveries": report.deliveries,
+        "seconds_to_converge": report.seconds_to_converge,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
