@@ -78,10 +78,12 @@ def strip_managed_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def change_id(uid: str, resource_version: str, change: str) -> str:
-    """The de-duplication id of one change. A deletion happens once per uid, and a deletion
-    found by relisting has no resourceVersion of its own, so deletions are keyed by uid."""
-    if change == "deleted":
-        return f"{uid}:deleted"
+    """The de-duplication id of one change. An object is created once and deleted once per
+    uid, so those two are keyed by uid alone: a watcher that finds an object by relisting sees
+    it at a later resourceVersion than the creation, and a deletion found by relisting has no
+    resourceVersion of its own, yet both must collapse with what another replica published."""
+    if change in ("added", "deleted"):
+        return f"{uid}:{change}"
     return f"{uid}:{resource_version}:{change}"
 
 

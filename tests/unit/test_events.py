@@ -53,8 +53,11 @@ def test_header_values_are_percent_encoded_as_the_binding_says(raw: str, encoded
 
 
 @pytest.mark.unit
-def test_deletions_are_keyed_by_uid_only() -> None:
+def test_creations_and_deletions_are_keyed_by_uid_only() -> None:
     assert events.change_id("u", "7", "deleted") == events.change_id("u", "9", "deleted")
+    # A replica that finds the object by relisting sees it at a later resourceVersion.
+    assert events.change_id("u", "7", "added") == events.change_id("u", "9", "added")
+    assert events.change_id("u", "7", "modified") != events.change_id("u", "9", "modified")
     assert events.change_id("u", "7", "added") != events.change_id("u", "7", "modified")
 
 
