@@ -42,15 +42,6 @@ def test_chaos_loses_duplicates_and_strands_nothing() -> None:
     # asserted by the deterministic reproduction below rather than left to chance here.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/events.py change_id() keys an 'added' event by uid AND resourceVersion, and "
-    "services/watcher/informer.py diff() calls 'added' every listed object missing from this "
-    "replica's own known map (loaded from the stream only at start): a replica that lists an "
-    "object another replica already published, at a later resourceVersion (at start, or on a "
-    "relist after the API server restarts), stores a second 'added' event with another "
-    "Nats-Msg-Id",
-)
 def test_a_watcher_starting_while_another_publishes_adds_no_second_added_event(
     cluster: Cluster, service_procs: Services, namespace: str, tmp_path: Path
 ) -> None:
