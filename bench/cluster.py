@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deploy.local import cluster as local_cluster
 from deploy.local import pki
-from deploy.local.cluster import Layout
+from deploy.local.cluster import Layout, write_kubeconfig
 
 OPERATOR_USER = "bench-operator"
 FLOW_SCHEMA = "bench-operator"
@@ -80,39 +80,6 @@ _RBAC_AND_APF = [
         },
     },
 ]
-
-
-def write_kubeconfig(layout: Layout, path: Path, *, user: str, server: str | None = None) -> Path:
-    """A kubeconfig for `user` whose server is the API server, or `server` (a proxy)."""
-    p = layout.pki
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "bench",
-                "cluster": {
-                    "server": server or layout.server,
-                    "certificate-authority": str(p.ca_cert),
-                    # The proxy listens on another port of 127.0.0.1, which the serving
-                    # certificate names, so TLS verification stays on.
-                },
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate": str(p.client_cert(user)),
-                    "client-key": str(p.client_key(user)),
-                },
-            }
-        ],
-        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": user}}],
-        "current-context": "bench",
-    }
-    path.write_text(json.dumps(doc, indent=2))
-    return path
 
 
 @dataclass

@@ -177,7 +177,9 @@ def _log(message: str) -> None:
     print(f"[cluster] {message}", file=sys.stderr, flush=True)
 
 
-def _kubeconfig(layout: Layout, user: str, path: Path) -> None:
+def write_kubeconfig(layout: Layout, path: Path, *, user: str, server: str | None = None) -> Path:
+    """A kubeconfig for `user`'s client certificate, against the API server or `server` (a
+    proxy in front of it: the serving certificate names 127.0.0.1, so TLS stays verified)."""
     p = layout.pki
     doc = {
         "apiVersion": "v1",
@@ -185,7 +187,10 @@ def _kubeconfig(layout: Layout, user: str, path: Path) -> None:
         "clusters": [
             {
                 "name": "local",
-                "cluster": {"server": layout.server, "certificate-authority": str(p.ca_cert)},
+                "cluster": {
+                    "server": server or layout.server,
+                    "certificate-authority": str(p.ca_cert),
+                },
             }
         ],
         "users": [
@@ -201,6 +206,7 @@ def _kubeconfig(layout: Layout, user: str, path: Path) -> None:
         "current-context": "local",
     }
     path.write_text(json.dumps(doc, indent=2))
+    return path
 
 
 def _ssl_context(layout: Layout) -> ssl.SSLContext:
@@ -284,9 +290,9 @@ def up(layout: Layout) -> None:
         state / "pki",
         clients={"admin": "system:masters", _CM_USER: None, _SCHED_USER: None},
     )
-    _kubeconfig(layout, "admin", layout.kubeconfig)
-    _kubeconfig(layout, _CM_USER, state / "controller-manager.kubeconfig")
-    _kubeconfig(layout, _SCHED_USER, state / "scheduler.kubeconfig")
+    write_kubeconfig(layout, layout.kubeconfig, user="admin")
+    write_kubeconfig(layout, state / "controller-manager.kubeconfig", user=_CM_USER)
+    write_kubeconfig(layout, state / "scheduler.kubeconfig", user=_SCHED_USER)
     _audit_policy(state / "audit-policy.json")
     localkube = str(bins / "localkube")
     always_allow = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
