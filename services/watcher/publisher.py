@@ -61,6 +61,7 @@ REQUESTS_PUBLISHED = Counter(
 
 RECONCILE = "reconcile"
 STATUS = "status"
+ACK_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ class Publisher:
             failed_from: int | None = None
             for i, (_, _, _, future, kind) in enumerate(pending):
                 try:
-                    ack = await future
+                    # Bounded: an ack lost with a dropped connection would otherwise stall the
+                    # watcher for good; the re-send below is harmless if the message was stored.
+                    ack = await asyncio.wait_for(future, timeout=ACK_TIMEOUT)
                 except Exception as err:
                     log.warning("publish failed, will resend: %s", err)
                     failed_from = i
