@@ -20,6 +20,7 @@ from pathlib import Path
 from deploy.local import cluster as local_cluster
 from deploy.local import pki
 from deploy.local.cluster import Layout, write_kubeconfig
+from deploy.local.processes import Supervisor
 
 OPERATOR_USER = "bench-operator"
 FLOW_SCHEMA = "bench-operator"
@@ -109,6 +110,10 @@ class BenchCluster:
 
     def down(self) -> list[str]:
         return local_cluster.down(self.layout)
+
+    def pids(self) -> dict[str, int]:
+        """The cluster's own processes (etcd, kube-apiserver, ..., nats-server) by name."""
+        return {rec.name: rec.pid for rec in Supervisor(self.layout.state_dir).records()}
 
     def kubectl(self, *args: str, input_: str | None = None) -> str:
         return local_cluster.kubectl(self.layout, *args, input_=input_)

@@ -25,7 +25,7 @@ from services.reconciler.desired import (
     OWNER_ANNOTATION,
     desired_deployment,
 )
-from services.status.conditions import fold_status, status_changed
+from services.status.conditions import fold_status, ready_nodes, status_changed
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, JsonObject, KubeClient
 from shared.models import Memcached
 from shared.outcomes import Outcome
@@ -107,7 +107,7 @@ class Floor:
             new = fold_status(
                 cr=cr,
                 deployment=self.deployments.get(name),
-                pods=list(self.pods.get(name, {}).values()),
+                nodes=ready_nodes(cr, list(self.pods.get(name, {}).values())),
                 outcome=self.outcomes.get(name),
                 now=dt.datetime.now(dt.UTC),
             )

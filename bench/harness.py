@@ -256,6 +256,37 @@ class RssPoller:
         return {name: round(kb / 1024, 1) for name, kb in self.peak_kb.items()}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (0 when it is gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds each named process spent between :meth:`start` and :meth:`stop`.
+
+    On a 2-core machine shared by the control plane, NATS and the contender, where the CPU
+    goes explains the wall-clock figures better than any of them alone.
+    """
+
+    pids: dict[str, int]
+    _start: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {
+            name: round(cpu_seconds(pid) - self._start.get(name, 0.0), 2)
+            for name, pid in self.pids.items()
+        }
+
+
 def scrape(port: int, path: str = "/metrics") -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:

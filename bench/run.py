@@ -31,6 +31,7 @@ from bench import report
 from bench.cluster import BenchCluster
 from bench.contenders import REPO, Contender, FloorClient, KopfPeer, Pipeline
 from bench.harness import (
+    CpuMeter,
     Observer,
     RssPoller,
     create_crs,
@@ -104,6 +105,8 @@ class Bench:
         requests_before = await asyncio.to_thread(self.cluster.operator_requests)
         rss = RssPoller(contender.pids())
         rss.start()
+        cpu = CpuMeter({**self.cluster.pids(), **contender.pids()})
+        cpu.start()
         objs = [memcached(f"mc-{i:05d}", namespace) for i in range(n)]
         t0 = time.monotonic()
         created = await create_crs(
@@ -114,6 +117,7 @@ class Bench:
         t_done = time.monotonic() - t0
         requests_after = await asyncio.to_thread(self.cluster.operator_requests)
         peak = await rss.stop()
+        cpu_s = cpu.stop()
         metrics = contender.metrics()
         await observer.stop()
         contender.stop()
@@ -147,6 +151,7 @@ class Bench:
             )
             or None,
             "peak_rss_mb": peak,
+            "cpu_s": cpu_s,
             "breakdown": _breakdown(metrics),
             # Other work on the machine shows here: this is a 2-core machine shared with others.
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -156,7 +161,7 @@ class Bench:
         log(
             f"{name}: {'done' if complete else 'INCOMPLETE'} — deployments {result['t_deployments']}"
             f" s, available {result['t_available']} s, {result['api_requests_per_cr']} req/CR, "
-            f"rss {peak}"
+            f"rss {peak}, cpu s {cpu_s}"
         )
         return result
 

@@ -29,7 +29,7 @@ from services.reconciler.desired import (
     desired_deployment,
     matches,
 )
-from services.status.conditions import fold_status, status_changed
+from services.status.conditions import fold_status, ready_nodes, status_changed
 from shared.kube import DEPLOYMENT, MEMCACHED, KubeClient
 from shared.models import Memcached
 from shared.outcomes import Outcome
@@ -155,7 +155,7 @@ async def _refresh(
         new = fold_status(
             cr=cr,
             deployment=_one(deployments, key),
-            pods=list(pods.get(key, ())),
+            nodes=ready_nodes(cr, list(pods.get(key, ()))),
             outcome=_outcomes.get(key),
             now=dt.datetime.now(dt.UTC),
         )

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from services.reconciler.desired import OWNER_ANNOTATION, owned_by
 from shared.models import Condition, MemcachedStatus
 from shared.outcomes import Outcome
+from shared.pods import pod_ready
 
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
@@ -120,13 +121,6 @@ def _fit_message(message: str) -> str:
     return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 3] + "..."
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if isinstance(condition, dict) and condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
-
-
 def ready_nodes(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
     """Sorted names of the CR's pods that are Ready and not being deleted.
 
@@ -142,9 +136,7 @@ def ready_nodes(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
             continue
         if namespace and pod_meta.get("namespace") not in (None, namespace):
             continue
-        # A terminating pod may still report Ready until its containers stop, but it is no
-        # longer a member the user should connect to.
-        if pod_meta.get("deletionTimestamp") or not _pod_ready(pod):
+        if not pod_ready(pod):
             continue
         if isinstance(pod_meta.get("name"), str):
             nodes.add(pod_meta["name"])
@@ -329,11 +321,12 @@ def fold_status(
     *,
     cr: dict[str, Any],
     deployment: dict[str, Any] | None,
-    pods: list[dict[str, Any]],
+    nodes: list[str],
     outcome: Outcome | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The CR's new ``status`` in API shape, from its Deployment, pods and last outcome.
+    """The CR's new ``status`` in API shape, from its Deployment, the names of its ready pods
+    (:func:`ready_nodes` picks them from a pod list) and its last outcome.
 
     ``deployment`` is None when it does not exist; one not controlled by this CR (another
     owner's object of the same name) counts as not ours and is not reported on. An outcome
@@ -408,7 +401,7 @@ def fold_status(
 
     trace_id = outcome.trace_id if outcome is not None and outcome.trace_id else None
     status = MemcachedStatus(
-        nodes=ready_nodes(cr, pods),
+        nodes=sorted(nodes),
         ready_replicas=view.ready if view is not None else 0,
         observed_generation=generation,
         conditions=conditions,

@@ -3,11 +3,11 @@
 Status requests (from the reconciler after every outcome, and from the watcher when an owned
 Deployment or Pod changes) go through the same keyed work queue as reconciles, so several
 status replicas never write one CR at once and pending refreshes of a CR coalesce. A refresh
-reads the CR, its Deployment and pods, and the CR's newest outcome (a direct get by subject on
-the events stream), folds them (conditions.py), and writes the status subresource only when
-something a reader can see changed — and at most once per --min-interval per CR, which a
-burst of pod changes during a rollout would otherwise turn into a write each. Condition
-transitions become Kubernetes Events.
+reads the CR, its Deployment and the CR's newest outcome (direct gets by subject on the events
+stream) and its ready pods (pod_index.py, an in-memory index of the stream's pod events), folds
+them (conditions.py), and writes the status subresource only when something a reader can see
+changed — and at most once per --min-interval per CR, which a burst of pod changes during a
+rollout would otherwise turn into a write each. Condition transitions become Kubernetes Events.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from prometheus_client import Counter
 
 from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from services.reconciler.service import add_queue_arguments, queue_from_args
-from services.status.conditions import fold_status, status_changed, transitions
+from services.status.conditions import fold_status, ready_nodes, status_changed, transitions
+from services.status.pod_index import INDEX, LIST, POD_READS, PodIndex
 from services.status.recorder import EventRecorder
 from shared import metrics, runtime, subjects, telemetry
 from shared.kube import MEMCACHED, POD, KubeClient
@@ -128,9 +129,13 @@ class StatusRefresher:
         *,
         recorder: EventRecorder,
         min_interval: float,
+        pods: PodIndex,
+        index_wait: float = 2.0,
     ) -> None:
         self.kube = kube
         self.js = js
+        self.pods = pods
+        self.index_wait = index_wait
         self.recorder = recorder
         self.min_interval = min_interval
         self._last_write: dict[subjects.ObjectKey, float] = {}
@@ -199,22 +204,16 @@ class StatusRefresher:
         since = time.monotonic() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
             return Result(requeue_after=self.min_interval - since), "deferred"
-        selector = ",".join(
-            [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
-        )
         observed = await last_observed(self.js, "deployment", key)
         deployment = observed.obj if observed is not None and observed.exists else None
-        pods: list[dict[str, Any]] = []
-        if deployment is not None and ((deployment.get("status") or {}).get("readyReplicas") or 0):
-            # Only ready pods are named in status.nodes; with none ready there is nothing to list.
-            pods, _ = await self.kube.list(POD, namespace=key.namespace, label_selector=selector)
+        nodes = await self._ready_pods(key, deployment)
         old: dict[str, Any] | None = self._newest_status(key, cr)
         if old is not None:
             cr = {**cr, "status": old}
         new = fold_status(
             cr=cr,
             deployment=deployment,
-            pods=pods,
+            nodes=nodes,
             outcome=stored.outcome if stored is not None else None,
             now=dt.datetime.now(dt.UTC),
         )
@@ -237,6 +236,24 @@ class StatusRefresher:
             await self.recorder.record(cr, changed)
         return Result(), WRITTEN
 
+    async def _ready_pods(
+        self, key: subjects.ObjectKey, deployment: dict[str, Any] | None
+    ) -> list[str]:
+        """The CR's ready pods: from the pod index once it has caught up with the stream, else
+        from the API server (only needed when the Deployment reports ready replicas)."""
+        if await self.pods.caught_up(key.namespace, timeout=self.index_wait):
+            POD_READS.labels(INDEX).inc()
+            return self.pods.ready_pods(key)
+        if not (deployment is not None and (deployment.get("status") or {}).get("readyReplicas")):
+            return []
+        POD_READS.labels(LIST).inc()
+        selector = ",".join(
+            [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
+        )
+        cr = {"metadata": {"name": key.name, "namespace": key.namespace}}
+        pods, _ = await self.kube.list(POD, namespace=key.namespace, label_selector=selector)
+        return ready_nodes(cr, pods)
+
     def _note_folded(self, key: subjects.ObjectKey, stored: StoredOutcome | None) -> None:
         if stored is not None:
             self._folded[key] = stored.sequence
@@ -250,11 +267,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     metrics.init_controller(CONTROLLER)
     for result in (WRITTEN, SKIPPED):
         STATUS_WRITES.labels(result)
+    pods = PodIndex(conn.js)
+    pods.start()
     refresher = StatusRefresher(
         conn.kube,
         conn.js,
         recorder=EventRecorder(conn.kube, instance=conn.worker),
         min_interval=args.min_interval,
+        pods=pods,
     )
     await queue.start(refresher)
     log.info("status service started", extra={"worker": conn.worker})
@@ -262,5 +282,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await queue.stop(timeout=25)
+        await pods.stop()
         await conn.close()
         log.info("status service stopped")

@@ -8,7 +8,8 @@ second without giving up ordering per object. After the event, requests go to th
 
 - a Memcached change asks the reconciler to converge that CR;
 - a Deployment change asks the status service to refresh its owner's status, and the
-  reconciler too when it was created, deleted or its spec (generation) changed (drift);
+  reconciler too when it was created, deleted or its spec (generation) changed by anyone but
+  the reconciler itself (drift);
 - a Pod change asks the status service only (ready pods are status, not desired state).
 
 A PRODUCER span per change carries the trace to all three messages. An object annotated with
@@ -37,6 +38,7 @@ from services.watcher.informer import Known
 from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
 from shared.kube import JsonObject
+from shared.pods import pod_ready
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
 from shared.subjects import ObjectKey
@@ -81,15 +83,6 @@ def owner_key(obj: Mapping[str, Any]) -> ObjectKey | None:
             if ref.get("kind") == "Memcached" and ref.get("controller"):
                 name = ref.get("name")
     return ObjectKey(namespace, str(name)) if name else None
-
-
-def _pod_ready(obj: Mapping[str, Any]) -> bool:
-    if (obj.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (obj.get("status") or {}).get("conditions") or []
-    )
 
 
 def _generation(obj: Mapping[str, Any]) -> int:
@@ -243,15 +236,15 @@ class Publisher:
             return [(STATUS, owner)] if self._readiness_changed(change, key, obj) else []
         out = [(STATUS, owner)]
         if self._spec_changed(kind, change, key, obj) and not (
-            change == "modified" and events.last_spec_writer(obj) == FIELD_MANAGER
+            change != "deleted" and events.last_spec_writer(obj) == FIELD_MANAGER
         ):
-            # A new generation that our own apply made needs no reconcile: it is the result
-            # of one. Anyone else's edit (drift) does.
+            # A creation or new generation that our own apply made needs no reconcile: it is
+            # the result of one. Anyone else's edit (drift) and any deletion do.
             out.insert(0, (RECONCILE, owner))
         return out
 
     def _readiness_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
-        ready = _pod_ready(obj)
+        ready = pod_ready(obj)
         previous = self._ready.get(key)
         if change == "deleted":
             self._ready.pop(key, None)

@@ -18,6 +18,7 @@ from services.status.conditions import (
     Outcome,
     Transition,
     fold_status,
+    ready_nodes,
     status_changed,
     transitions,
 )
@@ -179,7 +180,8 @@ def fold(
     result: Outcome | None = None,
     now: datetime = T0,
 ) -> dict[str, Any]:
-    return fold_status(cr=cr, deployment=dep, pods=pod_list or [], outcome=result, now=now)
+    nodes = ready_nodes(cr, pod_list or [])
+    return fold_status(cr=cr, deployment=dep, nodes=nodes, outcome=result, now=now)
 
 
 @pytest.mark.unit

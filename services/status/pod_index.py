@@ -1,0 +1,189 @@
+"""The pods of every Memcached, kept in memory from the event stream instead of listed per refresh.
+
+``status.nodes`` names a CR's ready pods. Asking the API server for them (a LIST by label) on
+every refresh cost the cluster one request per status refresh — the largest share of this
+operator's API traffic — while every pod change is on the event stream anyway: the watcher
+publishes each one on ``mcop.events.pod.<ns>.<name>``. :class:`PodIndex` follows those subjects
+with an ordered consumer (the newest event per pod first, then every new one, in stream order)
+and keeps, per pod, only what the status needs: its owner and whether it is ready. It is the
+kopf/controller-runtime informer cache, fed by the stream rather than by a watch of its own.
+
+Freshness. A refresh must not miss a pod change that happened before its request. Before it
+reads, a refresh asks the stream for the sequence of the newest pod event in the CR's namespace
+(one direct get) and waits until the index has folded up to it: a read-your-writes barrier that
+covers every request, whichever change caused it and whatever it was coalesced with. If the
+index does not get there in time (NATS is restarting, the index is resubscribing), the refresher
+lists the pods from the API server instead, so a lagging index costs a request, never a wrong
+status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge
+
+from services.reconciler.desired import OWNER_ANNOTATION
+from shared import events, subjects
+from shared.pods import pod_ready
+from shared.streams import EVENTS_STREAM
+from shared.subjects import ObjectKey
+
+log = logging.getLogger("memcached_operator.status.pods")
+
+
+POD_INDEX_SIZE = Gauge("mcop_pod_index_pods", "Pods in the status service's pod index")
+POD_READS = Counter(
+    "mcop_pod_reads_total",
+    "How a refresh got the CR's pods: index, or list (the index was behind or not synced)",
+    ["source"],
+)
+INDEX = "index"
+LIST = "list"
+
+
+@dataclass(frozen=True)
+class _Pod:
+    owner: str
+    ready: bool
+
+
+class PodIndex:
+    """Ready pods per owning Memcached, folded from the pod events of the stream."""
+
+    def __init__(self, js: JetStreamContext, *, heartbeat: float = 2.0) -> None:
+        self._js = js
+        self._heartbeat = heartbeat
+        self._pods: dict[ObjectKey, _Pod] = {}
+        self._by_owner: dict[ObjectKey, set[str]] = {}
+        # Stream sequence of the newest event folded: the index reflects the stream up to it.
+        self.sequence = 0
+        self._advanced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def ready_pods(self, owner: ObjectKey) -> list[str]:
+        """Sorted names of the owner's ready pods."""
+        pods = (
+            (n, self._pods.get(ObjectKey(owner.namespace, n)))
+            for n in self._by_owner.get(owner, ())
+        )
+        return sorted(name for name, pod in pods if pod is not None and pod.ready)
+
+    async def caught_up(self, namespace: str, *, timeout: float) -> bool:
+        """Whether the index has folded every pod event of ``namespace`` the stream held when
+        asked, waiting up to ``timeout`` seconds for it to get there."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            newest = await asyncio.wait_for(
+                self._js.get_last_msg(
+                    EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace), direct=True
+                ),
+                timeout=timeout,
+            )
+        except NotFoundError:
+            return self._task is not None  # no pod events at all: nothing to wait for
+        except Exception as err:
+            log.debug("pod index: could not read the newest pod event: %r", err)
+            return False
+        needed = newest.seq or 0
+        while self.sequence < needed:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._advanced.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), timeout=left)
+        return True
+
+    # -- folding ------------------------------------------------------------------------------
+
+    def fold(self, pod_key: ObjectKey, change: str, obj: dict[str, Any]) -> None:
+        """Apply one pod event (``change`` is added, modified or deleted)."""
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        owner_name = str(annotations.get(OWNER_ANNOTATION) or "")
+        old = self._pods.pop(pod_key, None)
+        if old is not None and (change == "deleted" or old.owner != owner_name):
+            self._unlink(pod_key, old.owner)
+        if change != "deleted" and owner_name:
+            self._pods[pod_key] = _Pod(owner_name, pod_ready(obj))
+            self._by_owner.setdefault(ObjectKey(pod_key.namespace, owner_name), set()).add(
+                pod_key.name
+            )
+        POD_INDEX_SIZE.set(len(self._pods))
+
+    def _unlink(self, pod_key: ObjectKey, owner_name: str) -> None:
+        owner = ObjectKey(pod_key.namespace, owner_name)
+        names = self._by_owner.get(owner)
+        if names is None:
+            return
+        names.discard(pod_key.name)
+        if not names:
+            del self._by_owner[owner]
+
+    # -- following the stream -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="pod-index")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        """Subscribe and fold for ever; after a failure, start again from the newest per pod."""
+        attempt = 0
+        while True:
+            try:
+                await self._follow_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                attempt += 1
+                log.warning("pod index: following the stream failed (%r); resubscribing", err)
+                await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+
+    async def _follow_once(self) -> None:
+        # The newest event per pod, then every new one: the state is rebuilt from scratch.
+        self._pods.clear()
+        self._by_owner.clear()
+        self.sequence = 0
+        sub = await self._js.subscribe(
+            subjects.wildcard(subjects.EVENTS, "pod"),
+            ordered_consumer=True,
+            idle_heartbeat=self._heartbeat,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+            stream=EVENTS_STREAM,
+        )
+        log.info("pod index: following the pod events")
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                self._fold_message(msg.subject, msg.headers or {}, msg.data or b"")
+                self.sequence = max(self.sequence, msg.metadata.sequence.stream)
+                self._advanced.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _fold_message(self, subject: str, headers: dict[str, str], data: bytes) -> None:
+        try:
+            key = subjects.parse(subject).key
+            change = events.decode_value(headers.get("ce-type", "")).rsplit(".", 1)[-1]
+            obj = json.loads(data)
+        except ValueError:
+            log.warning("pod index: ignoring an unreadable event on %s", subject)
+            return
+        if change in events.CHANGES and isinstance(obj, dict):
+            self.fold(key, change, obj)

@@ -1,0 +1,136 @@
+"""The status service's pod index against a real nats-server: it answers what a pod LIST would,
+from the pod events on the stream, and never answers from behind the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from services.reconciler.desired import OWNER_ANNOTATION
+from services.status.pod_index import PodIndex
+from shared import events, subjects
+from shared.streams import ensure_streams
+from shared.subjects import ObjectKey
+
+pytestmark = pytest.mark.integration
+
+_rv = itertools.count(1000)
+
+
+@pytest.fixture
+async def nc(nats_server: Any) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_server.url)
+    await ensure_streams(conn.jetstream())
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"pods-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def index(nc: Client) -> AsyncIterator[PodIndex]:
+    idx = PodIndex(nc.jetstream())
+    idx.start()
+    yield idx
+    await idx.stop()
+
+
+def pod(
+    ns: str, name: str, *, owner: str, ready: bool, terminating: bool = False
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": ns,
+        "uid": f"uid-{ns}-{name}",
+        "resourceVersion": str(next(_rv)),
+        "annotations": {OWNER_ANNOTATION: owner},
+    }
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {
+        "metadata": meta,
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+async def publish(js: JetStreamContext, change: str, obj: dict[str, Any]) -> None:
+    key = ObjectKey(obj["metadata"]["namespace"], obj["metadata"]["name"])
+    headers, body = events.encode(kind="pod", change=change, obj=obj)
+    await js.publish(subjects.subject(subjects.EVENTS, "pod", key), body, headers=headers)
+
+
+async def test_ready_pods_follow_the_pod_events(nc: Client, ns: str, index: PodIndex) -> None:
+    js = nc.jetstream()
+    cache = ObjectKey(ns, "cache")
+    await publish(js, "added", pod(ns, "cache-a", owner="cache", ready=False))
+    await publish(js, "added", pod(ns, "cache-b", owner="cache", ready=True))
+    await publish(js, "added", pod(ns, "other-a", owner="other", ready=True))
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == ["cache-b"]
+    assert index.ready_pods(ObjectKey(ns, "other")) == ["other-a"]
+
+    await publish(js, "modified", pod(ns, "cache-a", owner="cache", ready=True))
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == ["cache-a", "cache-b"]
+
+    # Terminating pods and deleted pods are not members any more.
+    await publish(js, "modified", pod(ns, "cache-b", owner="cache", ready=True, terminating=True))
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == ["cache-a"]
+    await publish(js, "deleted", pod(ns, "cache-a", owner="cache", ready=True))
+    await publish(js, "deleted", pod(ns, "cache-b", owner="cache", ready=True))
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == []
+    assert index.ready_pods(ObjectKey(ns, "other")) == ["other-a"]
+
+
+async def test_the_barrier_makes_every_published_change_visible(
+    nc: Client, ns: str, index: PodIndex
+) -> None:
+    """Read right after publishing, as a refresh does right after the watcher's request: every
+    time, the index shows the change (without the barrier it would often be behind)."""
+    js = nc.jetstream()
+    cache = ObjectKey(ns, "cache")
+    for i in range(100):
+        ready = i % 2 == 0
+        await publish(js, "modified", pod(ns, "cache-0", owner="cache", ready=ready))
+        assert await index.caught_up(ns, timeout=5)
+        assert index.ready_pods(cache) == (["cache-0"] if ready else []), f"round {i}"
+
+
+async def test_a_new_index_starts_from_the_newest_event_per_pod(nc: Client, ns: str) -> None:
+    js = nc.jetstream()
+    for i in range(20):
+        await publish(js, "added", pod(ns, f"cache-{i:02d}", owner="cache", ready=False))
+        await publish(js, "modified", pod(ns, f"cache-{i:02d}", owner="cache", ready=i < 15))
+    for i in range(5):
+        await publish(js, "deleted", pod(ns, f"cache-{i:02d}", owner="cache", ready=True))
+    late = PodIndex(js)
+    late.start()
+    try:
+        assert await late.caught_up(ns, timeout=5)
+        assert late.ready_pods(ObjectKey(ns, "cache")) == [f"cache-{i:02d}" for i in range(5, 15)]
+    finally:
+        await late.stop()
+
+
+async def test_an_index_that_is_not_following_says_so_instead_of_answering(
+    nc: Client, ns: str
+) -> None:
+    js = nc.jetstream()
+    await publish(js, "added", pod(ns, "cache-0", owner="cache", ready=True))
+    stopped = PodIndex(js)  # never started: it has folded nothing
+    started = asyncio.get_running_loop().time()
+    assert not await stopped.caught_up(ns, timeout=0.5)
+    assert asyncio.get_running_loop().time() - started < 3

@@ -1,0 +1,108 @@
+"""Which changes the watcher turns into reconcile and status requests (no I/O involved)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from nats.js import JetStreamContext
+
+from services.reconciler.desired import FIELD_MANAGER
+from services.watcher.publisher import RECONCILE, STATUS, Kind, Publisher
+from shared.subjects import ObjectKey
+
+pytestmark = pytest.mark.unit
+
+MEMCACHED = Kind("memcached", owned=False)
+DEPLOYMENT = Kind("deployment", owned=True)
+POD = Kind("pod", owned=True)
+OWNER = ObjectKey("ns", "cache")
+
+
+def deployment(*, generation: int, writers: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "cache",
+            "namespace": "ns",
+            "generation": generation,
+            "ownerReferences": [{"kind": "Memcached", "name": "cache", "controller": True}],
+            "managedFields": [
+                {"manager": manager, "operation": "Apply", "time": time}
+                for manager, time in writers
+            ],
+        }
+    }
+
+
+def pod(name: str, *, ready: bool) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "annotations": {},
+            "ownerReferences": [{"kind": "Memcached", "name": "cache", "controller": True}],
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def routes(publisher: Publisher, kind: Kind, change: str, obj: dict[str, Any]) -> list[str]:
+    meta = obj["metadata"]
+    key = ObjectKey(meta["namespace"], meta["name"])
+    return [controller for controller, _ in publisher._requests(kind, change, key, obj)]
+
+
+@pytest.fixture
+def publisher() -> Publisher:
+    return Publisher(cast(JetStreamContext, None))
+
+
+def test_our_own_deployment_creation_and_rollout_wake_only_the_status_service(
+    publisher: Publisher,
+) -> None:
+    ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
+    assert routes(publisher, DEPLOYMENT, "added", deployment(generation=1, writers=ours)) == [
+        STATUS
+    ]
+    assert routes(publisher, DEPLOYMENT, "modified", deployment(generation=2, writers=ours)) == [
+        STATUS
+    ]
+
+
+def test_anyone_elses_deployment_edit_creation_or_a_deletion_asks_for_a_reconcile(
+    publisher: Publisher,
+) -> None:
+    ours = (FIELD_MANAGER, "2026-01-01T00:00:00Z")
+    kubectl = ("kubectl-edit", "2026-01-01T00:00:05Z")
+    edited = deployment(generation=2, writers=[ours, kubectl])
+    publisher._requests(DEPLOYMENT, "modified", OWNER, deployment(generation=1, writers=[ours]))
+    assert routes(publisher, DEPLOYMENT, "modified", edited) == [RECONCILE, STATUS]
+    theirs = deployment(generation=1, writers=[("someone", "2026-01-01T00:00:00Z")])
+    assert routes(publisher, DEPLOYMENT, "added", theirs) == [RECONCILE, STATUS]
+    gone = deployment(generation=2, writers=[ours])
+    assert routes(publisher, DEPLOYMENT, "deleted", gone) == [RECONCILE, STATUS]
+
+
+def test_a_deployment_status_update_does_not_reconcile(publisher: Publisher) -> None:
+    ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
+    routes(publisher, DEPLOYMENT, "added", deployment(generation=1, writers=ours))
+    same_generation = deployment(generation=1, writers=ours)
+    assert routes(publisher, DEPLOYMENT, "modified", same_generation) == [STATUS]
+
+
+def test_memcached_status_writes_do_not_reconcile_but_spec_changes_do(
+    publisher: Publisher,
+) -> None:
+    cr = {"metadata": {"name": "cache", "namespace": "ns", "generation": 1}}
+    assert routes(publisher, MEMCACHED, "added", cr) == [RECONCILE]
+    assert routes(publisher, MEMCACHED, "modified", cr) == []
+    cr["metadata"]["generation"] = 2
+    assert routes(publisher, MEMCACHED, "modified", cr) == [RECONCILE]
+
+
+def test_pods_wake_the_status_service_only_when_readiness_changes(publisher: Publisher) -> None:
+    assert routes(publisher, POD, "added", pod("p1", ready=False)) == []
+    assert routes(publisher, POD, "modified", pod("p1", ready=False)) == []
+    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == [STATUS]
+    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == []
+    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
