@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import report
 from bench.cluster import BenchCluster
@@ -397,7 +398,25 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
     out["api_requests_by_service"] = {
         role: metric_sum(text, "mcop_kube_api_requests_total") for role, text in metrics.items()
     }
+    out["api_requests_by_call"] = _by_labels(
+        metrics, "mcop_kube_api_requests_total", "verb", "resource"
+    )
+    out["status_refreshes"] = _by_labels(metrics, "mcop_status_writes_total", "result")
+    out["pod_reads"] = _by_labels(metrics, "mcop_pod_reads_total", "source")
     return {k: v for k, v in out.items() if v}
+
+
+def _by_labels(metrics: dict[str, str], metric: str, *labels: str) -> dict[str, float]:
+    """A counter's total over all processes, by the values of ``labels`` ("GET pods": 12)."""
+    totals: dict[str, float] = {}
+    for text in metrics.values():
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name != metric:
+                    continue
+                key = " ".join(sample.labels.get(label, "") for label in labels)
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return {k: v for k, v in sorted(totals.items()) if v}
 
 
 def _reconciles(name: str, metrics: dict[str, str], n: int) -> float | None:

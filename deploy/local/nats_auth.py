@@ -149,13 +149,18 @@ USERS: tuple[User, ...] = (
     ),
     User(
         "status",
-        "takes status requests; reads the newest outcome of a CR; publishes no events",
+        "takes status requests; reads the newest outcome of a CR and follows the pod events; "
+        "publishes no events",
         Permissions(
             publish=(
                 *_ensure_streams(),
                 *_work_queue(STATUS),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
                 *_observed_state(),
+                # The pod index (services/status/pod_index.py): an ordered consumer of the pod
+                # events and a direct get of the newest one per namespace.
+                *_ordered_consumer(EVENTS_STREAM),
+                f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
             ),
             subscribe=(INBOX,),
             publish_deny=(_family(EVENTS), _family(OUTCOMES)),

@@ -3,13 +3,14 @@
 Level-based and idempotent, as in the reference Memcached operator: the request carries only
 a key; the worker reads the CR (gone: nothing to do — the garbage collector removes the
 Deployment through its owner reference), builds the desired Deployment (the Memcached-specific
-part lives in `desired.py`), reads the live one, and applies the desired state with
-server-side apply only when the live object differs, stamped with the trace of the write
-(KEP-5915's ``tracing.k8s.io/traceparent``, so the rollout it starts stays in that trace). A
-Deployment of that name that another owner controls is never taken over: that is a permanent
-OwnershipConflict. Every finished reconcile publishes an outcome (for the status service and
-the audit stream) and asks the status service to refresh the CR, both carrying the
-reconcile's trace context.
+part lives in `desired.py`), reads the live one from the event stream, and applies the
+desired state with server-side apply only when the live object differs, stamped with the trace
+of the write (KEP-5915's ``tracing.k8s.io/traceparent``, so the rollout it starts stays in that
+trace). A Deployment of that name that another owner controls is never taken over: that is a
+permanent OwnershipConflict (see :meth:`MemcachedReconciler._converge` for how that is known
+without reading every Deployment from the API server first). Every finished reconcile publishes
+an outcome (for the status service and the audit stream) and asks the status service to
+refresh the CR, both carrying the reconcile's trace context.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ tracer = trace.get_tracer("memcached-operator.reconciler")
 CONTROLLER = "reconcile"
 STATUS_CONTROLLER = "status"
 OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
+
+
+def _ownership_conflict(namespace: str, name: str, live: dict[str, Any]) -> PermanentError:
+    owners = [
+        f"{r.get('kind')}/{r.get('name')}"
+        for r in (live.get("metadata") or {}).get("ownerReferences") or []
+        if r.get("controller")
+    ]
+    by = f"controlled by {owners[0]}" if owners else "not controlled by it"
+    return PermanentError(
+        "OwnershipConflict",
+        f"Deployment {namespace}/{name} already exists and is {by}; "
+        "rename the Memcached or delete that Deployment",
+    )
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -139,43 +154,47 @@ class MemcachedReconciler:
             return observed.obj if observed.exists else None
         return await self.kube.get(MEMCACHED, key.namespace, key.name)
 
-    async def _read_deployment(self, key: ObjectKey, cr_uid: str) -> dict[str, Any] | None:
-        """The Deployment from the event stream when it is ours there; otherwise from the API
-        server, because only managed Deployments are streamed and a foreign one of that name
-        must be found before anything is applied over it."""
+    async def _streamed_deployment(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The Deployment as the event stream last showed it; None when deleted or never
+        streamed (only managed Deployments are: None may also be a foreign one)."""
         observed = await last_observed(self.js, "deployment", key)
-        if observed is not None and observed.exists and owned_by(observed.obj, cr_uid):
-            return observed.obj
-        return await self.kube.get(DEPLOYMENT, key.namespace, key.name)
+        return observed.obj if observed is not None and observed.exists else None
 
     async def _converge(self, cr_obj: dict[str, Any]) -> bool:
-        """Apply the desired Deployment if the live one differs; True if a write was made."""
+        """Apply the desired Deployment if the live one differs; True if a write was made.
+
+        A Deployment the stream shows as this CR's is compared and, if it drifted, applied
+        with force (taking back fields someone else changed). Any other case — the stream
+        has none (a new CR, or a foreign Deployment the watcher does not stream) or one
+        owned by someone else — is applied *without* force first: it creates a missing
+        Deployment in one request, and a foreign one makes the API server refuse (409 for
+        fields another manager owns, 422 for a second controller reference), after which
+        the live object is read and the refusal reported as OwnershipConflict. So the common
+        path costs one request, and nothing is ever taken over.
+        """
         try:
             cr = Memcached.from_api(cr_obj)
         except ValidationError as err:
             raise PermanentError("InvalidSpec", _validation_message(err)) from err
         desired = desired_deployment(cr, progress_deadline_seconds=self.progress_deadline_seconds)
-        live = await self._read_deployment(cr.key(), cr.uid or "")
-        if live is not None:
-            if not owned_by(live, cr.uid or ""):
-                owners = [
-                    f"{r.get('kind')}/{r.get('name')}"
-                    for r in (live.get("metadata") or {}).get("ownerReferences") or []
-                    if r.get("controller")
-                ]
-                by = f"controlled by {owners[0]}" if owners else "not controlled by it"
-                raise PermanentError(
-                    "OwnershipConflict",
-                    f"Deployment {cr.namespace}/{cr.name} already exists and is {by}; "
-                    "rename the Memcached or delete that Deployment",
-                )
-            if matches(live, desired):
-                return False
+        uid = cr.uid or ""
+        streamed = await self._streamed_deployment(cr.key())
+        ours = streamed is not None and owned_by(streamed, uid)
+        if ours and streamed is not None and matches(streamed, desired):
+            return False
         stamp = telemetry.traceparent()
         if stamp:
             # After the comparison: the trace of the last write is no reason to write again.
             desired["metadata"]["annotations"][telemetry.TRACEPARENT_ANNOTATION] = stamp
-        await self.kube.apply(DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=True)
+        try:
+            await self.kube.apply(DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=ours)
+        except ApiError as err:
+            if ours or err.status not in (409, 422):
+                raise
+            live = await self.kube.get(DEPLOYMENT, cr.namespace, cr.name)
+            if live is None or owned_by(live, uid):
+                raise  # a race with a deletion or a conflict of our own: retried
+            raise _ownership_conflict(cr.namespace, cr.name, live) from err
         log.info("applied deployment", extra={"key": f"{cr.namespace}/{cr.name}"})
         return True
 

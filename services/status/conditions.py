@@ -65,13 +65,15 @@ def abnormal(type_: str, status: str, reason: str) -> bool:
 
 @dataclass(frozen=True)
 class Transition:
-    """A condition whose status or reason changed; ``old_status`` is None for a new condition."""
+    """A condition whose status or reason changed; ``old_status`` and ``old_reason`` are None
+    for a new condition."""
 
     type: str
     old_status: str | None
     new_status: str
     reason: str
     message: str
+    old_reason: str | None = None
 
     @property
     def warning(self) -> bool:
@@ -79,15 +81,19 @@ class Transition:
 
     @property
     def newsworthy(self) -> bool:
-        """Worth a Kubernetes Event: every flip and abnormal reason change; of the conditions
-        a CR starts with, only reaching Available or a failure (Degraded=True, a stalled
-        rollout) — the initial not-yet states every new CR has would be noise, and an Event
-        costs an API write."""
-        if self.old_status is not None:
+        """Worth a Kubernetes Event. Each Event costs an API write, so the routine steps of a
+        healthy CR are left to its status: the not-yet states a new CR starts with, Available
+        moving from one not-ready reason to the next, and a rollout starting or completing.
+        News are: Available or Degraded flipping either way (or a CR starting Available or
+        Degraded), a Degraded=True whose reason changed, and a rollout stalling past its
+        progress deadline or recovering from that."""
+        if self.type == PROGRESSING:
+            return PROGRESS_DEADLINE_EXCEEDED in (self.reason, self.old_reason)
+        if self.old_status is None:
+            return self.new_status == "True" if self.type == AVAILABLE else self.warning
+        if self.old_status != self.new_status:
             return True
-        if self.type == AVAILABLE:
-            return self.new_status == "True"
-        return self.warning
+        return self.type not in (AVAILABLE, PROGRESSING) and self.warning
 
 
 @dataclass(frozen=True)
@@ -456,12 +462,13 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transit
         type_, status, reason = condition["type"], condition["status"], condition["reason"]
         previous = before.get(type_)
         old_status = None if previous is None else str(previous.get("status"))
-        if previous is not None and old_status == status:
-            old_reason = str(previous.get("reason", ""))
-            if old_reason == reason or not (
-                abnormal(type_, status, reason) or abnormal(type_, status, old_reason)
-            ):
-                continue
+        old_reason = None if previous is None else str(previous.get("reason", ""))
+        same_status = previous is not None and old_status == status
+        if same_status and (
+            old_reason == reason
+            or not (abnormal(type_, status, reason) or abnormal(type_, status, old_reason or ""))
+        ):
+            continue
         result.append(
             Transition(
                 type=type_,
@@ -469,6 +476,7 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transit
                 new_status=status,
                 reason=reason,
                 message=condition.get("message", ""),
+                old_reason=old_reason,
             )
         )
     return result

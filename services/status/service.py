@@ -45,11 +45,13 @@ tracer = trace.get_tracer("memcached-operator.status")
 CONTROLLER = "status"
 STATUS_WRITES = Counter(
     "mcop_status_writes_total",
-    "Status refreshes by what they did: written, or skipped (nothing a reader sees changed)",
+    "Status refreshes by what they did: written, skipped (nothing a reader sees changed), or "
+    "deferred (too soon after the last write, or the next step's event is on its way)",
     ["result"],
 )
 WRITTEN = "written"
 SKIPPED = "skipped"
+DEFERRED = "deferred"
 LAST_TRACE_ID = "lastTraceId"
 
 
@@ -61,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(runtime.env("STATUS_MIN_INTERVAL", "1.0")),
         help="seconds between two status writes of one CR (env STATUS_MIN_INTERVAL)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=float(runtime.env("STATUS_SETTLE", "5.0")),
+        help="at most this many seconds a write waits for the event of a step under way: the "
+        "applied Deployment reaching the stream, the Deployment counting newly ready pods "
+        "(env STATUS_SETTLE)",
     )
 
 
@@ -131,11 +141,15 @@ class StatusRefresher:
         min_interval: float,
         pods: PodIndex,
         index_wait: float = 2.0,
+        settle: float = 5.0,
     ) -> None:
         self.kube = kube
         self.js = js
         self.pods = pods
         self.index_wait = index_wait
+        self.settle = settle
+        # When a refresh first held back a pod-only change of a CR (see _settling).
+        self._unsettled: dict[subjects.ObjectKey, float] = {}
         self.recorder = recorder
         self.min_interval = min_interval
         self._last_write: dict[subjects.ObjectKey, float] = {}
@@ -200,10 +214,12 @@ class StatusRefresher:
             self._last_write.pop(key, None)
             self._folded.pop(key, None)
             self._written.pop(key, None)
+            self._unsettled.pop(key, None)
             return Result(), "gone"
         since = time.monotonic() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
-            return Result(requeue_after=self.min_interval - since), "deferred"
+            STATUS_WRITES.labels(DEFERRED).inc()
+            return Result(requeue_after=self.min_interval - since), DEFERRED
         observed = await last_observed(self.js, "deployment", key)
         deployment = observed.obj if observed is not None and observed.exists else None
         nodes = await self._ready_pods(key, deployment)
@@ -223,8 +239,13 @@ class StatusRefresher:
         seen = {k: v for k, v in new.items() if k != LAST_TRACE_ID}
         if not status_changed(old, seen):
             self._note_folded(key, stored)
+            self._unsettled.pop(key, None)
             STATUS_WRITES.labels(SKIPPED).inc()
             return Result(), SKIPPED
+        wait = self._settling(key, stored, deployment, old, seen)
+        if wait > 0:
+            STATUS_WRITES.labels(DEFERRED).inc()
+            return Result(requeue_after=wait), DEFERRED
         written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
         self._written[key] = (_revision(written), written.get("status") or new)
         self._note_folded(key, stored)
@@ -235,6 +256,34 @@ class StatusRefresher:
         if changed:
             await self.recorder.record(cr, changed)
         return Result(), WRITTEN
+
+    def _settling(
+        self,
+        key: subjects.ObjectKey,
+        stored: StoredOutcome | None,
+        deployment: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        new: dict[str, Any],
+    ) -> float:
+        """Seconds to hold a write back because the world is between two steps whose next
+        event is on its way (0: write now). Each case would otherwise cost a write that the
+        next event's refresh overwrites within moments; none waits longer than --settle."""
+        if deployment is None and stored is not None and stored.outcome.result == "success":
+            # The reconciler has applied the Deployment; the watcher has not streamed it yet.
+            age = time.time() - stored.outcome.time.timestamp()
+            return max(0.0, self.settle - max(0.0, age))
+        ready = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+        if (
+            deployment is not None
+            and len(new.get("nodes") or []) != ready
+            and not status_changed(old, {**new, "nodes": (old or {}).get("nodes") or []})
+        ):
+            # Only the ready pods changed, and the Deployment controller has not counted them
+            # yet: its update (readyReplicas, conditions) comes next, so write both at once.
+            first = self._unsettled.setdefault(key, time.monotonic())
+            return max(0.0, self.settle - (time.monotonic() - first))
+        self._unsettled.pop(key, None)
+        return 0.0
 
     async def _ready_pods(
         self, key: subjects.ObjectKey, deployment: dict[str, Any] | None
@@ -265,8 +314,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     )
     queue = queue_from_args(conn, args, controller=CONTROLLER)
     metrics.init_controller(CONTROLLER)
-    for result in (WRITTEN, SKIPPED):
+    for result in (WRITTEN, SKIPPED, DEFERRED):
         STATUS_WRITES.labels(result)
+    for source in (INDEX, LIST):
+        POD_READS.labels(source)
     pods = PodIndex(conn.js)
     pods.start()
     refresher = StatusRefresher(
@@ -275,6 +326,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         recorder=EventRecorder(conn.kube, instance=conn.worker),
         min_interval=args.min_interval,
         pods=pods,
+        settle=args.settle,
     )
     await queue.start(refresher)
     log.info("status service started", extra={"worker": conn.worker})

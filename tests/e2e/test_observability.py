@@ -490,6 +490,9 @@ def test_metrics_of_every_service_move_during_a_run(
             )
             > 0,
             "status written": (value(st, "mcop_status_writes_total", result="written") or 0) > 0,
+            # Ready pods come from the index of the stream's pod events, not a LIST per refresh.
+            "pods from the index": (value(st, "mcop_pod_reads_total", source="index") or 0) > 0
+            and value(st, "mcop_pod_reads_total", source="list") == 0,
             "events published": sum(
                 value(w, "mcop_events_published_total", kind="memcached") or 0 for w in watchers
             )

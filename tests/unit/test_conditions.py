@@ -489,6 +489,7 @@ def test_transitions_report_flips_and_abnormal_reasons() -> None:
             new_status="False",
             reason="ProgressDeadlineExceeded",
             message=f"2/5 replicas ready: {STALLED}",
+            old_reason="ReplicasNotReady",
         ),
         Transition(
             type="Progressing",
@@ -496,9 +497,12 @@ def test_transitions_report_flips_and_abnormal_reasons() -> None:
             new_status="False",
             reason="ProgressDeadlineExceeded",
             message=STALLED,
+            old_reason="RolloutInProgress",
         ),
     ]
     assert all(t.warning for t in changes)
+    # One Event says so: the stalled rollout (Available was not ready before either).
+    assert [t.type for t in changes if t.newsworthy] == ["Progressing"]
 
     # NoFailures -> ReconcileSucceeded is a new reason for a healthy state: not news.
     succeeded = fold(
@@ -545,8 +549,12 @@ def test_outcome_garbage_is_a_value_error(body: bytes, complaint: str) -> None:
 def test_only_newsworthy_transitions_become_events() -> None:
     from services.status.conditions import Transition
 
-    def t(type_: str, old: str | None, new: str, reason: str = "R") -> Transition:
-        return Transition(type_, old, new, reason, "m")
+    def t(
+        type_: str, old: str | None, new: str, reason: str = "R", old_reason: str | None = None
+    ) -> Transition:
+        if old is not None and old_reason is None:
+            old_reason = "Before"
+        return Transition(type_, old, new, reason, "m", old_reason)
 
     # A new CR's initial not-yet states are no news; reaching Available or failing is.
     assert not t("Available", None, "False", "ReplicasNotReady").newsworthy
@@ -555,6 +563,40 @@ def test_only_newsworthy_transitions_become_events() -> None:
     assert t("Available", None, "True", "AllReplicasReady").newsworthy
     assert t("Degraded", None, "True", "InvalidSpec").newsworthy
     assert t("Progressing", None, "False", "ProgressDeadlineExceeded").newsworthy
-    # Every flip is.
+    # Available and Degraded flipping either way are.
+    assert t("Available", "False", "True", "AllReplicasReady").newsworthy
     assert t("Available", "True", "False", "ReplicasNotReady").newsworthy
-    assert t("Progressing", "False", "True", "RolloutInProgress").newsworthy
+    assert t("Degraded", "False", "True", "ReconcileFailed").newsworthy
+    assert t("Degraded", "True", "False", "ReconcileSucceeded").newsworthy
+    # A failure that changed its reason is; a not-yet state moving to the next is not.
+    assert t("Degraded", "True", "True", "OwnershipConflict", "ReconcileFailed").newsworthy
+    assert not t("Available", "False", "False", "ReplicasNotReady", "DeploymentMissing").newsworthy
+    # A rollout starting or completing is routine; stalling, or recovering from it, is news.
+    assert not t("Progressing", "False", "True", "RolloutInProgress", "RolloutComplete").newsworthy
+    assert not t("Progressing", "True", "False", "RolloutComplete", "RolloutInProgress").newsworthy
+    assert t("Progressing", "True", "False", "ProgressDeadlineExceeded").newsworthy
+    assert t(
+        "Progressing", "False", "True", "RolloutInProgress", "ProgressDeadlineExceeded"
+    ).newsworthy
+    assert t(
+        "Progressing", "False", "False", "RolloutComplete", "ProgressDeadlineExceeded"
+    ).newsworthy
+
+
+@pytest.mark.unit
+def test_a_new_healthy_cr_makes_one_event_on_its_way_to_available() -> None:
+    """The status versions a new CR goes through when all goes well: only reaching Available is
+    an Event (each one is an API write; `kubectl describe` still shows when it became ready)."""
+    steps = [
+        (None, []),
+        (deployment(replicas=1, ready=0), []),
+        (deployment(replicas=1, ready=1), pods(1)),
+    ]
+    status: dict[str, Any] | None = None
+    news: list[tuple[str, str]] = []
+    for dep, pod_list in steps:
+        new = fold(memcached(size=1, status=status), dep, pod_list, outcome())
+        news += [(c.type, c.new_status) for c in transitions(status, new) if c.newsworthy]
+        status = new
+    assert conditions(status)["Available"]["status"] == "True"
+    assert news == [("Available", "True")]
