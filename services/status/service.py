@@ -242,7 +242,7 @@ class StatusRefresher:
             self._unsettled.pop(key, None)
             STATUS_WRITES.labels(SKIPPED).inc()
             return Result(), SKIPPED
-        wait = self._settling(key, stored, deployment, old, seen)
+        wait = self._settling(key, cr, stored, deployment, old, seen)
         if wait > 0:
             STATUS_WRITES.labels(DEFERRED).inc()
             return Result(requeue_after=wait), DEFERRED
@@ -260,6 +260,7 @@ class StatusRefresher:
     def _settling(
         self,
         key: subjects.ObjectKey,
+        cr: dict[str, Any],
         stored: StoredOutcome | None,
         deployment: dict[str, Any] | None,
         old: dict[str, Any] | None,
@@ -272,6 +273,20 @@ class StatusRefresher:
             # The reconciler has applied the Deployment; the watcher has not streamed it yet.
             age = time.time() - stored.outcome.time.timestamp()
             return max(0.0, self.settle - max(0.0, age))
+        meta = cr.get("metadata") or {}
+        generation = int(meta.get("generation") or 0)
+        outcome = stored.outcome if stored is not None else None
+        if (
+            deployment is not None
+            and int((old or {}).get("observedGeneration") or 0) < generation
+            and (
+                outcome is None or outcome.uid != meta.get("uid") or outcome.generation < generation
+            )
+        ):
+            # A generation not reported yet, and the Deployment streamed before the outcome of
+            # the reconcile that wrote it: the outcome (Degraded's reason) comes next.
+            first = self._unsettled.setdefault(key, time.monotonic())
+            return max(0.0, self.settle - (time.monotonic() - first))
         ready = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
         if (
             deployment is not None
