@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -108,6 +110,17 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+def _environment_proxy(host: str) -> str | None:
+    """The proxy the environment names for the API server URL (HTTPS_PROXY and NO_PROXY, as
+    aiohttp's trust_env would read them), or None."""
+    parsed = urllib.parse.urlsplit(host)
+    proxies = urllib.request.getproxies_environment()
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not parsed.hostname or bypass(parsed.netloc, proxies):
+        return None
+    return proxies.get(parsed.scheme or "https")
+
+
 class KubeClient:
     """Raw JSON access to the API server; create with :meth:`connect`, close when done."""
 
@@ -126,7 +139,16 @@ class KubeClient:
                 client_configuration=configuration
             )
         configuration.connection_pool_maxsize = 64
+        proxy = _environment_proxy(configuration.host or "")
+        if proxy and not configuration.proxy:
+            configuration.proxy = proxy
         api = ApiClient(configuration)
+        # kubernetes-asyncio's session trusts the environment, which makes aiohttp look up
+        # proxy variables and ~/.netrc in a thread on every request: a visible share of the
+        # CPU of a status refresh. The proxy is resolved once, above, instead.
+        session = api.rest_client.pool_manager
+        if hasattr(session, "_trust_env"):
+            session._trust_env = False
         return cls(api, configuration)
 
     async def close(self) -> None:

@@ -16,9 +16,10 @@ the message and deletes the lease (again only at its own revision). Each lease w
 TTL, so the lease of a killed worker frees itself. A worker that finds the lease held neither
 naks (a nak counts as a delivery and would push the request towards the dead-letter limit) nor
 drops the message: it keeps it alive with in-progress acks and polls the lease (woken at once
-when the holder is in the same process). While waiting, and once more after acquiring, it asks
-the stream for the subject's newest message: if that is not its own, a newer request will run
-after it, so it acks its stale one and lets go. Hence no two runs of an object overlap, and a
+when the holder is in the same process). Alongside the first attempt, while waiting, and once
+more after acquiring if it had to wait, it asks the stream for the subject's newest message:
+if that is not its own, a newer request will run after it, so it acks its stale one and lets
+go. Hence no two runs of an object overlap, and a
 request that arrives during a run causes exactly one more run after it.
 
 Why a lease and not hash partitions. Partitioning the subjects (``partition(N, ...)``) with one
@@ -283,6 +284,7 @@ class _Held:
     revision: int
     value: bytes
     lost: bool = False
+    waited: bool = False  # another run held the lease first
 
 
 class KeyedWorkQueue:
@@ -553,11 +555,15 @@ class KeyedWorkQueue:
             await self._settle(msg, "nak")
             return
 
-        held = await self._acquire(msg, request)
+        # The newest-request check and the first lease attempt are independent round trips:
+        # run them together, and check again only if the lease had to be waited for.
+        held, superseded = await asyncio.gather(self._acquire(msg, request), self._superseded(msg))
         if held is None:
             return
         try:
-            if await self._superseded(msg):
+            if held.waited:
+                superseded = await self._superseded(msg)
+            if superseded:
                 await self._settle(msg, "ack")
                 return
             queued_since = max(request.published_at.timestamp(), not_before or 0.0)
@@ -629,7 +635,7 @@ class KeyedWorkQueue:
                     return None
                 revision = await self._leases.try_acquire(name, value)
                 if revision is not None:
-                    return _Held(name, revision, value)
+                    return _Held(name, revision, value, waited=released is not None)
                 if released is None:
                     metrics.lease_contention_total.labels(self.controller).inc()
                     log.debug("%s/%s: lease held, waiting", self.controller, request.key)

@@ -15,6 +15,7 @@ refresh the CR, both carrying the reconcile's trace context.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -101,11 +102,14 @@ class MemcachedReconciler:
             started = time.monotonic()
             cr_obj: dict[str, Any] | None = None
             try:
-                cr_obj = await self._read_cr(request.key)
+                # Both reads at once: each is a round trip to NATS.
+                cr_obj, streamed = await asyncio.gather(
+                    self._read_cr(request.key), self._streamed_deployment(request.key)
+                )
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
                     return Result()
-                written = await self._converge(cr_obj)
+                written = await self._converge(cr_obj, streamed)
                 span.set_attribute("reconcile.deployment_written", written)
                 log.debug(
                     "reconciled",
@@ -160,8 +164,9 @@ class MemcachedReconciler:
         observed = await last_observed(self.js, "deployment", key)
         return observed.obj if observed is not None and observed.exists else None
 
-    async def _converge(self, cr_obj: dict[str, Any]) -> bool:
+    async def _converge(self, cr_obj: dict[str, Any], streamed: dict[str, Any] | None) -> bool:
         """Apply the desired Deployment if the live one differs; True if a write was made.
+        ``streamed`` is the Deployment as the event stream shows it.
 
         A Deployment the stream shows as this CR's is compared and, if it drifted, applied
         with force (taking back fields someone else changed). Any other case — the stream
@@ -178,7 +183,6 @@ class MemcachedReconciler:
             raise PermanentError("InvalidSpec", _validation_message(err)) from err
         desired = desired_deployment(cr, progress_deadline_seconds=self.progress_deadline_seconds)
         uid = cr.uid or ""
-        streamed = await self._streamed_deployment(cr.key())
         ours = streamed is not None and owned_by(streamed, uid)
         if ours and streamed is not None and matches(streamed, desired):
             return False

@@ -192,6 +192,35 @@ class _DeploymentView:
         return message or "the rollout did not progress within its progress deadline"
 
 
+def deployment_inputs(deployment: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything of a Deployment that :func:`fold_status` reads. Two versions with equal
+    inputs fold to the same status, so the watcher asks for no refresh between them (the
+    Deployment controller's revision annotation, a condition's lastUpdateTime)."""
+    status = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    conditions = _conditions_by_type(deployment)
+    return (
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        tuple(r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")),
+        (deployment.get("spec") or {}).get("replicas"),
+        *(
+            status.get(field)
+            for field in (
+                "observedGeneration",
+                "replicas",
+                "updatedReplicas",
+                "readyReplicas",
+                "availableReplicas",
+            )
+        ),
+        *(
+            (c.get("status"), c.get("reason"), c.get("message"))
+            for c in (conditions.get("Available") or {}, conditions.get("Progressing") or {})
+        ),
+    )
+
+
 def _available(
     view: _DeploymentView | None, *, size: int, generation: int, missing: _Verdict
 ) -> _Verdict:

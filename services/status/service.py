@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settle",
         type=float,
-        default=float(runtime.env("STATUS_SETTLE", "5.0")),
+        default=float(runtime.env("STATUS_SETTLE", "30.0")),
         help="at most this many seconds a write waits for the event of a step under way: the "
         "applied Deployment reaching the stream, the Deployment counting newly ready pods "
         "(env STATUS_SETTLE)",
@@ -141,7 +141,7 @@ class StatusRefresher:
         min_interval: float,
         pods: PodIndex,
         index_wait: float = 2.0,
-        settle: float = 5.0,
+        settle: float = 30.0,
     ) -> None:
         self.kube = kube
         self.js = js
@@ -160,7 +160,20 @@ class StatusRefresher:
 
     async def __call__(self, request: Request) -> Result:
         key = request.key
-        stored = await last_outcome_message(self.js, key)
+        since = time.monotonic() - self._last_write.get(key, float("-inf"))
+        if since < self.min_interval:
+            # Too soon after this process's last write of the CR: come back without reading
+            # anything (a burst of changes costs one deferral each, not one refresh each).
+            STATUS_WRITES.labels(DEFERRED).inc()
+            return Result(requeue_after=self.min_interval - since)
+        # Four independent reads, each a round trip to NATS: all at once.
+        stored, cr, observed, indexed = await asyncio.gather(
+            last_outcome_message(self.js, key),
+            self._read_cr(key),
+            last_observed(self.js, "deployment", key),
+            self.pods.caught_up(key.namespace, timeout=self.index_wait),
+        )
+        deployment = observed.obj if observed is not None and observed.exists else None
         parent = telemetry.extract(request.headers)
         other: Context | None = None
         if stored is not None:
@@ -183,7 +196,7 @@ class StatusRefresher:
                 "k8s.object.key": str(key),
             },
         ) as span:
-            result, what = await self._refresh(key, stored)
+            result, what = await self._refresh(key, stored, cr, deployment, indexed=indexed)
             span.set_attribute("status.result", what)
             return result
 
@@ -205,10 +218,16 @@ class StatusRefresher:
         return streamed
 
     async def _refresh(
-        self, key: subjects.ObjectKey, stored: StoredOutcome | None
+        self,
+        key: subjects.ObjectKey,
+        stored: StoredOutcome | None,
+        cr: dict[str, Any] | None,
+        deployment: dict[str, Any] | None,
+        *,
+        indexed: bool,
     ) -> tuple[Result, str]:
-        """The refresh and what it did: gone, deferred, skipped or written."""
-        cr = await self._read_cr(key)
+        """The refresh from what was read (``indexed``: the pod index has caught up with the
+        stream) and what it did: gone, deferred, skipped or written."""
         if cr is None:
             self.recorder.forget(str(key))
             self._last_write.pop(key, None)
@@ -216,13 +235,7 @@ class StatusRefresher:
             self._written.pop(key, None)
             self._unsettled.pop(key, None)
             return Result(), "gone"
-        since = time.monotonic() - self._last_write.get(key, float("-inf"))
-        if since < self.min_interval:
-            STATUS_WRITES.labels(DEFERRED).inc()
-            return Result(requeue_after=self.min_interval - since), DEFERRED
-        observed = await last_observed(self.js, "deployment", key)
-        deployment = observed.obj if observed is not None and observed.exists else None
-        nodes = await self._ready_pods(key, deployment)
+        nodes = await self._ready_pods(key, deployment, indexed=indexed)
         old: dict[str, Any] | None = self._newest_status(key, cr)
         if old is not None:
             cr = {**cr, "status": old}
@@ -301,11 +314,11 @@ class StatusRefresher:
         return 0.0
 
     async def _ready_pods(
-        self, key: subjects.ObjectKey, deployment: dict[str, Any] | None
+        self, key: subjects.ObjectKey, deployment: dict[str, Any] | None, *, indexed: bool
     ) -> list[str]:
         """The CR's ready pods: from the pod index once it has caught up with the stream, else
         from the API server (only needed when the Deployment reports ready replicas)."""
-        if await self.pods.caught_up(key.namespace, timeout=self.index_wait):
+        if indexed:
             POD_READS.labels(INDEX).inc()
             return self.pods.ready_pods(key)
         if not (deployment is not None and (deployment.get("status") or {}).get("readyReplicas")):

@@ -7,7 +7,8 @@ and confirmed in order before the informer moves on, which keeps ~thousands of c
 second without giving up ordering per object. After the event, requests go to the work queue:
 
 - a Memcached change asks the reconciler to converge that CR;
-- a Deployment change asks the status service to refresh its owner's status, and the
+- a Deployment change asks the status service to refresh its owner's status (unless nothing
+  the status is folded from changed, as when the Deployment controller annotates it), and the
   reconciler too when it was created, deleted or its spec (generation) changed by anyone but
   the reconciler itself (drift);
 - a Pod change asks the status service only (ready pods are status, not desired state).
@@ -34,6 +35,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from services.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from services.status.conditions import deployment_inputs
 from services.watcher.informer import Known
 from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
@@ -98,6 +100,7 @@ class Publisher:
         self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
         self._generations: dict[tuple[str, ObjectKey], int] = {}
         self._ready: dict[ObjectKey, bool] = {}
+        self._status_inputs: dict[ObjectKey, int] = {}
         self._flushing = asyncio.Lock()
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], event: str) -> None:
@@ -234,7 +237,7 @@ class Publisher:
         if kind.name == "pod":
             # Only a pod's readiness (and its coming and going) shows in the owner's status.
             return [(STATUS, owner)] if self._readiness_changed(change, key, obj) else []
-        out = [(STATUS, owner)]
+        out = [(STATUS, owner)] if self._status_inputs_changed(change, key, obj) else []
         if self._spec_changed(kind, change, key, obj) and not (
             change != "deleted" and events.last_spec_writer(obj) == FIELD_MANAGER
         ):
@@ -242,6 +245,17 @@ class Publisher:
             # the result of one. Anyone else's edit (drift) and any deletion do.
             out.insert(0, (RECONCILE, owner))
         return out
+
+    def _status_inputs_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
+        """Whether a Deployment change can change its owner's status (see
+        services.status.conditions.deployment_inputs); only a fingerprint is kept per object."""
+        if change == "deleted":
+            self._status_inputs.pop(key, None)
+            return True
+        fingerprint = hash(deployment_inputs(obj))
+        previous = self._status_inputs.get(key)
+        self._status_inputs[key] = fingerprint
+        return change != "modified" or previous != fingerprint
 
     def _readiness_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
         ready = pod_ready(obj)

@@ -87,6 +87,7 @@ def test_a_deployment_status_update_does_not_reconcile(publisher: Publisher) -> 
     ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
     routes(publisher, DEPLOYMENT, "added", deployment(generation=1, writers=ours))
     same_generation = deployment(generation=1, writers=ours)
+    same_generation["status"] = {"observedGeneration": 1, "readyReplicas": 1}
     assert routes(publisher, DEPLOYMENT, "modified", same_generation) == [STATUS]
 
 
@@ -106,3 +107,33 @@ def test_pods_wake_the_status_service_only_when_readiness_changes(publisher: Pub
     assert routes(publisher, POD, "modified", pod("p1", ready=True)) == [STATUS]
     assert routes(publisher, POD, "modified", pod("p1", ready=True)) == []
     assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
+
+
+def test_deployment_changes_the_status_is_not_folded_from_wake_nobody(
+    publisher: Publisher,
+) -> None:
+    ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
+    dep = deployment(generation=1, writers=ours)
+    assert routes(publisher, DEPLOYMENT, "added", dep) == [STATUS]
+    # The Deployment controller's revision annotation: same generation, same status.
+    dep["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+    assert routes(publisher, DEPLOYMENT, "modified", dep) == []
+    # A condition's lastUpdateTime alone is no news either; its counts and reasons are.
+    dep["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "NewReplicaSetCreated",
+                "lastUpdateTime": "2026-01-01T00:00:01Z",
+            }
+        ],
+    }
+    assert routes(publisher, DEPLOYMENT, "modified", dep) == [STATUS]
+    dep["status"]["conditions"][0]["lastUpdateTime"] = "2026-01-01T00:00:02Z"
+    assert routes(publisher, DEPLOYMENT, "modified", dep) == []
+    dep["status"]["readyReplicas"] = 1
+    assert routes(publisher, DEPLOYMENT, "modified", dep) == [STATUS]
+    assert routes(publisher, DEPLOYMENT, "deleted", dep) == [RECONCILE, STATUS]
