@@ -22,13 +22,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import ApiClient, Configuration
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
 from shared.errors import PermanentError, TransientError
+from shared.kubelib import Configuration, RESTClientObject
+from shared.kubelib import config as kube_config
 
 API_REQUESTS = Counter(
     "mcop_kube_api_requests_total",
@@ -124,8 +124,8 @@ def _environment_proxy(host: str) -> str | None:
 class KubeClient:
     """Raw JSON access to the API server; create with :meth:`connect`, close when done."""
 
-    def __init__(self, api: ApiClient, configuration: Configuration) -> None:
-        self._api = api
+    def __init__(self, rest: RESTClientObject, configuration: Configuration) -> None:
+        self._rest = rest
         self._config = configuration
 
     @classmethod
@@ -142,17 +142,17 @@ class KubeClient:
         proxy = _environment_proxy(configuration.host or "")
         if proxy and not configuration.proxy:
             configuration.proxy = proxy
-        api = ApiClient(configuration)
+        rest = RESTClientObject(configuration)
         # kubernetes-asyncio's session trusts the environment, which makes aiohttp look up
         # proxy variables and ~/.netrc in a thread on every request: a visible share of the
         # CPU of a status refresh. The proxy is resolved once, above, instead.
-        session = api.rest_client.pool_manager
+        session = rest.pool_manager
         if hasattr(session, "_trust_env"):
             session._trust_env = False
-        return cls(api, configuration)
+        return cls(rest, configuration)
 
     async def close(self) -> None:
-        await self._api.close()
+        await self._rest.close()
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -176,7 +176,7 @@ class KubeClient:
     ) -> aiohttp.ClientResponse:
         url = f"{self._config.host}{path}"
         # The REST layer JSON-encodes bodies itself for JSON and apply-patch content types.
-        response: aiohttp.ClientResponse = await self._api.rest_client.request(
+        response: aiohttp.ClientResponse = await self._rest.request(
             method,
             url,
             query_params=dict(query) if query else None,

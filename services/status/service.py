@@ -215,6 +215,9 @@ class StatusRefresher:
         mine = self._written.get(key)
         if mine is not None and mine[0] > _revision(cr):
             return mine[1]
+        # The stream has caught up with that write: forget it (with 10,000 CRs these copies
+        # of every status would be most of this process's memory).
+        self._written.pop(key, None)
         return streamed
 
     async def _refresh(
