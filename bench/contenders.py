@@ -77,7 +77,7 @@ class Pipeline(Contender):
 
     workers: int = 1
     concurrency: int = 8
-    status_concurrency: int = 32
+    status_concurrency: int = 8
 
     def _service(self, role: str, service: str, *args: str) -> None:
         port = free_port()

@@ -95,9 +95,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
     scaling = results.get("scaling")
     if scaling:
+        two = scaling.get("speedup_1_to_2")
         lines.append(
             f"Horizontal scaling (CRs/s to correct Deployments): 1 → 4 workers "
-            f"**{scaling['speedup_1_to_4']:.2f}x** (1 → 2: {scaling['speedup_1_to_2']:.2f}x)."
+            f"**{scaling['speedup_1_to_4']:.2f}x**" + (f" (1 → 2: {two:.2f}x)." if two else ".")
         )
     tracing = results.get("tracing")
     if tracing:

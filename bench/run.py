@@ -296,7 +296,7 @@ class Bench:
         if rates[1] and rates[4]:
             results["scaling"] = {
                 "crs_per_s": rates,
-                "speedup_1_to_2": round((rates[2] or 0) / rates[1], 3),
+                "speedup_1_to_2": round(rates[2] / rates[1], 3) if rates.get(2) else None,
                 "speedup_1_to_4": round(rates[4] / rates[1], 3),
             }
         if not a.skip_tracing and "pipeline-4" in scenarios:
@@ -518,7 +518,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0.0, help="API latency added by a proxy")
     p.add_argument("--create-concurrency", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=8, help="reconciler --concurrency")
-    p.add_argument("--status-concurrency", type=int, default=32)
+    p.add_argument(
+        "--status-concurrency", type=int, default=8, help="status --concurrency (its default)"
+    )
     p.add_argument("--floor-concurrency", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--nodes", type=int, default=4, help="fake kwok nodes")
