@@ -51,6 +51,25 @@ def _rss_markdown(results: dict[str, Any]) -> str:
     )
 
 
+_CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, s in scenarios.items():
+        cpu: dict[str, float] = s.get("cpu_s") or {}
+        if not cpu:
+            continue
+        own = {k: v for k, v in cpu.items() if k not in (*_CONTROL_PLANE, "nats-server")}
+        plane = sum(v for k, v in cpu.items() if k in _CONTROL_PLANE)
+        by_process = ", ".join(f"{k} {v:.1f}" for k, v in own.items())
+        rows.append(
+            f"| {name} | {plane:.1f} | {cpu.get('nats-server', 0.0):.1f} | "
+            f"{sum(own.values()):.1f} ({by_process}) |"
+        )
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     if "rss_10k" in results and not results["scenarios"]:
         return _rss_markdown(results)
@@ -93,6 +112,16 @@ def markdown(results: dict[str, Any]) -> str:
             + " |"
         )
     lines.append("")
+    cpu_rows = _cpu_rows(scenarios)
+    if cpu_rows:
+        lines += [
+            "CPU seconds each scenario cost (user + system, from /proc, first create to done):",
+            "",
+            "| scenario | control plane | nats-server | contender (by process) |",
+            "|---|---:|---:|---|",
+            *cpu_rows,
+            "",
+        ]
     scaling = results.get("scaling")
     if scaling:
         two = scaling.get("speedup_1_to_2")
