@@ -1,0 +1,95 @@
+"""When the status service holds a write back for the step under way, and for how long."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any, cast
+
+import pytest
+from opentelemetry.context import Context
+
+from services.status.conditions import fold_status
+from services.status.service import StatusRefresher, StoredOutcome
+from shared.outcomes import Outcome
+from shared.subjects import ObjectKey
+
+pytestmark = pytest.mark.unit
+
+KEY = ObjectKey("team-a", "cache")
+UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
+NOW = dt.datetime.now(dt.UTC)
+
+
+def refresher(settle: float = 30.0) -> StatusRefresher:
+    none: Any = None
+    return StatusRefresher(
+        none, none, recorder=none, min_interval=1.0, pods=cast(Any, None), settle=settle
+    )
+
+
+def cr(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "metadata": {"name": "cache", "namespace": "team-a", "uid": UID, "generation": generation},
+        "spec": {"size": 1},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def deployment(ready: int = 0) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "generation": 1,
+            "ownerReferences": [{"uid": UID, "controller": True, "kind": "Memcached"}],
+        },
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready},
+    }
+
+
+def stored(generation: int = 1, *, age: float = 0.0) -> StoredOutcome:
+    outcome = Outcome(
+        key="team-a/cache",
+        uid=UID,
+        generation=generation,
+        result="success",
+        time=NOW - dt.timedelta(seconds=age),
+    )
+    return StoredOutcome(outcome, 1, Context())
+
+
+def fold(obj: dict[str, Any], dep: dict[str, Any] | None, nodes: list[str]) -> dict[str, Any]:
+    return fold_status(cr=obj, deployment=dep, nodes=nodes, outcome=None, now=NOW)
+
+
+def test_an_applied_deployment_not_streamed_yet_is_waited_for_from_the_outcome_time() -> None:
+    r = refresher()
+    new = fold(cr(), None, [])
+    assert 29.0 < r._settling(KEY, cr(), stored(age=0.5), None, None, new) <= 29.5
+    assert r._settling(KEY, cr(), stored(age=31), None, None, new) == 0.0
+
+
+def test_a_deployment_streamed_before_its_outcome_waits_for_the_outcome() -> None:
+    r = refresher()
+    new = fold(cr(generation=2), deployment(), [])
+    assert r._settling(KEY, cr(generation=2), stored(generation=1), deployment(), None, new) > 0
+    # Once the outcome of this generation is there, or the status already reports it: write.
+    assert r._settling(KEY, cr(generation=2), stored(generation=2), deployment(), None, new) == 0
+    reported = {"observedGeneration": 2}
+    assert r._settling(KEY, cr(2), stored(1), deployment(), reported, new) == 0
+
+
+def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever() -> None:
+    r = refresher(settle=0.2)
+    old = fold(cr(), deployment(ready=0), [])
+    new = fold(cr(status=old), deployment(ready=0), ["cache-1"])
+    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) > 0
+    # The Deployment counts the pod: nothing to wait for.
+    counted = fold(cr(status=old), deployment(ready=1), ["cache-1"])
+    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=1), old, counted) == 0
+    # A Deployment that never counts them: the write goes out after the settle time.
+    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) > 0
+    time.sleep(0.25)
+    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) == 0
