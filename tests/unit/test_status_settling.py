@@ -18,7 +18,6 @@ pytestmark = pytest.mark.unit
 
 KEY = ObjectKey("team-a", "cache")
 UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
-NOW = dt.datetime.now(dt.UTC)
 
 
 def refresher(settle: float = 30.0) -> StatusRefresher:
@@ -55,13 +54,15 @@ def stored(generation: int = 1, *, age: float = 0.0) -> StoredOutcome:
         uid=UID,
         generation=generation,
         result="success",
-        time=NOW - dt.timedelta(seconds=age),
+        time=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age),
     )
     return StoredOutcome(outcome, 1, Context())
 
 
 def fold(obj: dict[str, Any], dep: dict[str, Any] | None, nodes: list[str]) -> dict[str, Any]:
-    return fold_status(cr=obj, deployment=dep, nodes=nodes, outcome=None, now=NOW)
+    return fold_status(
+        cr=obj, deployment=dep, nodes=nodes, outcome=None, now=dt.datetime.now(dt.UTC)
+    )
 
 
 def test_an_applied_deployment_not_streamed_yet_is_waited_for_from_the_outcome_time() -> None:
