@@ -45,13 +45,15 @@ tracer = trace.get_tracer("memcached-operator.status")
 CONTROLLER = "status"
 STATUS_WRITES = Counter(
     "mcop_status_writes_total",
-    "Status refreshes by what they did: written, skipped (nothing a reader sees changed), or "
-    "deferred (too soon after the last write, or the next step's event is on its way)",
+    "Status refreshes by what they did: written, skipped (nothing a reader sees changed), "
+    "deferred (too soon after the last write, or ready pods the Deployment has not counted "
+    "yet), or awaiting (a step early: the request of the step under way brings the write)",
     ["result"],
 )
 WRITTEN = "written"
 SKIPPED = "skipped"
 DEFERRED = "deferred"
+AWAITING = "awaiting"
 LAST_TRACE_ID = "lastTraceId"
 
 
@@ -258,7 +260,10 @@ class StatusRefresher:
             self._unsettled.pop(key, None)
             STATUS_WRITES.labels(SKIPPED).inc()
             return Result(), SKIPPED
-        wait = self._settling(key, cr, stored, deployment, old, seen)
+        if self._awaiting(key, cr, stored, deployment, old):
+            STATUS_WRITES.labels(AWAITING).inc()
+            return Result(), AWAITING
+        wait = self._settling(key, deployment, old, seen)
         if wait > 0:
             STATUS_WRITES.labels(DEFERRED).inc()
             return Result(requeue_after=wait), DEFERRED
@@ -273,22 +278,22 @@ class StatusRefresher:
             await self.recorder.record(cr, changed)
         return Result(), WRITTEN
 
-    def _settling(
+    def _awaiting(
         self,
         key: subjects.ObjectKey,
         cr: dict[str, Any],
         stored: StoredOutcome | None,
         deployment: dict[str, Any] | None,
         old: dict[str, Any] | None,
-        new: dict[str, Any],
-    ) -> float:
-        """Seconds to hold a write back because the world is between two steps whose next
-        event is on its way (0: write now). Each case would otherwise cost a write that the
-        next event's refresh overwrites within moments; none waits longer than --settle."""
+    ) -> bool:
+        """Whether this refresh is a step early and the step's own request is on its way, so
+        it can end without writing (and without coming back: that request brings the write).
+        Only for --settle seconds: a step that never shows is written as it is by the next
+        refresh after that."""
         if deployment is None and stored is not None and stored.outcome.result == "success":
-            # The reconciler has applied the Deployment; the watcher has not streamed it yet.
-            age = time.time() - stored.outcome.time.timestamp()
-            return max(0.0, self.settle - max(0.0, age))
+            # The reconciler has applied the Deployment; the watcher has not streamed it yet,
+            # and will ask for a refresh when it has.
+            return time.time() - stored.outcome.time.timestamp() < self.settle
         meta = cr.get("metadata") or {}
         generation = int(meta.get("generation") or 0)
         outcome = stored.outcome if stored is not None else None
@@ -300,17 +305,28 @@ class StatusRefresher:
             )
         ):
             # A generation not reported yet, and the Deployment streamed before the outcome of
-            # the reconcile that wrote it: the outcome (Degraded's reason) comes next.
+            # the reconcile that wrote it; the reconciler asks for a refresh with its outcome.
             first = self._unsettled.setdefault(key, time.monotonic())
-            return max(0.0, self.settle - (time.monotonic() - first))
+            return time.monotonic() - first < self.settle
+        return False
+
+    def _settling(
+        self,
+        key: subjects.ObjectKey,
+        deployment: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        new: dict[str, Any],
+    ) -> float:
+        """Seconds to hold a write back (0: write now) whose only news is the pod list, while
+        the Deployment controller has not counted those pods yet: its update (readyReplicas,
+        conditions) comes next, so both show in one write. At most --settle seconds, for a
+        Deployment that never agrees (pods of another owner that carry our annotation)."""
         ready = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
         if (
             deployment is not None
             and len(new.get("nodes") or []) != ready
             and not status_changed(old, {**new, "nodes": (old or {}).get("nodes") or []})
         ):
-            # Only the ready pods changed, and the Deployment controller has not counted them
-            # yet: its update (readyReplicas, conditions) comes next, so write both at once.
             first = self._unsettled.setdefault(key, time.monotonic())
             return max(0.0, self.settle - (time.monotonic() - first))
         self._unsettled.pop(key, None)
@@ -345,7 +361,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     )
     queue = queue_from_args(conn, args, controller=CONTROLLER)
     metrics.init_controller(CONTROLLER)
-    for result in (WRITTEN, SKIPPED, DEFERRED):
+    for result in (WRITTEN, SKIPPED, DEFERRED, AWAITING):
         STATUS_WRITES.labels(result)
     for source in (INDEX, LIST):
         POD_READS.labels(source)

@@ -65,32 +65,34 @@ def fold(obj: dict[str, Any], dep: dict[str, Any] | None, nodes: list[str]) -> d
     )
 
 
-def test_an_applied_deployment_not_streamed_yet_is_waited_for_from_the_outcome_time() -> None:
+def test_an_applied_deployment_not_streamed_yet_is_left_to_its_own_event() -> None:
     r = refresher()
-    new = fold(cr(), None, [])
-    assert 29.0 < r._settling(KEY, cr(), stored(age=0.5), None, None, new) <= 29.5
-    assert r._settling(KEY, cr(), stored(age=31), None, None, new) == 0.0
+    assert r._awaiting(KEY, cr(), stored(age=0.5), None, None)
+    # Long after the outcome, the stream still has no Deployment: report that.
+    assert not r._awaiting(KEY, cr(), stored(age=31), None, None)
 
 
-def test_a_deployment_streamed_before_its_outcome_waits_for_the_outcome() -> None:
-    r = refresher()
-    new = fold(cr(generation=2), deployment(), [])
-    assert r._settling(KEY, cr(generation=2), stored(generation=1), deployment(), None, new) > 0
+def test_a_deployment_streamed_before_its_outcome_is_left_to_the_outcome() -> None:
+    r = refresher(settle=0.2)
+    gen2 = cr(generation=2)
+    assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None)
     # Once the outcome of this generation is there, or the status already reports it: write.
-    assert r._settling(KEY, cr(generation=2), stored(generation=2), deployment(), None, new) == 0
-    reported = {"observedGeneration": 2}
-    assert r._settling(KEY, cr(2), stored(1), deployment(), reported, new) == 0
+    assert not r._awaiting(KEY, gen2, stored(generation=2), deployment(), None)
+    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), {"observedGeneration": 2})
+    # An outcome that never comes: the next refresh after the settle time writes.
+    time.sleep(0.25)
+    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), None)
 
 
 def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever() -> None:
     r = refresher(settle=0.2)
     old = fold(cr(), deployment(ready=0), [])
     new = fold(cr(status=old), deployment(ready=0), ["cache-1"])
-    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) > 0
+    assert r._settling(KEY, deployment(ready=0), old, new) > 0
     # The Deployment counts the pod: nothing to wait for.
     counted = fold(cr(status=old), deployment(ready=1), ["cache-1"])
-    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=1), old, counted) == 0
+    assert r._settling(KEY, deployment(ready=1), old, counted) == 0
     # A Deployment that never counts them: the write goes out after the settle time.
-    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) > 0
+    assert r._settling(KEY, deployment(ready=0), old, new) > 0
     time.sleep(0.25)
-    assert r._settling(KEY, cr(status=old), stored(), deployment(ready=0), old, new) == 0
+    assert r._settling(KEY, deployment(ready=0), old, new) == 0
