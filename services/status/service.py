@@ -46,8 +46,8 @@ CONTROLLER = "status"
 STATUS_WRITES = Counter(
     "mcop_status_writes_total",
     "Status refreshes by what they did: written, skipped (nothing a reader sees changed), "
-    "deferred (too soon after the last write, or ready pods the Deployment has not counted "
-    "yet), or awaiting (a step early: the request of the step under way brings the write)",
+    "deferred (too soon after the last write), or awaiting (a step early: the request of the "
+    "step under way brings the write)",
     ["result"],
 )
 WRITTEN = "written"
@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--settle",
         type=float,
         default=float(runtime.env("STATUS_SETTLE", "30.0")),
-        help="at most this many seconds a write waits for the event of a step under way: the "
-        "applied Deployment reaching the stream, the Deployment counting newly ready pods "
+        help="for up to this many seconds, a refresh that is a step early (the applied "
+        "Deployment not streamed yet, the outcome not published yet, ready pods the Deployment "
+        "has not counted yet) leaves the write to the request of that step "
         "(env STATUS_SETTLE)",
     )
 
@@ -260,13 +261,9 @@ class StatusRefresher:
             self._unsettled.pop(key, None)
             STATUS_WRITES.labels(SKIPPED).inc()
             return Result(), SKIPPED
-        if self._awaiting(key, cr, stored, deployment, old):
+        if self._awaiting(key, cr, stored, deployment, old, seen):
             STATUS_WRITES.labels(AWAITING).inc()
             return Result(), AWAITING
-        wait = self._settling(key, deployment, old, seen)
-        if wait > 0:
-            STATUS_WRITES.labels(DEFERRED).inc()
-            return Result(requeue_after=wait), DEFERRED
         written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
         self._written[key] = (_revision(written), written.get("status") or new)
         self._note_folded(key, stored)
@@ -285,6 +282,7 @@ class StatusRefresher:
         stored: StoredOutcome | None,
         deployment: dict[str, Any] | None,
         old: dict[str, Any] | None,
+        new: dict[str, Any],
     ) -> bool:
         """Whether this refresh is a step early and the step's own request is on its way, so
         it can end without writing (and without coming back: that request brings the write).
@@ -306,31 +304,24 @@ class StatusRefresher:
         ):
             # A generation not reported yet, and the Deployment streamed before the outcome of
             # the reconcile that wrote it; the reconciler asks for a refresh with its outcome.
-            first = self._unsettled.setdefault(key, time.monotonic())
-            return time.monotonic() - first < self.settle
-        return False
-
-    def _settling(
-        self,
-        key: subjects.ObjectKey,
-        deployment: dict[str, Any] | None,
-        old: dict[str, Any] | None,
-        new: dict[str, Any],
-    ) -> float:
-        """Seconds to hold a write back (0: write now) whose only news is the pod list, while
-        the Deployment controller has not counted those pods yet: its update (readyReplicas,
-        conditions) comes next, so both show in one write. At most --settle seconds, for a
-        Deployment that never agrees (pods of another owner that carry our annotation)."""
+            return self._within_settle(key)
         ready = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
         if (
             deployment is not None
             and len(new.get("nodes") or []) != ready
             and not status_changed(old, {**new, "nodes": (old or {}).get("nodes") or []})
         ):
-            first = self._unsettled.setdefault(key, time.monotonic())
-            return max(0.0, self.settle - (time.monotonic() - first))
+            # Only the ready pods changed, and the Deployment controller has not counted them
+            # yet: its update (readyReplicas, conditions) comes next, with a request that
+            # writes both at once.
+            return self._within_settle(key)
         self._unsettled.pop(key, None)
-        return 0.0
+        return False
+
+    def _within_settle(self, key: subjects.ObjectKey) -> bool:
+        """True until --settle seconds after this CR's refreshes started waiting for a step."""
+        first = self._unsettled.setdefault(key, time.monotonic())
+        return time.monotonic() - first < self.settle
 
     async def _ready_pods(
         self, key: subjects.ObjectKey, deployment: dict[str, Any] | None, *, indexed: bool

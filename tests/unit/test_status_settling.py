@@ -1,4 +1,5 @@
-"""When the status service holds a write back for the step under way, and for how long."""
+"""When a status refresh is a step early and leaves the write to the step under way, and
+for how long."""
 
 from __future__ import annotations
 
@@ -67,32 +68,36 @@ def fold(obj: dict[str, Any], dep: dict[str, Any] | None, nodes: list[str]) -> d
 
 def test_an_applied_deployment_not_streamed_yet_is_left_to_its_own_event() -> None:
     r = refresher()
-    assert r._awaiting(KEY, cr(), stored(age=0.5), None, None)
+    new = fold(cr(), None, [])
+    assert r._awaiting(KEY, cr(), stored(age=0.5), None, None, new)
     # Long after the outcome, the stream still has no Deployment: report that.
-    assert not r._awaiting(KEY, cr(), stored(age=31), None, None)
+    assert not r._awaiting(KEY, cr(), stored(age=31), None, None, new)
 
 
 def test_a_deployment_streamed_before_its_outcome_is_left_to_the_outcome() -> None:
     r = refresher(settle=0.2)
     gen2 = cr(generation=2)
-    assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None)
+    new = fold(gen2, deployment(), [])
+    assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
     # Once the outcome of this generation is there, or the status already reports it: write.
-    assert not r._awaiting(KEY, gen2, stored(generation=2), deployment(), None)
-    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), {"observedGeneration": 2})
+    assert not r._awaiting(KEY, gen2, stored(generation=2), deployment(), None, new)
+    reported = {"observedGeneration": 2}
+    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), reported, new)
     # An outcome that never comes: the next refresh after the settle time writes.
+    assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
     time.sleep(0.25)
-    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), None)
+    assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
 
 
 def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever() -> None:
     r = refresher(settle=0.2)
     old = fold(cr(), deployment(ready=0), [])
     new = fold(cr(status=old), deployment(ready=0), ["cache-1"])
-    assert r._settling(KEY, deployment(ready=0), old, new) > 0
+    assert r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
     # The Deployment counts the pod: nothing to wait for.
     counted = fold(cr(status=old), deployment(ready=1), ["cache-1"])
-    assert r._settling(KEY, deployment(ready=1), old, counted) == 0
-    # A Deployment that never counts them: the write goes out after the settle time.
-    assert r._settling(KEY, deployment(ready=0), old, new) > 0
+    assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=1), old, counted)
+    # A Deployment that never counts them: the next refresh after the settle time writes.
+    assert r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
     time.sleep(0.25)
-    assert r._settling(KEY, deployment(ready=0), old, new) == 0
+    assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
