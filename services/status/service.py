@@ -7,7 +7,11 @@ reads the CR, its Deployment and the CR's newest outcome (direct gets by subject
 stream) and its ready pods (pod_index.py, an in-memory index of the stream's pod events), folds
 them (conditions.py), and writes the status subresource only when something a reader can see
 changed — and at most once per --min-interval per CR, which a burst of pod changes during a
-rollout would otherwise turn into a write each. Condition transitions become Kubernetes Events.
+rollout would otherwise turn into a write each. A refresh that is a step early (the applied
+Deployment not streamed yet, the outcome not published yet, ready pods the Deployment has not
+counted yet) writes nothing and leaves the write to that step's own request, so a healthy new
+CR costs two writes: "rolling out" and "Available". Newsworthy condition transitions become
+Kubernetes Events (one, Available, for a healthy new CR).
 """
 
 from __future__ import annotations
