@@ -336,3 +336,56 @@ def test_a_new_memcached_costs_few_status_writes_and_one_event(
         for name in names
     }
     assert all(v == [("Normal", "AllReplicasReady")] for v in per_cr.values()), per_cr
+
+
+def test_nodes_follow_a_replaced_pod(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    """A pod of an Available CR is deleted and its ReplicaSet replaces it: `nodes` ends naming
+    exactly the pods that run, with the replacement and without the deleted one."""
+    pipeline(service_procs, namespace)
+    body = {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {"name": "replaced", "namespace": namespace},
+        "spec": {"size": 2},
+    }
+    cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
+    cluster.kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Available",
+        "mc/replaced",
+        "--timeout=90s",
+        timeout=100,
+    )
+
+    def pod_names() -> set[str]:
+        pods = cluster.kubectl_json("get", "pods", "-n", namespace)["items"]
+        return {p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")}
+
+    before = wait_for(
+        lambda: (
+            (n := pod_names())
+            and set(get_mc(cluster, namespace, "replaced")["status"]["nodes"]) == n
+            and n
+        ),
+        timeout=60,
+        what="nodes to name the two pods",
+    )
+    victim = sorted(before)[0]
+    cluster.kubectl("delete", "pod", "-n", namespace, victim, "--wait=false")
+
+    def settled() -> bool:
+        mc = get_mc(cluster, namespace, "replaced")
+        now = pod_names()
+        return (
+            victim not in now
+            and len(now) == 2
+            and set(mc["status"].get("nodes") or []) == now
+            and mc["status"].get("readyReplicas") == 2
+            and condition(mc, "Available").get("status") == "True"
+        )
+
+    wait_for(settled, timeout=90, what="nodes to name the replacement, not the deleted pod")
