@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 
 from shared import events, subjects
 from shared.errors import TransientError
+from shared.kube import KubeClient, Resource
 from shared.streams import EVENTS_STREAM
 from shared.subjects import ObjectKey
 
@@ -58,3 +59,20 @@ async def last_observed(js: JetStreamContext, kind: str, key: ObjectKey) -> Obse
     if change not in events.CHANGES or not isinstance(obj, dict):
         return None
     return Observed(change, obj)
+
+
+async def streamed_object(js: JetStreamContext, kind: str, key: ObjectKey) -> dict[str, Any] | None:
+    """The object as the stream last showed it; None when deleted or never streamed."""
+    observed = await last_observed(js, kind, key)
+    return observed.obj if observed is not None and observed.exists else None
+
+
+async def streamed_or_get(
+    js: JetStreamContext, kube: KubeClient, kind: str, resource: Resource, key: ObjectKey
+) -> dict[str, Any] | None:
+    """The object from the stream (no API call); from the API server only when the stream has
+    never seen it (e.g. a request published by hand before the watcher ran)."""
+    observed = await last_observed(js, kind, key)
+    if observed is not None:
+        return observed.obj if observed.exists else None
+    return await kube.get(resource, key.namespace, key.name)

@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,41 @@ class Cluster:
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def audit(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The real `memcached-operator audit` with ``args``, as the admin or as ``user``."""
+        credentials = self.layout.nats_credentials(user) if user else {}
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", "audit", *args],
+            env=self.env(**credentials),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def apply_memcached(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """`kubectl apply` a Memcached, as a user would."""
+        body = {
+            "apiVersion": "cache.example.com/v1",
+            "kind": "Memcached",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        self.kubectl("apply", "-f", "-", input_=json.dumps(body))
+
+    def wait_available(
+        self, namespace: str, name: str, timeout: int = 90
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl wait --for=condition=Available mc/<name>`, failing the test on a timeout."""
+        return self.kubectl(
+            "wait",
+            "-n",
+            namespace,
+            "--for=condition=Available",
+            f"mc/{name}",
+            f"--timeout={timeout}s",
+            timeout=timeout + 10,
+        )
 
     def restart_nats(self, *, kill: bool = True) -> None:
         if kill:

@@ -107,21 +107,8 @@ async def reconcile(
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(
-    namespace: str,
-    annotations: kopf.Annotations,
-    memcacheds: kopf.Index[Any, Any],
-    deployments: kopf.Index[Any, Any],
-    pods: kopf.Index[Any, Any],
-    **_: Any,
-) -> None:
-    owner = annotations.get(OWNER_ANNOTATION)
-    if owner:
-        await _refresh((namespace, owner), memcacheds, deployments, pods)
-
-
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-async def pod_changed(
+async def owned_changed(
     namespace: str,
     annotations: kopf.Annotations,
     memcacheds: kopf.Index[Any, Any],
@@ -129,6 +116,7 @@ async def pod_changed(
     pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    """A Deployment or pod of a Memcached changed: refresh its owner's status."""
     owner = annotations.get(OWNER_ANNOTATION)
     if owner:
         await _refresh((namespace, owner), memcacheds, deployments, pods)

@@ -33,7 +33,7 @@ from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
 from shared.models import Memcached
 from shared.outcomes import Outcome, OutcomeResult
-from shared.state import last_observed
+from shared.state import streamed_object, streamed_or_get
 from shared.subjects import ObjectKey
 from shared.workqueue import ORIGIN, Request, Result, enqueue
 
@@ -104,7 +104,8 @@ class MemcachedReconciler:
             try:
                 # Both reads at once: each is a round trip to NATS.
                 cr_obj, streamed = await asyncio.gather(
-                    self._read_cr(request.key), self._streamed_deployment(request.key)
+                    streamed_or_get(self.js, self.kube, "memcached", MEMCACHED, request.key),
+                    streamed_object(self.js, "deployment", request.key),
                 )
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
@@ -150,23 +151,10 @@ class MemcachedReconciler:
                 span.set_status(Status(StatusCode.ERROR, err.message))
                 raise
 
-    async def _read_cr(self, key: ObjectKey) -> dict[str, Any] | None:
-        """The CR from the event stream (no API call); from the API server only when the
-        stream has never seen it (e.g. a request published by hand before the watcher ran)."""
-        observed = await last_observed(self.js, "memcached", key)
-        if observed is not None:
-            return observed.obj if observed.exists else None
-        return await self.kube.get(MEMCACHED, key.namespace, key.name)
-
-    async def _streamed_deployment(self, key: ObjectKey) -> dict[str, Any] | None:
-        """The Deployment as the event stream last showed it; None when deleted or never
-        streamed (only managed Deployments are: None may also be a foreign one)."""
-        observed = await last_observed(self.js, "deployment", key)
-        return observed.obj if observed is not None and observed.exists else None
-
     async def _converge(self, cr_obj: dict[str, Any], streamed: dict[str, Any] | None) -> bool:
         """Apply the desired Deployment if the live one differs; True if a write was made.
-        ``streamed`` is the Deployment as the event stream shows it.
+        ``streamed`` is the Deployment as the event stream shows it (only managed Deployments
+        are streamed: None may also be a foreign one).
 
         A Deployment the stream shows as this CR's is compared and, if it drifted, applied
         with force (taking back fields someone else changed). Any other case — the stream

@@ -39,7 +39,7 @@ from services.status.recorder import EventRecorder
 from shared import metrics, runtime, subjects, telemetry
 from shared.kube import MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
-from shared.state import last_observed
+from shared.state import streamed_object, streamed_or_get
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
 from shared.workqueue import Request, Result
 
@@ -174,13 +174,12 @@ class StatusRefresher:
             STATUS_WRITES.labels(DEFERRED).inc()
             return Result(requeue_after=self.min_interval - since)
         # Four independent reads, each a round trip to NATS: all at once.
-        stored, cr, observed, indexed = await asyncio.gather(
+        stored, cr, deployment, indexed = await asyncio.gather(
             last_outcome_message(self.js, key),
-            self._read_cr(key),
-            last_observed(self.js, "deployment", key),
+            streamed_or_get(self.js, self.kube, "memcached", MEMCACHED, key),
+            streamed_object(self.js, "deployment", key),
             self.pods.caught_up(key.namespace, timeout=self.index_wait),
         )
-        deployment = observed.obj if observed is not None and observed.exists else None
         parent = telemetry.extract(request.headers)
         other: Context | None = None
         if stored is not None:
@@ -206,13 +205,6 @@ class StatusRefresher:
             result, what = await self._refresh(key, stored, cr, deployment, indexed=indexed)
             span.set_attribute("status.result", what)
             return result
-
-    async def _read_cr(self, key: subjects.ObjectKey) -> dict[str, Any] | None:
-        """The CR from the event stream, or from the API server if the stream never saw it."""
-        observed = await last_observed(self.js, "memcached", key)
-        if observed is not None:
-            return observed.obj if observed.exists else None
-        return await self.kube.get(MEMCACHED, key.namespace, key.name)
 
     def _newest_status(self, key: subjects.ObjectKey, cr: dict[str, Any]) -> dict[str, Any] | None:
         """The CR's current status: the streamed one, unless this process wrote a newer one

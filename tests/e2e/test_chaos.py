@@ -79,13 +79,7 @@ def test_a_watcher_starting_while_another_publishes_adds_no_second_added_event(
             timeout=60,
             what="B to read its known state from the stream",
         )
-        cr = {
-            "apiVersion": "cache.example.com/v1",
-            "kind": "Memcached",
-            "metadata": {"name": "raced", "namespace": namespace},
-            "spec": {"size": 1},
-        }
-        cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr))
+        cluster.apply_memcached(namespace, "raced", {"size": 1})
         cluster.kubectl("annotate", "mc", "-n", namespace, "raced", "example.com/changed=yes")
         filter_ = subjects.wildcard(subjects.EVENTS, "memcached", namespace)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -265,38 +263,16 @@ def test_annotated_cr_is_one_trace_from_watch_event_to_status_write(
         assert span.resource.get("k8s.namespace.name") == POD_NAMESPACE, span.resource
 
     # `audit` shows the trace id for the CR's events and outcomes.
-    audit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "audit",
-            "-n",
-            namespace,
-            "--name",
-            "traced",
-            "-o",
-            "json",
-        ],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    audit = cluster.audit("-n", namespace, "--name", "traced", "-o", "json")
+    assert audit.returncode == 0, audit.stderr
     records = [json.loads(line) for line in audit.stdout.splitlines() if line.strip()]
     added = [r for r in records if r["type"] == "io.memcached-operator.memcached.added"]
     assert [r["traceId"] for r in added] == [trace_id], records
     outcomes = [r for r in records if r["type"] == "io.memcached-operator.reconcile.outcome"]
     assert outcomes and outcomes[0]["traceId"] == trace_id, records
-    table = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "audit", "-n", namespace, "--name", "traced"],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    listing = cluster.audit("-n", namespace, "--name", "traced")
+    assert listing.returncode == 0, listing.stderr
+    table = listing.stdout
     assert any("memcached.added" in line and trace_id in line for line in table.splitlines()), table
 
     # Logs: JSON lines with the trace, the span, the service and the object's key; the level
@@ -336,9 +312,7 @@ def test_b3_headers_continue_the_callers_trace(
         env=receiver.env(OTEL_PROPAGATORS="tracecontext,baggage,b3multi"),
     )
     cluster.kubectl("apply", "-f", "-", input_=memcached("b3", namespace))
-    cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Available", "mc/b3", "--timeout=60s", timeout=70
-    )
+    cluster.wait_available(namespace, "b3", timeout=60)
     assert get_mc(cluster, namespace, "b3")["status"].get("lastTraceId")
     # Each status write is a change the watcher reports, in a new trace: the new trace id
     # alone must not cause another write, or the status would be rewritten for ever.

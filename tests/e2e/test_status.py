@@ -89,15 +89,7 @@ def test_sample_becomes_available_with_nodes(
     cluster.kubectl(
         "apply", "-n", namespace, "-f", str(REPO / "deploy/samples/memcached-sample.yaml")
     )
-    proc = cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Available",
-        "mc/memcached-sample",
-        "--timeout=90s",
-        timeout=100,
-    )
+    proc = cluster.wait_available(namespace, "memcached-sample")
     assert "condition met" in proc.stdout
     mc = get_mc(cluster, namespace, "memcached-sample")
     assert mc["status"]["readyReplicas"] == 3
@@ -122,22 +114,8 @@ def test_scale_goes_through_progressing_to_available(
     pipeline(service_procs, namespace)
     # Pods of this image take 3 s to become ready (kwok stage), as real ones do, so the
     # rollout lasts long enough to be seen.
-    body = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "memcached-sample", "namespace": namespace},
-        "spec": {"size": 3, "image": SLOW_READY_IMAGE},
-    }
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
-    cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Available",
-        "mc/memcached-sample",
-        "--timeout=90s",
-        timeout=100,
-    )
+    cluster.apply_memcached(namespace, "memcached-sample", {"size": 3, "image": SLOW_READY_IMAGE})
+    cluster.wait_available(namespace, "memcached-sample")
     available_since = condition(get_mc(cluster, namespace, "memcached-sample"), "Available")
     recorder = StatusRecorder(cluster, namespace, "memcached-sample")
     try:
@@ -181,13 +159,7 @@ def test_pods_that_never_become_ready_exceed_the_progress_deadline(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
     pipeline(service_procs, namespace, PROGRESS_DEADLINE_SECONDS="8")
-    body = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "stuck", "namespace": namespace},
-        "spec": {"size": 2, "image": NEVER_READY_IMAGE},
-    }
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
+    cluster.apply_memcached(namespace, "stuck", {"size": 2, "image": NEVER_READY_IMAGE})
     mc = wait_for(
         lambda: (
             (m := get_mc(cluster, namespace, "stuck"))
@@ -217,13 +189,7 @@ def test_ownership_conflict_is_degraded_until_fixed(
 ) -> None:
     pipeline(service_procs, namespace, RESYNC_PERIOD="3")
     cluster.kubectl("create", "deployment", "taken", "-n", namespace, "--image=nginx")
-    body = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "taken", "namespace": namespace},
-        "spec": {"size": 1},
-    }
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
+    cluster.apply_memcached(namespace, "taken", {"size": 1})
     mc = wait_for(
         lambda: (
             (m := get_mc(cluster, namespace, "taken"))
@@ -281,15 +247,7 @@ def test_no_status_writes_without_changes(
     cluster.kubectl(
         "apply", "-n", namespace, "-f", str(REPO / "deploy/samples/memcached-sample.yaml")
     )
-    cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Available",
-        "mc/memcached-sample",
-        "--timeout=90s",
-        timeout=100,
-    )
+    cluster.wait_available(namespace, "memcached-sample")
     time.sleep(5)  # let the last writes of the rollout land in the audit log
     before = _status_writes(cluster, namespace)
     assert before >= 1
@@ -307,23 +265,9 @@ def test_a_new_memcached_costs_few_status_writes_and_one_event(
     pipeline(service_procs, namespace)
     names = [f"frugal-{i}" for i in range(5)]
     for name in names:
-        body = {
-            "apiVersion": "cache.example.com/v1",
-            "kind": "Memcached",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"size": 1},
-        }
-        cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
+        cluster.apply_memcached(namespace, name, {"size": 1})
     for name in names:
-        cluster.kubectl(
-            "wait",
-            "-n",
-            namespace,
-            "--for=condition=Available",
-            f"mc/{name}",
-            "--timeout=90s",
-            timeout=100,
-        )
+        cluster.wait_available(namespace, name)
     time.sleep(5)  # let the last writes land in the audit log
     writes = _status_writes_by_name(cluster, namespace)
     # Two steps to show (rolling out, Available); a third write is allowed for a Deployment
@@ -344,22 +288,8 @@ def test_nodes_follow_a_replaced_pod(
     """A pod of an Available CR is deleted and its ReplicaSet replaces it: `nodes` ends naming
     exactly the pods that run, with the replacement and without the deleted one."""
     pipeline(service_procs, namespace)
-    body = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "replaced", "namespace": namespace},
-        "spec": {"size": 2},
-    }
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(body))
-    cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Available",
-        "mc/replaced",
-        "--timeout=90s",
-        timeout=100,
-    )
+    cluster.apply_memcached(namespace, "replaced", {"size": 2})
+    cluster.wait_available(namespace, "replaced")
 
     def pod_names() -> set[str]:
         pods = cluster.kubectl_json("get", "pods", "-n", namespace)["items"]

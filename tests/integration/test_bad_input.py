@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -187,23 +186,7 @@ def test_audit_reports_a_malformed_event_instead_of_dropping_it(
     wait_for(lambda: added_events(cluster, namespace), timeout=30, what="the real CR's event")
     junk = subjects.subject(subjects.EVENTS, "memcached", subjects.ObjectKey(namespace, "junk"))
     asyncio.run(_publish(cluster.nats_url, [(junk, b"\x00 not json", {"ce-specversion": "1.0"})]))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "audit",
-            "-o",
-            "json",
-            "--from-start",
-            "--namespace",
-            namespace,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cluster.env(),
-    )
+    proc = cluster.audit("-o", "json", "--from-start", "--namespace", namespace)
     assert proc.returncode == 0, proc.stderr
     names = [json.loads(line)["name"] for line in proc.stdout.splitlines() if line.strip()]
     assert "real" in names, "the good events are still printed"

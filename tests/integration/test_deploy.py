@@ -277,13 +277,7 @@ def test_services_converge_with_only_their_own_rights(
         )
         svc.start("reconciler", name="reconciler", KUBECONFIG=configs["reconciler"])
         svc.start("status", name="status", KUBECONFIG=configs["status"])
-        cr = {
-            "apiVersion": "cache.example.com/v1",
-            "kind": "Memcached",
-            "metadata": {"name": "least-privilege", "namespace": namespace},
-            "spec": {"size": 2},
-        }
-        cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr))
+        cluster.apply_memcached(namespace, "least-privilege", {"size": 2})
 
         def available() -> dict[str, Any] | None:
             obj = cluster.kubectl_json("get", "mc", "-n", namespace, "least-privilege")

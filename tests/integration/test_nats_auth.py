@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -120,14 +118,7 @@ async def test_audit_user_replays_the_stream_but_cannot_publish(
         await admin.close()
 
     # The real audit command, as the audit user, replays it.
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "shared.cli", "audit", "-o", "json", "-n", namespace],
-        env=cluster.env(**cluster.layout.nats_credentials("audit")),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = await asyncio.to_thread(cluster.audit, "-o", "json", "-n", namespace, user="audit")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["type"], r["name"]) for r in records] == [
@@ -244,13 +235,7 @@ def test_services_run_the_pipeline_as_their_own_users(
         "reconciler": service_procs.start("reconciler", name="reconciler"),
         "status": service_procs.start("status", name="status"),
     }
-    cr = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "own-users", "namespace": namespace},
-        "spec": {"size": 1},
-    }
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr))
+    cluster.apply_memcached(namespace, "own-users", {"size": 1})
 
     def available() -> bool:
         obj = cluster.kubectl_json("get", "mc", "-n", namespace, "own-users")

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -17,20 +16,11 @@ from nats.js import JetStreamContext
 from services.reconciler.desired import OWNER_ANNOTATION
 from services.status.pod_index import PodIndex
 from shared import events, subjects
-from shared.streams import ensure_streams
 from shared.subjects import ObjectKey
 
 pytestmark = pytest.mark.integration
 
 _rv = itertools.count(1000)
-
-
-@pytest.fixture
-async def nc(nats_server: Any) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_server.url)
-    await ensure_streams(conn.jetstream())
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

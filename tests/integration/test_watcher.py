@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -217,24 +215,7 @@ def test_audit_names_kubectls_field_manager(
     wait_for(
         lambda: asyncio.run(read_stream(cluster.nats_url, filter_)), timeout=30, what="an event"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "audit",
-            "-o",
-            "json",
-            "--since",
-            "1m",
-            "--namespace",
-            namespace,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cluster.env(),
-    )
+    proc = cluster.audit("-o", "json", "--since", "1m", "--namespace", namespace)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert records, proc.stdout

@@ -68,14 +68,6 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @pytest.fixture
-async def nc(nats_server: Any) -> AsyncIterator[Client]:
-    conn = await nats.connect(nats_server.url)
-    await ensure_streams(conn.jetstream())
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 def controller() -> str:
     return f"wq-{uuid.uuid4().hex[:10]}"
 
