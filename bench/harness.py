@@ -123,6 +123,7 @@ class Observer:
     deployments_seen: set[str] = field(default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deployments_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         synced = [asyncio.Event(), asyncio.Event()]
@@ -187,6 +188,8 @@ class Observer:
         if matches(self.last_deployment[name], desired):
             self.deployment_ok[name] = now
             self._changed.set()
+            if len(self.deployment_ok) >= self.expected:
+                self.deployments_done.set()
 
     def done(self, *, need_available: bool = True) -> bool:
         if len(self.deployment_ok) < self.expected:

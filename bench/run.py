@@ -93,6 +93,13 @@ class Bench:
         finally:
             await nc.close()
 
+    @staticmethod
+    async def _cpu_when_deployed(observer: Observer, cpu: CpuMeter) -> dict[str, float]:
+        """CPU seconds per process from the first create until every Deployment is correct:
+        what the race to the Deployments cost, before the rollouts."""
+        await observer.deployments_done.wait()
+        return cpu.stop()
+
     async def scenario(self, name: str, contender: Contender) -> dict[str, Any]:
         n = self.args.n
         namespace = contender.namespace
@@ -114,11 +121,14 @@ class Bench:
             self.kube, objs, concurrency=self.args.create_concurrency, on_created=observer.created
         )
         t_created = time.monotonic() - t0
+        cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
         complete = await observer.wait(timeout=self.args.timeout)
         t_done = time.monotonic() - t0
         requests_after = await asyncio.to_thread(self.cluster.operator_requests)
         peak = await rss.stop()
         cpu_s = cpu.stop()
+        cpu_to_deployments.cancel()
+        cpu_deployments = await asyncio.gather(cpu_to_deployments, return_exceptions=True)
         metrics = contender.metrics()
         await observer.stop()
         contender.stop()
@@ -153,6 +163,9 @@ class Bench:
             or None,
             "peak_rss_mb": peak,
             "cpu_s": cpu_s,
+            "cpu_s_to_deployments": (
+                cpu_deployments[0] if isinstance(cpu_deployments[0], dict) else None
+            ),
             "breakdown": _breakdown(metrics),
             # Other work on the machine shows here: this is a 2-core machine shared with others.
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -394,6 +407,10 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
                 metric_sum(t, "mcop_lease_contention_total", controller=controller)
                 for t in metrics.values()
             ),
+            "superseded": sum(
+                metric_sum(t, "mcop_workqueue_superseded_total", controller=controller)
+                for t in metrics.values()
+            ),
         }
     out["api_requests_by_service"] = {
         role: metric_sum(text, "mcop_kube_api_requests_total") for role, text in metrics.items()
@@ -401,6 +418,11 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
     out["api_requests_by_call"] = _by_labels(
         metrics, "mcop_kube_api_requests_total", "verb", "resource"
     )
+    sums = _by_labels(metrics, "mcop_kube_api_request_duration_seconds_sum", "verb", "resource")
+    counts = _by_labels(metrics, "mcop_kube_api_request_duration_seconds_count", "verb", "resource")
+    out["api_mean_ms_by_call"] = {
+        call: round(sums.get(call, 0.0) / n * 1000, 1) for call, n in counts.items() if n
+    }
     out["status_refreshes"] = _by_labels(metrics, "mcop_status_writes_total", "result")
     out["pod_reads"] = _by_labels(metrics, "mcop_pod_reads_total", "source")
     return {k: v for k, v in out.items() if v}

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported for its flags (a reconciler process
+    need not load the watcher or the local cluster code just to parse its arguments)."""
     parser = argparse.ArgumentParser(
         prog="memcached-operator",
         description="A Kubernetes operator for Memcached as a pipeline on NATS JetStream.",
@@ -45,12 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sp)
+        if name == command:
+            importlib.import_module(module).add_arguments(sp)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     module = importlib.import_module(args._module)
     result: int = module.run(args)
     return result

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import aiohttp
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from shared.errors import PermanentError, TransientError
 from shared.kubelib import Configuration, RESTClientObject
@@ -34,6 +34,12 @@ API_REQUESTS = Counter(
     "mcop_kube_api_requests_total",
     "Requests made to the Kubernetes API server",
     ["verb", "resource", "code"],
+)
+API_REQUEST_SECONDS = Histogram(
+    "mcop_kube_api_request_duration_seconds",
+    "Time from sending a request to the API server to having read its response",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 _tracer = trace.get_tracer("memcached-operator.kube")
 
@@ -217,7 +223,7 @@ class KubeClient:
             if traced
             else nullcontext(trace.INVALID_SPAN)
         )
-        with span_cm as span:
+        with span_cm as span, API_REQUEST_SECONDS.labels(method, resource).time():
             try:
                 resp = await self._send(
                     method,

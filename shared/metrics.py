@@ -94,6 +94,12 @@ lease_contention_total = Counter(
     "Requests that found their object's lease held by another reconcile and waited for it",
     ["controller"],
 )
+superseded_total = Counter(
+    "mcop_workqueue_superseded_total",
+    "Delivered requests settled without a run because a newer request for the same object "
+    "was waiting (coalesced after delivery; the newer one runs)",
+    ["controller"],
+)
 
 
 def init_controller(controller: str) -> None:
@@ -109,3 +115,4 @@ def init_controller(controller: str) -> None:
     workqueue_work_duration_seconds.labels(controller)
     workqueue_retries_total.labels(controller)
     lease_contention_total.labels(controller)
+    superseded_total.labels(controller)

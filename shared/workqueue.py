@@ -13,14 +13,16 @@ once. So before running, a worker creates the object's lease key (create fails w
 run holds it); while the handler runs, it refreshes the lease (compare-and-swap on the
 revision) and sends in-progress acks so the message is not redelivered; afterwards it settles
 the message and deletes the lease (again only at its own revision). Each lease write carries a
-TTL, so the lease of a killed worker frees itself. A worker that finds the lease held neither
-naks (a nak counts as a delivery and would push the request towards the dead-letter limit) nor
-drops the message: it keeps it alive with in-progress acks and polls the lease (woken at once
-when the holder is in the same process). Alongside the first attempt, while waiting, and once
-more after acquiring if it had to wait, it asks the stream for the subject's newest message:
-if that is not its own, a newer request will run after it, so it acks its stale one and lets
-go. Hence no two runs of an object overlap, and a
-request that arrives during a run causes exactly one more run after it.
+TTL, so the lease of a killed worker frees itself; so does the delete marker a release leaves,
+after a second, so that the next run of the object creates the key again in one round trip (a
+worker also remembers the markers it wrote, for a run that comes sooner). A worker that finds
+the lease held neither naks (a nak counts as a delivery and would push the request towards
+the dead-letter limit) nor drops the message: it keeps it alive with in-progress acks and polls
+the lease (woken at once when the holder is in the same process). Alongside the first attempt,
+while waiting, and once more after acquiring if it had to wait, it asks the stream for the
+subject's newest message: if that is not its own, a newer request will run after it, so it acks
+its stale one and lets go. Hence no two runs of an object overlap, and a request that arrives
+during a run causes exactly one more run after it.
 
 Why a lease and not hash partitions. Partitioning the subjects (``partition(N, ...)``) with one
 owner per partition also serialises each object, but it needs what NATS pull consumers do not
@@ -229,15 +231,22 @@ class LeaseLost(Exception):
 class _Leases:
     """Create-if-absent, compare-and-swap and delete on the lease bucket, each with a TTL."""
 
+    MARKER_TTL = 1.0  # seconds a release's delete marker stays in the bucket
+
     def __init__(self, js: JetStreamContext, *, ttl: float) -> None:
         self._js = js
         self.ttl = ttl
         self._ttl_header = f"{max(1, math.ceil(ttl))}s"
+        # name -> (revision, monotonic time) of the delete markers this process wrote that
+        # may still be in the bucket: the revision a create must expect.
+        self._markers: dict[str, tuple[int, float]] = {}
 
     async def try_acquire(self, name: str, value: bytes) -> int | None:
         """The new lease revision, or None when another run holds the lease."""
         subject_ = LEASES_SUBJECT_PREFIX + name
-        expected = 0
+        marker = self._markers.pop(name, None)
+        fresh = marker is not None and time.monotonic() - marker[1] < self.MARKER_TTL
+        expected = marker[0] if marker is not None and fresh else 0
         for _ in range(3):
             try:
                 return await self._write(subject_, value, expected)
@@ -264,13 +273,23 @@ class _Leases:
             raise
 
     async def release(self, name: str, revision: int) -> None:
-        headers = {_KV_OPERATION: "DEL", _EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
+        headers = {
+            _KV_OPERATION: "DEL",
+            _EXPECTED_LAST_SUBJECT_SEQ: str(revision),
+            "Nats-TTL": f"{math.ceil(self.MARKER_TTL)}s",
+        }
         try:
-            await self._js.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
+            ack = await self._js.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
         except APIError as err:
             if err.err_code not in _WRONG_LAST_SEQUENCE:
                 raise
             log.warning("lease %s was no longer ours when released", name)
+            return
+        now = time.monotonic()
+        if len(self._markers) >= 1024:
+            # Expired markers are gone from the bucket: forget them (bounded memory).
+            self._markers = {k: v for k, v in self._markers.items() if now - v[1] < self.MARKER_TTL}
+        self._markers[name] = (ack.seq, now)
 
     async def _write(self, subject_: str, value: bytes, expected: int) -> int:
         headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(expected), "Nats-TTL": self._ttl_header}
@@ -564,6 +583,7 @@ class KeyedWorkQueue:
             if held.waited:
                 superseded = await self._superseded(msg)
             if superseded:
+                metrics.superseded_total.labels(self.controller).inc()
                 await self._settle(msg, "ack")
                 return
             queued_since = max(request.published_at.timestamp(), not_before or 0.0)
@@ -640,6 +660,7 @@ class KeyedWorkQueue:
                     metrics.lease_contention_total.labels(self.controller).inc()
                     log.debug("%s/%s: lease held, waiting", self.controller, request.key)
                 if await self._superseded(msg):
+                    metrics.superseded_total.labels(self.controller).inc()
                     await self._settle(msg, "ack")
                     return None
                 if time.monotonic() - last_progress >= progress_every:

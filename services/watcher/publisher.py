@@ -11,7 +11,10 @@ second without giving up ordering per object. After the event, requests go to th
   the status is folded from changed, as when the Deployment controller annotates it), and the
   reconciler too when it was created, deleted or its spec (generation) changed by anyone but
   the reconciler itself (drift);
-- a Pod change asks the status service only (ready pods are status, not desired state).
+- a Pod change asks the status service only (ready pods are status, not desired state), and
+  only when the owner's Deployment has already counted the ready pods; while its
+  readyReplicas differs from the ready pods seen, the Deployment controller's own update is
+  still to come, and that update's request brings the pods and the counts in one refresh.
 
 A PRODUCER span per change carries the trace to all three messages. An object annotated with
 ``tracing.k8s.io/traceparent`` continues that trace instead of starting one: a Memcached whose
@@ -100,6 +103,9 @@ class Publisher:
         self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any], str]] = []
         self._generations: dict[tuple[str, ObjectKey], int] = {}
         self._ready: dict[ObjectKey, bool] = {}
+        # Per owning CR: ready pods seen, and the readyReplicas its Deployment last reported.
+        self._ready_pods: dict[ObjectKey, int] = {}
+        self._counted: dict[ObjectKey, int] = {}
         self._status_inputs: dict[ObjectKey, int] = {}
         self._flushing = asyncio.Lock()
 
@@ -236,7 +242,10 @@ class Publisher:
             return []
         if kind.name == "pod":
             # Only a pod's readiness (and its coming and going) shows in the owner's status.
-            return [(STATUS, owner)] if self._readiness_changed(change, key, obj) else []
+            if not self._readiness_changed(change, key, owner, obj):
+                return []
+            return [(STATUS, owner)] if self._counted_by_deployment(owner) else []
+        self._note_counted(change, owner, obj)
         out = [(STATUS, owner)] if self._status_inputs_changed(change, key, obj) else []
         if self._spec_changed(kind, change, key, obj) and not (
             change != "deleted" and events.last_spec_writer(obj) == FIELD_MANAGER
@@ -257,9 +266,18 @@ class Publisher:
         self._status_inputs[key] = fingerprint
         return change != "modified" or previous != fingerprint
 
-    def _readiness_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
-        ready = pod_ready(obj)
+    def _readiness_changed(
+        self, change: str, key: ObjectKey, owner: ObjectKey, obj: JsonObject
+    ) -> bool:
+        ready = pod_ready(obj) and change != "deleted"
         previous = self._ready.get(key)
+        delta = int(ready) - int(bool(previous))
+        if delta:
+            count = self._ready_pods.get(owner, 0) + delta
+            if count > 0:
+                self._ready_pods[owner] = count
+            else:
+                self._ready_pods.pop(owner, None)
         if change == "deleted":
             self._ready.pop(key, None)
             return True
@@ -267,6 +285,20 @@ class Publisher:
         # An unready pod seen for the first time changes no status (the Deployment's own
         # events carry its counts); a ready one, or a flip, does.
         return ready if previous is None else previous != ready
+
+    def _note_counted(self, change: str, owner: ObjectKey, deployment: JsonObject) -> None:
+        """Remember the ready replicas the owner's Deployment reports."""
+        if change == "deleted":
+            self._counted.pop(owner, None)
+            return
+        status = deployment.get("status") or {}
+        self._counted[owner] = int(status.get("readyReplicas") or 0)
+
+    def _counted_by_deployment(self, owner: ObjectKey) -> bool:
+        """Whether the owner's Deployment reports as many ready replicas as there are ready
+        pods (or is not known here: then ask rather than guess)."""
+        counted = self._counted.get(owner)
+        return counted is None or counted == self._ready_pods.get(owner, 0)
 
     async def request(
         self, controller: str, key: ObjectKey, headers: Mapping[str, str] | None = None

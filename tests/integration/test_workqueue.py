@@ -635,3 +635,38 @@ async def test_sigterm_finishes_the_run_in_flight_takes_no_new_work_and_exits(
     # The finished run was acked; the request that came later waits for the next worker.
     assert list((await pending_subjects(js, controller)).values()) == [1]
     assert subject("requests", controller, later) in await pending_subjects(js, controller)
+
+
+async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_one_write(
+    nc: Client, controller: str
+) -> None:
+    """Releasing leaves a delete marker for about a second (the bucket keeps no lease history
+    for every object ever reconciled); the releasing worker retakes the lease right away with
+    the marker's revision, and any worker after the marker expired creates it afresh."""
+    from nats.js.errors import NotFoundError
+
+    from shared.streams import LEASES_STREAM
+    from shared.workqueue import LEASES_SUBJECT_PREFIX, _Leases
+
+    js = nc.jetstream()
+    subject_ = f"{LEASES_SUBJECT_PREFIX}{controller}.ns.obj"
+    name = subject_.removeprefix(LEASES_SUBJECT_PREFIX)
+    mine, other = _Leases(js, ttl=5.0), _Leases(js, ttl=5.0)
+    first = await mine.try_acquire(name, b"a")
+    assert first is not None
+    assert await other.try_acquire(name, b"b") is None  # held
+    await mine.release(name, first)
+    marker = await js.get_last_msg(LEASES_STREAM, subject_, direct=True)
+    assert (marker.headers or {}).get("KV-Operation") == "DEL"
+    again = await mine.try_acquire(name, b"a")
+    assert again is not None and again > marker.seq  # created over its own marker
+    await mine.release(name, again)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await js.get_last_msg(LEASES_STREAM, subject_, direct=True)
+        except NotFoundError:
+            break
+        assert time.monotonic() < deadline, "the release marker did not expire"
+        await asyncio.sleep(0.2)
+    assert await other.try_acquire(name, b"b") is not None

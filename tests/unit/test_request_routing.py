@@ -137,3 +137,33 @@ def test_deployment_changes_the_status_is_not_folded_from_wake_nobody(
     dep["status"]["readyReplicas"] = 1
     assert routes(publisher, DEPLOYMENT, "modified", dep) == [STATUS]
     assert routes(publisher, DEPLOYMENT, "deleted", dep) == [RECONCILE, STATUS]
+
+
+def with_ready(dep: dict[str, Any], ready: int) -> dict[str, Any]:
+    return {**dep, "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": ready}}
+
+
+def test_a_pod_that_its_deployment_has_not_counted_yet_waits_for_the_deployments_update(
+    publisher: Publisher,
+) -> None:
+    dep = deployment(generation=1, writers=[(FIELD_MANAGER, "2026-01-01T00:00:00Z")])
+    routes(publisher, DEPLOYMENT, "added", with_ready(dep, 0))
+    # p1 becomes ready before the Deployment controller counts it: its update brings both.
+    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == []
+    assert routes(publisher, DEPLOYMENT, "modified", with_ready(dep, 1)) == [STATUS]
+    # The other order: the Deployment counts p2 first (its refresh cannot see p2 yet), then
+    # p2's own change is the one that brings p2 into the status.
+    assert routes(publisher, DEPLOYMENT, "modified", with_ready(dep, 2)) == [STATUS]
+    assert routes(publisher, POD, "modified", pod("p2", ready=True)) == [STATUS]
+    # A ready pod replaced by another while the count stays the same: the replacement's
+    # readiness is what moves the nodes, so it asks.
+    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == []
+    assert routes(publisher, POD, "modified", pod("p3", ready=True)) == [STATUS]
+
+
+def test_pods_of_a_cr_whose_deployment_was_not_seen_always_ask(publisher: Publisher) -> None:
+    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == [STATUS]
+    dep = deployment(generation=1, writers=[(FIELD_MANAGER, "2026-01-01T00:00:00Z")])
+    routes(publisher, DEPLOYMENT, "added", with_ready(dep, 1))
+    routes(publisher, DEPLOYMENT, "deleted", with_ready(dep, 1))
+    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
