@@ -15,8 +15,13 @@ import os
 import nats
 from nats.aio.client import Client
 
+from shared import nats_headers
+
 log = logging.getLogger("memcached_operator.nats")
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+if not nats_headers.install():
+    log.warning("nats-py's header parser has changed; using it as it is")
 
 
 async def connect(name: str, url: str | None = None) -> Client:

@@ -21,6 +21,7 @@ REQUESTS = "requests"
 DEADLETTER = "deadletter"
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9-]+")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
 _CLUSTER_SCOPED = "_"
 
@@ -45,6 +46,8 @@ def encode_token(value: str) -> str:
     """Encode one Kubernetes name or namespace as a single, wildcard-free subject token."""
     if value == "":
         return _CLUSTER_SCOPED
+    if _ALL_SAFE.fullmatch(value):
+        return value  # most names: nothing to escape
     out: list[str] = []
     for char in value:
         if _SAFE.fullmatch(char):
