@@ -24,7 +24,7 @@ from typing import Any
 from bench.watch import watch_forever
 from deploy.local.cluster import Layout, free_base_port
 from services.reconciler.desired import desired_deployment, matches
-from shared.kube import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
+from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, JsonObject, KubeClient
 from shared.models import Memcached
 
 
@@ -63,6 +63,24 @@ async def create_namespace(kube: KubeClient, name: str) -> None:
         body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
         resource="namespaces",
     )
+
+
+async def delete_namespace(kube: KubeClient, name: str, *, timeout: float = 600.0) -> float:
+    """Delete a namespace and wait until it and everything in it are gone (the next scenario
+    then meets the cluster as the first one did); returns the seconds that took."""
+    started = time.monotonic()
+    path = f"/api/v1/namespaces/{name}"
+    with contextlib.suppress(ApiError):
+        await kube.request("DELETE", path, resource="namespaces")
+    while time.monotonic() - started < timeout:
+        try:
+            await kube.request("GET", path, resource="namespaces", traced=False)
+        except ApiError as err:
+            if err.status == 404:
+                return time.monotonic() - started
+            raise
+        await asyncio.sleep(1.0)
+    raise TimeoutError(f"namespace {name} still there after {timeout:.0f}s")
 
 
 async def create_crs(

@@ -54,18 +54,30 @@ def _rss_markdown(results: dict[str, Any]) -> str:
 _CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
+def _cpu_split(cpu: dict[str, float]) -> tuple[float, float, dict[str, float]]:
+    """Control plane, nats-server, and the contender's processes by name."""
+    own = {k: v for k, v in cpu.items() if k not in (*_CONTROL_PLANE, "nats-server")}
+    plane = sum(v for k, v in cpu.items() if k in _CONTROL_PLANE)
+    return plane, cpu.get("nats-server", 0.0), own
+
+
 def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:
     rows = []
     for name, s in scenarios.items():
         cpu: dict[str, float] = s.get("cpu_s") or {}
         if not cpu:
             continue
-        own = {k: v for k, v in cpu.items() if k not in (*_CONTROL_PLANE, "nats-server")}
-        plane = sum(v for k, v in cpu.items() if k in _CONTROL_PLANE)
+        plane, nats, own = _cpu_split(cpu)
         by_process = ", ".join(f"{k} {v:.1f}" for k, v in own.items())
+        early = s.get("cpu_s_to_deployments") or {}
+        if early:
+            e_plane, e_nats, e_own = _cpu_split(early)
+            until = f"{e_plane:.1f} / {e_nats:.1f} / {sum(e_own.values()):.1f}"
+        else:
+            until = "-"
         rows.append(
-            f"| {name} | {plane:.1f} | {cpu.get('nats-server', 0.0):.1f} | "
-            f"{sum(own.values()):.1f} ({by_process}) |"
+            f"| {name} | {plane:.1f} | {nats:.1f} | {sum(own.values()):.1f} ({by_process}) "
+            f"| {until} |"
         )
     return rows
 
@@ -115,10 +127,12 @@ def markdown(results: dict[str, Any]) -> str:
     cpu_rows = _cpu_rows(scenarios)
     if cpu_rows:
         lines += [
-            "CPU seconds each scenario cost (user + system, from /proc, first create to done):",
+            "CPU seconds each scenario cost (user + system, from /proc, first create to done; "
+            "the last column only up to the moment every Deployment was correct):",
             "",
-            "| scenario | control plane | nats-server | contender (by process) |",
-            "|---|---:|---:|---|",
+            "| scenario | control plane | nats-server | contender (by process) "
+            "| until Deployments correct: control plane / nats / contender |",
+            "|---|---:|---:|---|---:|",
             *cpu_rows,
             "",
         ]
@@ -161,7 +175,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"at start {meta['machine']['load_avg_at_start']}; other work may share the machine.",
         f"- One local cluster for every scenario (etcd, kube-apiserver, controller-manager, "
         f"scheduler, kwok with {meta['nodes']} fake nodes, nats-server), each scenario in its own "
-        "namespace, in the order of the table.",
+        "namespace, in the order of the table; a scenario's namespace is deleted, and gone with "
+        "everything in it, before the next one starts.",
         f"- N = {meta['n']} CRs (spec.size 1) created by a plain async client, "
         f"{meta['create_concurrency']} at a time; every time counts from the first create. "
         "Per-object latency: from the create call's return to the harness's watch seeing the "
@@ -265,3 +280,13 @@ def write(results: dict[str, Any], out_dir: Path, *, stem: str) -> list[Path]:
     if not results["scenarios"]:
         return [json_path, md_path]
     return [json_path, md_path, *plots(results, out_dir, suffix=suffix)]
+
+
+if __name__ == "__main__":
+    # Re-render the Markdown and plots of a results file: python -m bench.report latest.json
+    import sys
+
+    path = Path(sys.argv[1])
+    stem = path.stem
+    for written in write(json.loads(path.read_text()), path.parent, stem=stem):
+        print(written)

@@ -37,6 +37,7 @@ from bench.harness import (
     RssPoller,
     create_crs,
     create_namespace,
+    delete_namespace,
     free_port,
     free_port_block,
     machine,
@@ -132,6 +133,9 @@ class Bench:
         metrics = contender.metrics()
         await observer.stop()
         contender.stop()
+        # Every scenario starts on a cluster as empty as the first one's.
+        cleanup = await delete_namespace(self.kube, namespace)
+        log(f"{name}: namespace deleted in {cleanup:.0f} s")
 
         dep_lat = [t - created[k] for k, t in observer.deployment_ok.items() if k in created]
         av_lat = [t - created[k] for k, t in observer.available.items() if k in created]
@@ -163,6 +167,7 @@ class Bench:
             or None,
             "peak_rss_mb": peak,
             "cpu_s": cpu_s,
+            "namespace_deleted_s": round(cleanup, 1),
             "cpu_s_to_deployments": (
                 cpu_deployments[0] if isinstance(cpu_deployments[0], dict) else None
             ),
@@ -281,6 +286,7 @@ class Bench:
 
         await asyncio.gather(*(apply(cr) for cr in crs))
         await asyncio.sleep(3)
+        await delete_namespace(self.kube, namespace)
 
     async def run(self) -> dict[str, Any]:
         a = self.args
