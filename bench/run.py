@@ -94,6 +94,23 @@ class Bench:
         finally:
             await nc.close()
 
+    async def quiet_control_plane(
+        self, *, below: float = 0.25, window: float = 3.0, timeout: float = 120.0
+    ) -> float:
+        """Wait until the control plane (and nats-server) use less than ``below`` of a core
+        over ``window`` seconds: the deletion before leaves work behind (garbage collection,
+        etcd compaction) that would otherwise land on the next scenario. Returns the wait."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            meter = CpuMeter(self.cluster.pids())
+            meter.start()
+            await asyncio.sleep(window)
+            used = sum(meter.stop().values()) / window
+            log(f"control plane at {used:.2f} cores")
+            if used < below:
+                break
+        return time.monotonic() - started
+
     @staticmethod
     async def _cpu_when_deployed(observer: Observer, cpu: CpuMeter) -> dict[str, float]:
         """CPU seconds per process from the first create until every Deployment is correct:
@@ -133,9 +150,12 @@ class Bench:
         metrics = contender.metrics()
         await observer.stop()
         contender.stop()
-        # Every scenario starts on a cluster as empty as the first one's.
+        # Every scenario starts on a cluster as empty and as quiet as the first one's.
         cleanup = await delete_namespace(self.kube, namespace)
-        log(f"{name}: namespace deleted in {cleanup:.0f} s")
+        quiet = await self.quiet_control_plane()
+        log(
+            f"{name}: namespace deleted in {cleanup:.0f} s, control plane quiet after {quiet:.0f} s"
+        )
 
         dep_lat = [t - created[k] for k, t in observer.deployment_ok.items() if k in created]
         av_lat = [t - created[k] for k, t in observer.available.items() if k in created]
@@ -287,6 +307,7 @@ class Bench:
         await asyncio.gather(*(apply(cr) for cr in crs))
         await asyncio.sleep(3)
         await delete_namespace(self.kube, namespace)
+        await self.quiet_control_plane()
 
     async def run(self) -> dict[str, Any]:
         a = self.args

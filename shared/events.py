@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,12 @@ MSG_ID = "Nats-Msg-Id"
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
+_ALL_SAFE = re.compile(r"[\x21\x23\x24\x26-\x7e]*")
+
+
 def encode_value(value: str) -> str:
+    if _ALL_SAFE.fullmatch(value):
+        return value  # most values: nothing to escape
     return quote(value, safe=_SAFE)
 
 

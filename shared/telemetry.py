@@ -2,7 +2,8 @@
 
 Tracing is configured from the standard OTEL_* variables: it exports over OTLP when an endpoint
 is set (OTEL_EXPORTER_OTLP_ENDPOINT or ..._TRACES_ENDPOINT) with the protocol from
-OTEL_EXPORTER_OTLP_PROTOCOL (grpc by default, or http/protobuf), and stays a no-op otherwise.
+OTEL_EXPORTER_OTLP_PROTOCOL (grpc by default, or http/protobuf); otherwise spans are not
+recorded, but trace ids are still made and carried (see :func:`setup`).
 Propagators come from OTEL_PROPAGATORS (W3C tracecontext,baggage by default; add b3 or
 b3multi for Istio/Envoy), so the same inject/extract calls carry whichever headers are asked
 for. The resource carries service.name per service and k8s.pod.name / k8s.namespace.name from
@@ -21,6 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Link, Span, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -64,8 +66,16 @@ def setup(service: str) -> TracerProvider | None:
         return None
     # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; the sampler comes from
     # OTEL_TRACES_SAMPLER and the batch settings from OTEL_BSP_*, both read by the SDK.
-    provider = TracerProvider(resource=Resource.create(resource_attributes(service)))
-    if enabled():
+    # With nowhere to export to (and no sampler asked for), spans are not recorded: trace and
+    # span ids are still made and propagated (flagged not sampled), which is all the logs, the
+    # audit stream and status.lastTraceId need, without the cost of building span objects.
+    exporting = enabled()
+    quiet = not exporting and not os.environ.get("OTEL_TRACES_SAMPLER")
+    provider = TracerProvider(
+        resource=Resource.create(resource_attributes(service)),
+        sampler=ParentBased(ALWAYS_OFF) if quiet else None,  # None: OTEL_TRACES_SAMPLER
+    )
+    if exporting:
         protocol = os.environ.get(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

@@ -199,3 +199,28 @@ def test_log_level_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "recording"), [(None, False), ("always_on", True), ("parentbased_always_on", True)]
+)
+def test_without_an_exporter_spans_are_not_recorded_but_trace_ids_still_flow(
+    monkeypatch: pytest.MonkeyPatch, sampler: str | None, recording: bool
+) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    if sampler is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setattr(telemetry, "_provider", None)
+    monkeypatch.setattr(telemetry.trace, "set_tracer_provider", lambda provider: None)
+    provider = telemetry.setup("status")
+    assert provider is not None
+    with provider.get_tracer("test").start_as_current_span("change") as span:
+        assert span.is_recording() is recording
+        assert telemetry.trace_id_of(span) != ""  # for logs, the audit stream, lastTraceId
+        headers: dict[str, str] = {}
+        telemetry.inject(headers)
+    flags = int(headers["traceparent"].rsplit("-", 1)[1], 16)
+    assert bool(flags & 0x01) is recording  # the sampled flag
