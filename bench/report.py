@@ -82,6 +82,48 @@ def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _spread(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    median = (
+        ordered[len(ordered) // 2]
+        if len(ordered) % 2
+        else ((ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2)
+    )
+    return f"{median:.2f}x ({ordered[0]:.2f} to {ordered[-1]:.2f})"
+
+
+def _repetition_lines(results: dict[str, Any]) -> list[str]:
+    """The ratios within each repetition (median, min to max) and every run's times."""
+    reps: list[dict[str, Any]] = results.get("repetitions") or []
+    ratios: dict[str, dict[str, list[float]]] = results.get("ratios") or {}
+    if len(reps) < 2:
+        return []
+    lines = [
+        f"Repeated {len(reps)} times, interleaved; the table above shows each scenario's median "
+        "run (by time to all Available). Ratios within each repetition, median (min to max):",
+        "",
+        "| scenario | this ÷ floor (Deployments) | this ÷ floor (Available) | kopf ÷ this (Available) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in ratios.items():
+        lines.append(
+            f"| {name} | {_spread(r.get('floor_deployments'))} | "
+            f"{_spread(r.get('floor_available'))} | {_spread(r.get('kopf_available'))} |"
+        )
+    lines += ["", "Every run, Deployments correct / all Available (s):", ""]
+    for name in reps[0]:
+        runs = ", ".join(
+            f"{_fmt(rep[name].get('t_deployments'))} / {_fmt(rep[name].get('t_available'))}"
+            for rep in reps
+            if name in rep
+        )
+        lines.append(f"- {name}: {runs}")
+    lines.append("")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     if "rss_10k" in results and not results["scenarios"]:
         return _rss_markdown(results)
@@ -136,6 +178,7 @@ def markdown(results: dict[str, Any]) -> str:
             *cpu_rows,
             "",
         ]
+    lines += _repetition_lines(results)
     scaling = results.get("scaling")
     if scaling:
         two = scaling.get("speedup_1_to_2")
