@@ -316,7 +316,7 @@ class Bench:
         for rep in range(a.repeat):
             if a.repeat > 1:
                 log(f"repetition {rep + 1} of {a.repeat}")
-            repetitions.append(await self.contenders())
+            repetitions.append(await self.contenders(suffix=f"-r{rep + 1}" if rep else ""))
         scenarios = median_runs(repetitions)
         results: dict[str, Any] = {"scenarios": scenarios}
         if a.repeat > 1:
@@ -335,23 +335,27 @@ class Bench:
             results["watcher"] = await self.watcher_throughput(a.watcher_changes)
         return results
 
-    async def contenders(self) -> dict[str, Any]:
-        """One run of each contender, in the table's order."""
+    async def contenders(self, *, suffix: str = "") -> dict[str, Any]:
+        """One run of each contender, in the table's order. Each repetition uses namespaces of
+        its own (``suffix``): the event stream still holds the previous repetition's objects
+        under the old names, which a new watcher would first have to catch up with."""
         a = self.args
         scenarios: dict[str, Any] = {}
         if not a.skip_floor:
-            scenarios["floor"] = await self.scenario(
-                "floor", self.contender(FloorClient, "bench-floor", concurrency=a.floor_concurrency)
+            floor = self.contender(
+                FloorClient, f"bench-floor{suffix}", concurrency=a.floor_concurrency
             )
+            scenarios["floor"] = await self.scenario("floor", floor)
         if not a.skip_kopf:
-            scenarios["kopf"] = await self.scenario("kopf", self.contender(KopfPeer, "bench-kopf"))
+            kopf = self.contender(KopfPeer, f"bench-kopf{suffix}")
+            scenarios["kopf"] = await self.scenario("kopf", kopf)
         for workers in a.workers:
             name = f"pipeline-{workers}"
             scenarios[name] = await self.scenario(
                 name,
                 self.contender(
                     Pipeline,
-                    f"bench-{name}",
+                    f"bench-{name}{suffix}",
                     workers=workers,
                     concurrency=a.concurrency,
                     status_concurrency=a.status_concurrency,
