@@ -246,7 +246,7 @@ class _Leases:
         subject_ = LEASES_SUBJECT_PREFIX + name
         marker = self._markers.pop(name, None)
         fresh = marker is not None and time.monotonic() - marker[1] < self.MARKER_TTL
-        expected = marker[0] if marker is not None and fresh else 0
+        expected = marker[0] if marker and fresh else 0
         for _ in range(3):
             try:
                 return await self._write(subject_, value, expected)
@@ -286,9 +286,13 @@ class _Leases:
             log.warning("lease %s was no longer ours when released", name)
             return
         now = time.monotonic()
-        if len(self._markers) >= 1024:
-            # Expired markers are gone from the bucket: forget them (bounded memory).
-            self._markers = {k: v for k, v in self._markers.items() if now - v[1] < self.MARKER_TTL}
+        # Oldest first (insertion order): forget the expired ones, which are gone from the
+        # bucket too, so this holds only the last second's releases.
+        for old, (_, written) in list(self._markers.items()):
+            if now - written < self.MARKER_TTL:
+                break
+            del self._markers[old]
+        self._markers.pop(name, None)
         self._markers[name] = (ack.seq, now)
 
     async def _write(self, subject_: str, value: bytes, expected: int) -> int:
@@ -583,8 +587,7 @@ class KeyedWorkQueue:
             if held.waited:
                 superseded = await self._superseded(msg)
             if superseded:
-                metrics.superseded_total.labels(self.controller).inc()
-                await self._settle(msg, "ack")
+                await self._let_go(msg)
                 return
             queued_since = max(request.published_at.timestamp(), not_before or 0.0)
             metrics.workqueue_queue_duration_seconds.labels(self.controller).observe(
@@ -636,6 +639,11 @@ class KeyedWorkQueue:
             return False
         return newest.seq != msg.metadata.sequence.stream
 
+    async def _let_go(self, msg: Msg) -> None:
+        """Ack a request that a newer one for the same object supersedes (that one runs)."""
+        metrics.superseded_total.labels(self.controller).inc()
+        await self._settle(msg, "ack")
+
     async def _acquire(self, msg: Msg, request: Request) -> _Held | None:
         """Take the object's lease, waiting while another run holds it; None when this request
         was settled instead (a newer one will run, or the queue is stopping)."""
@@ -660,8 +668,7 @@ class KeyedWorkQueue:
                     metrics.lease_contention_total.labels(self.controller).inc()
                     log.debug("%s/%s: lease held, waiting", self.controller, request.key)
                 if await self._superseded(msg):
-                    metrics.superseded_total.labels(self.controller).inc()
-                    await self._settle(msg, "ack")
+                    await self._let_go(msg)
                     return None
                 if time.monotonic() - last_progress >= progress_every:
                     await self._settle(msg, "in_progress")
