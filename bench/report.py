@@ -135,11 +135,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark: {meta['n']} Memcached CRs, API latency {meta['latency_ms']:g} ms",
         "",
-        "| scenario | Deployments correct (s) | all Available (s) | → Deployment p50 / p99 (ms)"
+        "| scenario | CRs created (s) | Deployments correct (s) | all Available (s)"
+        " | → Deployment p50 / p99 (ms)"
         " | → Available p50 / p99 (ms) | CRs/s | reconciles/s | API requests / CR"
         " | peak RSS (MB) | kopf ÷ this (Available) | this ÷ floor (Available) |"
         + (" load 1m |" if with_load else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|" + ("---|" if with_load else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        + ("---|" if with_load else ""),
     ]
     if not scenarios:
         lines = lines[:2]
@@ -150,6 +152,7 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(
                 [
                     name + ("" if s.get("complete") else " (incomplete)"),
+                    _fmt(s.get("t_create")),
                     _fmt(s.get("t_deployments")),
                     _fmt(s.get("t_available")),
                     f"{_fmt(s.get('p50_deployment_ms'), 0)} / {_fmt(s.get('p99_deployment_ms'), 0)}",
@@ -222,6 +225,8 @@ def markdown(results: dict[str, Any]) -> str:
         "everything in it, before the next one starts.",
         f"- N = {meta['n']} CRs (spec.size 1) created by a plain async client, "
         f"{meta['create_concurrency']} at a time; every time counts from the first create. "
+        "CRs created: until the last create returned (the same client and requests in every "
+        "scenario, so what differs is how much of the API server the contender leaves them). "
         "Per-object latency: from the create call's return to the harness's watch seeing the "
         "Deployment as desired (`matches(desired_deployment(cr))`), and the CR's "
         "Available=True for its generation.",

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
-from shared import events, subjects
-from shared.errors import TransientError
+from shared import directget, events, subjects
+from shared.directget import StoredMsg
 from shared.kube import KubeClient, Resource
 from shared.streams import EVENTS_STREAM
 from shared.subjects import ObjectKey
@@ -40,39 +40,52 @@ class Observed:
         return self.change != "deleted"
 
 
-async def last_observed(js: JetStreamContext, kind: str, key: ObjectKey) -> Observed | None:
-    """The newest event for the object, or None when the stream has never seen it."""
-    subject = subjects.subject(subjects.EVENTS, kind, key)
-    try:
-        msg = await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
-    except NotFoundError:
-        return None
-    except Exception as err:
-        raise TransientError(f"reading {subject} from the event stream: {err}") from err
-    headers = msg.headers or {}
-    change = events.decode_value(headers.get("ce-type", "")).rsplit(".", 1)[-1]
-    try:
-        obj = json.loads(msg.data or b"{}")
-    except ValueError:
-        log.warning("unreadable event on %s; ignoring it", subject)
-        return None
-    if change not in events.CHANGES or not isinstance(obj, dict):
-        return None
-    return Observed(change, obj)
+def event_subject(kind: str, key: ObjectKey) -> str:
+    """The subject of the changes of one object of ``kind`` (memcached, deployment, pod)."""
+    return subjects.subject(subjects.EVENTS, kind, key)
 
 
-async def streamed_object(js: JetStreamContext, kind: str, key: ObjectKey) -> dict[str, Any] | None:
-    """The object as the stream last showed it; None when deleted or never streamed."""
-    observed = await last_observed(js, kind, key)
-    return observed.obj if observed is not None and observed.exists else None
+@dataclass(frozen=True)
+class Snapshot:
+    """The newest messages of some subjects of the event stream, all read in one request."""
+
+    messages: dict[str, StoredMsg]
+
+    def message(self, subject: str) -> StoredMsg | None:
+        return self.messages.get(subject)
+
+    def observed(self, kind: str, key: ObjectKey) -> Observed | None:
+        """The newest event for the object, or None when the stream has never seen it."""
+        msg = self.messages.get(event_subject(kind, key))
+        if msg is None:
+            return None
+        change = events.decode_value(msg.headers.get("ce-type", "")).rsplit(".", 1)[-1]
+        try:
+            obj = json.loads(msg.data or b"{}")
+        except ValueError:
+            log.warning("unreadable event on %s; ignoring it", msg.subject)
+            return None
+        if change not in events.CHANGES or not isinstance(obj, dict):
+            return None
+        return Observed(change, obj)
+
+    def object(self, kind: str, key: ObjectKey) -> dict[str, Any] | None:
+        """The object as the stream last showed it; None when deleted or never streamed."""
+        observed = self.observed(kind, key)
+        return observed.obj if observed is not None and observed.exists else None
+
+    async def object_or_get(
+        self, kube: KubeClient, kind: str, resource: Resource, key: ObjectKey
+    ) -> dict[str, Any] | None:
+        """The object from the stream (no API call); from the API server only when the stream
+        has never seen it (e.g. a request published by hand before the watcher ran)."""
+        observed = self.observed(kind, key)
+        if observed is not None:
+            return observed.obj if observed.exists else None
+        return await kube.get(resource, key.namespace, key.name)
 
 
-async def streamed_or_get(
-    js: JetStreamContext, kube: KubeClient, kind: str, resource: Resource, key: ObjectKey
-) -> dict[str, Any] | None:
-    """The object from the stream (no API call); from the API server only when the stream has
-    never seen it (e.g. a request published by hand before the watcher ran)."""
-    observed = await last_observed(js, kind, key)
-    if observed is not None:
-        return observed.obj if observed.exists else None
-    return await kube.get(resource, key.namespace, key.name)
+async def snapshot(js: JetStreamContext, wanted: Iterable[str]) -> Snapshot:
+    """The newest message of each subject in ``wanted`` (those that have one), in one request;
+    a failure to read is a TransientError."""
+    return Snapshot(await directget.last_msgs(js, EVENTS_STREAM, list(wanted)))

@@ -18,11 +18,12 @@ after a second, so that the next run of the object creates the key again in one 
 worker also remembers the markers it wrote, for a run that comes sooner). A worker that finds
 the lease held neither naks (a nak counts as a delivery and would push the request towards
 the dead-letter limit) nor drops the message: it keeps it alive with in-progress acks and polls
-the lease (woken at once when the holder is in the same process). Alongside the first attempt,
-while waiting, and once more after acquiring if it had to wait, it asks the stream for the
-subject's newest message: if that is not its own, a newer request will run after it, so it acks
-its stale one and lets go. Hence no two runs of an object overlap, and a request that arrives
-during a run causes exactly one more run after it.
+the lease (woken at once when the holder is in the same process). While waiting, and once more
+after acquiring if it had to wait, it asks the stream for the subject's newest message: if that
+is not its own, a newer request will run after it, so it acks its stale one and lets go. (A
+request that got the lease at once needs no such check: the stream keeps one message per
+subject, so it was the newest when it was delivered, a moment before.) Hence no two runs of an
+object overlap, and a request that arrives during a run causes exactly one more run after it.
 
 Why a lease and not hash partitions. Partitioning the subjects (``partition(N, ...)``) with one
 owner per partition also serialises each object, but it needs what NATS pull consumers do not
@@ -578,15 +579,16 @@ class KeyedWorkQueue:
             await self._settle(msg, "nak")
             return
 
-        # The newest-request check and the first lease attempt are independent round trips:
-        # run them together, and check again only if the lease had to be waited for.
-        held, superseded = await asyncio.gather(self._acquire(msg, request), self._superseded(msg))
+        # No newest-request check before the first lease attempt: a request was the newest of
+        # its object when it was delivered a moment ago (the stream keeps one per subject), so
+        # that check would cost every run a round trip to save a no-op run in a rare race. It
+        # is made while waiting for the lease and once after it, when a newer request is
+        # likely (it arrived while another run held the object).
+        held = await self._acquire(msg, request)
         if held is None:
             return
         try:
-            if held.waited:
-                superseded = await self._superseded(msg)
-            if superseded:
+            if held.waited and await self._superseded(msg):
                 await self._let_go(msg)
                 return
             queued_since = max(request.published_at.timestamp(), not_before or 0.0)

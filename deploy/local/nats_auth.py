@@ -111,10 +111,17 @@ def _work_queue(controller: str) -> list[str]:
 
 def _observed_state() -> list[str]:
     """Direct gets of the newest Memcached and Deployment events (shared/state.py): the
-    reconciler and the status service read objects from the stream, not the API server."""
+    reconciler and the status service read objects from the stream, not the API server.
+    They read several subjects in one batched direct get (shared/directget.py), whose subjects
+    are in the request's body: NATS cannot scope that permission by subject, so it grants
+    reads of the whole event stream (the operator's own audit log). The per-subject grants
+    are for servers without batched gets."""
     return [
-        f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, kind)}"
-        for kind in ("memcached", "deployment")
+        f"{API}.DIRECT.GET.{EVENTS_STREAM}",
+        *(
+            f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, kind)}"
+            for kind in ("memcached", "deployment")
+        ),
     ]
 
 

@@ -15,7 +15,6 @@ refresh the CR, both carrying the reconcile's trace context.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -28,12 +27,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
-from shared import events, subjects, telemetry
+from shared import events, state, subjects, telemetry
 from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
 from shared.models import Memcached
 from shared.outcomes import Outcome, OutcomeResult
-from shared.state import streamed_object, streamed_or_get
 from shared.subjects import ObjectKey
 from shared.workqueue import ORIGIN, Request, Result, enqueue
 
@@ -102,11 +100,16 @@ class MemcachedReconciler:
             started = time.monotonic()
             cr_obj: dict[str, Any] | None = None
             try:
-                # Both reads at once: each is a round trip to NATS.
-                cr_obj, streamed = await asyncio.gather(
-                    streamed_or_get(self.js, self.kube, "memcached", MEMCACHED, request.key),
-                    streamed_object(self.js, "deployment", request.key),
+                # Both reads in one round trip to NATS.
+                seen = await state.snapshot(
+                    self.js,
+                    (
+                        state.event_subject("memcached", request.key),
+                        state.event_subject("deployment", request.key),
+                    ),
                 )
+                cr_obj = await seen.object_or_get(self.kube, "memcached", MEMCACHED, request.key)
+                streamed = seen.object("deployment", request.key)
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
                     return Result()

@@ -3,7 +3,7 @@
 Status requests (from the reconciler after every outcome, and from the watcher when an owned
 Deployment or Pod changes) go through the same keyed work queue as reconciles, so several
 status replicas never write one CR at once and pending refreshes of a CR coalesce. A refresh
-reads the CR, its Deployment and the CR's newest outcome (direct gets by subject on the events
+reads the CR, its Deployment and the CR's newest outcome (one batched direct get on the events
 stream) and its ready pods (pod_index.py, an in-memory index of the stream's pod events), folds
 them (conditions.py), and writes the status subresource only when something a reader can see
 changed — and at most once per --min-interval per CR, which a burst of pod changes during a
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
@@ -36,10 +35,10 @@ from services.reconciler.service import add_queue_arguments, queue_from_args
 from services.status.conditions import fold_status, ready_nodes, status_changed, transitions
 from services.status.pod_index import INDEX, LIST, POD_READS, PodIndex
 from services.status.recorder import EventRecorder
-from shared import metrics, runtime, subjects, telemetry
+from shared import metrics, runtime, state, subjects, telemetry
+from shared.directget import StoredMsg
 from shared.kube import MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
-from shared.state import streamed_object, streamed_or_get
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
 from shared.workqueue import Request, Result
 
@@ -100,20 +99,27 @@ class StoredOutcome:
     context: Context
 
 
+def outcome_subject(key: subjects.ObjectKey) -> str:
+    return subjects.subject(subjects.OUTCOMES, "reconcile", key)
+
+
+def stored_outcome(msg: StoredMsg | None) -> StoredOutcome | None:
+    """The outcome a stored message holds (None for none, or a malformed one)."""
+    if msg is None:
+        return None
+    try:
+        outcome = Outcome.from_json(msg.data)
+    except ValueError as err:
+        log.warning("ignoring a malformed outcome on %s: %s", msg.subject, err)
+        return None
+    return StoredOutcome(outcome, msg.seq, telemetry.extract(msg.headers))
+
+
 async def last_outcome_message(
     js: JetStreamContext, key: subjects.ObjectKey
 ) -> StoredOutcome | None:
-    subject = subjects.subject(subjects.OUTCOMES, "reconcile", key)
-    try:
-        msg = await js.get_last_msg(EVENTS_STREAM, subject, direct=True)
-    except NotFoundError:
-        return None
-    try:
-        outcome = Outcome.from_json(msg.data or b"")
-    except ValueError as err:
-        log.warning("ignoring a malformed outcome on %s: %s", subject, err)
-        return None
-    return StoredOutcome(outcome, int(msg.seq or 0), telemetry.extract(msg.headers))
+    subject = outcome_subject(key)
+    return stored_outcome((await state.snapshot(js, [subject])).message(subject))
 
 
 def _trace_of(context: Context | None) -> int | None:
@@ -173,13 +179,20 @@ class StatusRefresher:
             # anything (a burst of changes costs one deferral each, not one refresh each).
             STATUS_WRITES.labels(DEFERRED).inc()
             return Result(requeue_after=self.min_interval - since)
-        # Four independent reads, each a round trip to NATS: all at once.
-        stored, cr, deployment, indexed = await asyncio.gather(
-            last_outcome_message(self.js, key),
-            streamed_or_get(self.js, self.kube, "memcached", MEMCACHED, key),
-            streamed_object(self.js, "deployment", key),
+        # The outcome, the CR and its Deployment in one read of the stream, and alongside it
+        # the pod index's barrier (see pod_index.py).
+        wanted = (
+            outcome_subject(key),
+            state.event_subject("memcached", key),
+            state.event_subject("deployment", key),
+        )
+        seen, indexed = await asyncio.gather(
+            state.snapshot(self.js, wanted),
             self.pods.caught_up(key.namespace, timeout=self.index_wait),
         )
+        stored = stored_outcome(seen.message(wanted[0]))
+        cr = await seen.object_or_get(self.kube, "memcached", MEMCACHED, key)
+        deployment = seen.object("deployment", key)
         parent = telemetry.extract(request.headers)
         other: Context | None = None
         if stored is not None:

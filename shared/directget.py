@@ -1,0 +1,209 @@
+"""The newest message of several subjects of a stream in one round trip (a batched direct get).
+
+A reconcile reads a CR and its Deployment from the event stream, a status refresh the CR, its
+Deployment and the CR's newest outcome: with one direct get per subject that is two or three
+requests, replies and futures per run, the largest share of what those services ask NATS for.
+nats-server 2.11 and later answer one direct-get request for several subjects at once
+(``multi_last``, ADR-31): a reply message per subject that has one, in stream order, then an
+end-of-batch status message (204), or a single 404 when none has. The answer is also a
+consistent snapshot: every message is the newest as of one stream sequence.
+
+nats-py has no call for a request with several replies, so :class:`DirectGetter` keeps one
+subscription on a private inbox prefix per connection and routes each reply by the token of
+its request. Against a server that does not know ``multi_last`` (it reads the request as an
+empty one: "408 Empty Request"), or when its first batch gets no answer (the NATS user may
+publish the per-subject direct gets only), it falls back to one ``get_last_msg`` per subject,
+for the life of the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.errors import TransientError
+
+log = logging.getLogger("memcached_operator.directget")
+
+_STATUS = "Status"
+_END_OF_BATCH = "204"
+_NO_RESULTS = "404"
+_SUBJECT = "Nats-Subject"
+_SEQUENCE = "Nats-Sequence"
+
+
+@dataclass(frozen=True)
+class StoredMsg:
+    """One message as the stream stores it: subject, sequence, headers (the publisher's, with
+    the stream's ``Nats-*`` ones) and body."""
+
+    subject: str
+    seq: int
+    headers: dict[str, str]
+    data: bytes
+
+
+class DirectGetter:
+    """Batched direct gets on one connection; get one with :meth:`of`."""
+
+    _by_client: weakref.WeakKeyDictionary[Client, DirectGetter] = weakref.WeakKeyDictionary()
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = js
+        self._timeout = timeout
+        self._prefix = nc.new_inbox()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, tuple[list[Msg], asyncio.Future[list[Msg]]]] = {}
+        self._sub: Subscription | None = None
+        self._subscribing: asyncio.Lock = asyncio.Lock()
+        self.batched = True  # False once the server refused a batch
+        self._answered = False  # a batch was answered on this connection
+
+    @classmethod
+    def of(cls, js: JetStreamContext) -> DirectGetter:
+        """The getter of the connection behind ``js`` (made on first use)."""
+        nc: Client = js._nc  # nats-py keeps the connection here; no public accessor
+        getter = cls._by_client.get(nc)
+        if getter is None:
+            getter = cls._by_client[nc] = cls(nc, js)
+        return getter
+
+    async def last_msgs(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
+        """The newest message of each of ``subjects`` that has one, by subject."""
+        if not subjects:
+            return {}
+        if self.batched:
+            try:
+                found = await self._batch(stream, subjects)
+            except _Unsupported as err:
+                log.warning(
+                    "this NATS server does not answer batched direct gets (%s); "
+                    "reading one subject at a time (nats-server 2.11+ does it in one request)",
+                    err,
+                )
+                self.batched = False
+            except _NoAnswer as err:
+                if self._answered:
+                    raise TransientError(str(err)) from None
+                # Never answered on this connection: most likely a NATS user allowed the
+                # per-subject direct gets but not the batched one (a permission violation is
+                # reported to the connection, not to the request).
+                log.warning(
+                    "%s; reading one subject at a time (does this NATS user lack publish "
+                    "permission for $JS.API.DIRECT.GET.%s?)",
+                    err,
+                    stream,
+                )
+                self.batched = False
+            else:
+                self._answered = True
+                return found
+        return await self._one_by_one(stream, subjects)
+
+    async def _batch(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
+        await self._subscribe()
+        token = str(next(self._tokens))
+        done: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
+        replies: list[Msg] = []
+        self._waiting[token] = (replies, done)
+        body = json.dumps({"multi_last": list(subjects), "batch": len(subjects)}).encode()
+        try:
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}"
+            )
+            msgs = await asyncio.wait_for(done, timeout=self._timeout)
+        except TimeoutError:
+            raise _NoAnswer(
+                f"no answer from NATS to a batched direct get on {stream} within {self._timeout}s"
+            ) from None
+        except TransientError:
+            raise
+        except Exception as err:
+            raise TransientError(f"direct get on {stream}: {err!r}") from err
+        finally:
+            self._waiting.pop(token, None)
+        found: dict[str, StoredMsg] = {}
+        for msg in msgs:
+            headers = dict(msg.headers or {})
+            subject = headers.get(_SUBJECT, "")
+            found[subject] = StoredMsg(
+                subject, int(headers.get(_SEQUENCE) or 0), headers, msg.data or b""
+            )
+        return found
+
+    async def _subscribe(self) -> None:
+        if self._sub is not None:
+            return
+        async with self._subscribing:
+            if self._sub is None:
+                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        entry = self._waiting.get(token)
+        if entry is None:
+            return  # the caller gave up (timeout)
+        replies, done = entry
+        if done.done():
+            return
+        status = (msg.headers or {}).get(_STATUS)
+        if status is None:
+            replies.append(msg)
+        elif status == _END_OF_BATCH:
+            done.set_result(replies)
+        elif status == _NO_RESULTS:
+            done.set_result([])
+        else:
+            text = f"status {status} {_description(msg.headers or {})}".strip()
+            # A server without multi_last reads the request as an empty one (408 Empty
+            # Request); anything else (503: the stream is not available) is passing.
+            unsupported = status == "400" or (status == "408" and "empty" in text.lower())
+            done.set_exception(_Unsupported(text) if unsupported else TransientError(text))
+
+    async def _one_by_one(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
+        async def one(subject: str) -> StoredMsg | None:
+            try:
+                raw = await self._js.get_last_msg(stream, subject, direct=True)
+            except NotFoundError:
+                return None
+            except Exception as err:
+                raise TransientError(f"reading {subject} from {stream}: {err}") from err
+            return StoredMsg(subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b"")
+
+        found = await asyncio.gather(*(one(s) for s in subjects))
+        return {m.subject: m for m in found if m is not None}
+
+
+class _Unsupported(Exception):
+    """The server does not know batched direct gets."""
+
+
+class _NoAnswer(Exception):
+    """No answer to a batched direct get in time."""
+
+
+def _description(headers: dict[Any, str]) -> str:
+    for name, value in headers.items():
+        if str(name).lower().endswith("description"):
+            return value
+    return ""
+
+
+async def last_msgs(
+    js: JetStreamContext, stream: str, subjects: Sequence[str]
+) -> dict[str, StoredMsg]:
+    """The newest message of each of ``subjects`` on ``stream`` that has one, in one request."""
+    return await DirectGetter.of(js).last_msgs(stream, subjects)
