@@ -11,9 +11,10 @@ consistent snapshot: every message is the newest as of one stream sequence.
 nats-py has no call for a request with several replies, so :class:`DirectGetter` keeps one
 subscription on a private inbox prefix per connection and routes each reply by the token of
 its request. Against a server that does not know ``multi_last`` (it reads the request as an
-empty one: "408 Empty Request"), or when its first batch gets no answer (the NATS user may
-publish the per-subject direct gets only), it falls back to one ``get_last_msg`` per subject,
-for the life of the connection.
+empty one: "408 Empty Request") it falls back to one ``get_last_msg`` per subject for the life
+of the connection; when the first batch on a connection gets no answer (the NATS user may
+publish the per-subject direct gets only), it reads one subject at a time for a minute and then
+tries a batch again.
 """
 
 from __future__ import annotations
@@ -58,19 +59,23 @@ class StoredMsg:
 class DirectGetter:
     """Batched direct gets on one connection; get one with :meth:`of`."""
 
+    RETRY_BATCH_AFTER = 60.0  # seconds one subject at a time after an unanswered first batch
+
+    # Keyed weakly by connection; a getter holds its connection weakly too, so neither keeps
+    # the other alive.
     _by_client: weakref.WeakKeyDictionary[Client, DirectGetter] = weakref.WeakKeyDictionary()
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
-        self._nc = nc
-        self._js = js
+    def __init__(self, nc: Client, *, timeout: float = 5.0) -> None:
+        self._nc = weakref.ref(nc)
         self._timeout = timeout
         self._prefix = nc.new_inbox()
         self._tokens = itertools.count(1)
         self._waiting: dict[str, tuple[list[Msg], asyncio.Future[list[Msg]]]] = {}
         self._sub: Subscription | None = None
         self._subscribing: asyncio.Lock = asyncio.Lock()
-        self.batched = True  # False once the server refused a batch
+        self.batched = True  # False once the server answered that it has no batches
         self._answered = False  # a batch was answered on this connection
+        self._batch_after = 0.0  # loop time before which reads go one subject at a time
 
     @classmethod
     def of(cls, js: JetStreamContext) -> DirectGetter:
@@ -78,16 +83,19 @@ class DirectGetter:
         nc: Client = js._nc  # nats-py keeps the connection here; no public accessor
         getter = cls._by_client.get(nc)
         if getter is None:
-            getter = cls._by_client[nc] = cls(nc, js)
+            getter = cls._by_client[nc] = cls(nc)
         return getter
 
-    async def last_msgs(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
+    async def last_msgs(
+        self, js: JetStreamContext, stream: str, subjects: Sequence[str]
+    ) -> dict[str, StoredMsg]:
         """The newest message of each of ``subjects`` that has one, by subject."""
         if not subjects:
             return {}
-        if self.batched:
+        loop = asyncio.get_running_loop()
+        if self.batched and loop.time() >= self._batch_after:
             try:
-                found = await self._batch(stream, subjects)
+                found = await self._batch(js, stream, subjects)
             except _Unsupported as err:
                 log.warning(
                     "this NATS server does not answer batched direct gets (%s); "
@@ -98,38 +106,43 @@ class DirectGetter:
             except _NoAnswer as err:
                 if self._answered:
                     raise TransientError(str(err)) from None
-                # Never answered on this connection: most likely a NATS user allowed the
-                # per-subject direct gets but not the batched one (a permission violation is
-                # reported to the connection, not to the request).
+                # Never answered on this connection: a NATS user allowed the per-subject
+                # direct gets but not the batched one (a permission violation is reported to
+                # the connection, not to the request), or a server still starting. Read this
+                # one subject at a time, and try a batch again later.
                 log.warning(
-                    "%s; reading one subject at a time (does this NATS user lack publish "
-                    "permission for $JS.API.DIRECT.GET.%s?)",
+                    "%s; reading one subject at a time for %.0fs (may this NATS user publish "
+                    "to $JS.API.DIRECT.GET.%s?)",
                     err,
+                    self.RETRY_BATCH_AFTER,
                     stream,
                 )
-                self.batched = False
+                self._batch_after = loop.time() + self.RETRY_BATCH_AFTER
             else:
                 self._answered = True
                 return found
-        return await self._one_by_one(stream, subjects)
+        return await _one_by_one(js, stream, subjects)
 
-    async def _batch(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
-        await self._subscribe()
+    async def _batch(
+        self, js: JetStreamContext, stream: str, subjects: Sequence[str]
+    ) -> dict[str, StoredMsg]:
         token = str(next(self._tokens))
         done: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
-        replies: list[Msg] = []
-        self._waiting[token] = (replies, done)
+        self._waiting[token] = ([], done)
         body = json.dumps({"multi_last": list(subjects), "batch": len(subjects)}).encode()
+        prefix = getattr(js, "_prefix", "$JS.API")  # a JetStream domain changes it
         try:
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}"
-            )
+            nc = self._nc()
+            if nc is None:
+                raise TransientError("the NATS connection is gone")
+            await self._subscribe(nc)
+            await nc.publish(f"{prefix}.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}")
             msgs = await asyncio.wait_for(done, timeout=self._timeout)
         except TimeoutError:
             raise _NoAnswer(
                 f"no answer from NATS to a batched direct get on {stream} within {self._timeout}s"
             ) from None
-        except TransientError:
+        except (TransientError, _Unsupported):
             raise
         except Exception as err:
             raise TransientError(f"direct get on {stream}: {err!r}") from err
@@ -144,12 +157,12 @@ class DirectGetter:
             )
         return found
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, nc: Client) -> None:
         if self._sub is not None:
             return
         async with self._subscribing:
             if self._sub is None:
-                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+                self._sub = await nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
@@ -162,29 +175,35 @@ class DirectGetter:
         status = (msg.headers or {}).get(_STATUS)
         if status is None:
             replies.append(msg)
-        elif status == _END_OF_BATCH:
+            return
+        text = f"status {status} {_description(msg.headers or {})}".strip()
+        if status == _END_OF_BATCH:
             done.set_result(replies)
-        elif status == _NO_RESULTS:
+        elif status == _NO_RESULTS and not replies and "no results" in text.lower():
             done.set_result([])
+        elif status == "400" or (status == "408" and "empty" in text.lower()):
+            # A server without multi_last reads the request as an empty one.
+            done.set_exception(_Unsupported(text))
         else:
-            text = f"status {status} {_description(msg.headers or {})}".strip()
-            # A server without multi_last reads the request as an empty one (408 Empty
-            # Request); anything else (503: the stream is not available) is passing.
-            unsupported = status == "400" or (status == "408" and "empty" in text.lower())
-            done.set_exception(_Unsupported(text) if unsupported else TransientError(text))
+            # 503: the stream is not available; a 404 after some messages: one went away
+            # while the batch was read (the answer would be incomplete). Passing, either way.
+            done.set_exception(TransientError(f"batched direct get: {text}"))
 
-    async def _one_by_one(self, stream: str, subjects: Sequence[str]) -> dict[str, StoredMsg]:
-        async def one(subject: str) -> StoredMsg | None:
-            try:
-                raw = await self._js.get_last_msg(stream, subject, direct=True)
-            except NotFoundError:
-                return None
-            except Exception as err:
-                raise TransientError(f"reading {subject} from {stream}: {err}") from err
-            return StoredMsg(subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b"")
 
-        found = await asyncio.gather(*(one(s) for s in subjects))
-        return {m.subject: m for m in found if m is not None}
+async def _one_by_one(
+    js: JetStreamContext, stream: str, subjects: Sequence[str]
+) -> dict[str, StoredMsg]:
+    async def one(subject: str) -> StoredMsg | None:
+        try:
+            raw = await js.get_last_msg(stream, subject, direct=True)
+        except NotFoundError:
+            return None
+        except Exception as err:
+            raise TransientError(f"reading {subject} from {stream}: {err}") from err
+        return StoredMsg(subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b"")
+
+    found = await asyncio.gather(*(one(s) for s in subjects))
+    return {m.subject: m for m in found if m is not None}
 
 
 class _Unsupported(Exception):
@@ -206,4 +225,4 @@ async def last_msgs(
     js: JetStreamContext, stream: str, subjects: Sequence[str]
 ) -> dict[str, StoredMsg]:
     """The newest message of each of ``subjects`` on ``stream`` that has one, in one request."""
-    return await DirectGetter.of(js).last_msgs(stream, subjects)
+    return await DirectGetter.of(js).last_msgs(js, stream, subjects)

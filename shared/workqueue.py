@@ -22,8 +22,10 @@ the lease (woken at once when the holder is in the same process). While waiting,
 after acquiring if it had to wait, it asks the stream for the subject's newest message: if that
 is not its own, a newer request will run after it, so it acks its stale one and lets go. (A
 request that got the lease at once needs no such check: the stream keeps one message per
-subject, so it was the newest when it was delivered, a moment before.) Hence no two runs of an
-object overlap, and a request that arrives during a run causes exactly one more run after it.
+subject, so it was the newest when it was delivered, a moment before; in the rare race where a
+newer one replaces it between its delivery and its start, both run, and the second is a no-op.)
+Hence no two runs of an object overlap, and the requests that arrive during a run cause one
+more run after it.
 
 Why a lease and not hash partitions. Partitioning the subjects (``partition(N, ...)``) with one
 owner per partition also serialises each object, but it needs what NATS pull consumers do not

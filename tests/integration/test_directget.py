@@ -36,6 +36,7 @@ async def test_newest_message_of_each_subject_in_one_read(nc: Client) -> None:
     newest = await js.publish(cr, b'{"v": 2}', headers={"ce-type": "x.memcached.modified"})
 
     found = await directget.last_msgs(js, EVENTS_STREAM, [cr, deployment, missing])
+    assert DirectGetter.of(js).batched  # read in one batch, not one subject at a time
 
     assert set(found) == {cr, deployment}
     assert found[cr].data == b'{"v": 2}'
@@ -72,10 +73,10 @@ async def test_one_subject_at_a_time_reads_the_same(nc: Client) -> None:
     _, cr, deployment, missing = _subjects()
     await js.publish(cr, b"a")
     await js.publish(deployment, b"b")
-    batched = await DirectGetter(nc, js).last_msgs(EVENTS_STREAM, [cr, deployment, missing])
-    single = DirectGetter(nc, js)
+    batched = await DirectGetter(nc).last_msgs(js, EVENTS_STREAM, [cr, deployment, missing])
+    single = DirectGetter(nc)
     single.batched = False
-    one_by_one = await single.last_msgs(EVENTS_STREAM, [cr, deployment, missing])
+    one_by_one = await single.last_msgs(js, EVENTS_STREAM, [cr, deployment, missing])
 
     def essentials(found: dict[str, directget.StoredMsg]) -> set[tuple[str, int, bytes]]:
         return {(m.subject, m.seq, m.data) for m in found.values()}
@@ -85,7 +86,7 @@ async def test_one_subject_at_a_time_reads_the_same(nc: Client) -> None:
 
 
 async def test_a_missing_stream_is_a_transient_error(nc: Client) -> None:
-    getter = DirectGetter(nc, nc.jetstream(), timeout=2.0)
+    getter = DirectGetter(nc, timeout=2.0)
     with pytest.raises(TransientError):
-        await getter.last_msgs("NO_SUCH_STREAM", ["a.b"])
+        await getter.last_msgs(nc.jetstream(), "NO_SUCH_STREAM", ["a.b"])
     assert getter.batched  # not taken for a server without batches
