@@ -73,31 +73,74 @@ class Connections:
         args: argparse.Namespace,
         *,
         streams: tuple[str, ...],
+        stop: asyncio.Event,
         events_max_age: float | None = None,
         lease_ttl: float | None = None,
     ) -> Connections:
         """Connect, serve /healthz, /readyz (the given streams must exist) and /metrics, and
-        create the streams if missing, retrying while NATS is not there yet."""
+        create the streams if missing, retrying while NATS is not there yet. Raises
+        :class:`Stopped` when ``stop`` is set first (SIGTERM while NATS is unreachable)."""
+        opening = asyncio.create_task(
+            cls._open(
+                service,
+                args,
+                streams=streams,
+                events_max_age=events_max_age,
+                lease_ttl=lease_ttl,
+            )
+        )
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if opening.done():
+            return opening.result()
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        raise Stopped(f"{service} was asked to stop while it was still connecting")
+
+    @classmethod
+    async def _open(
+        cls,
+        service: str,
+        args: argparse.Namespace,
+        *,
+        streams: tuple[str, ...],
+        events_max_age: float | None,
+        lease_ttl: float | None,
+    ) -> Connections:
         worker = worker_id(service)
         nc = await natsconn.connect(worker, args.nats_url)
-        kube = await KubeClient.connect(args.kubeconfig)
-        health = HealthServer(
-            port=args.health_port, checks=readiness_checks(nc=nc, kube=kube, streams=streams)
-        )
-        await health.start()
-        js = nc.jetstream()
-        while True:
-            try:
-                await ensure_streams(
-                    js,
-                    replicas=args.stream_replicas,
-                    events_max_age=events_max_age,
-                    lease_ttl=lease_ttl,
-                )
-                break
-            except (nats.errors.Error, TimeoutError) as err:
-                log.warning("creating streams failed (%s); retrying", err)
-                await asyncio.sleep(1)
+        kube: KubeClient | None = None
+        health: HealthServer | None = None
+        try:
+            kube = await KubeClient.connect(args.kubeconfig)
+            health = HealthServer(
+                port=args.health_port, checks=readiness_checks(nc=nc, kube=kube, streams=streams)
+            )
+            await health.start()
+            js = nc.jetstream()
+            while True:
+                try:
+                    await ensure_streams(
+                        js,
+                        replicas=args.stream_replicas,
+                        events_max_age=events_max_age,
+                        lease_ttl=lease_ttl,
+                    )
+                    break
+                except (nats.errors.Error, TimeoutError) as err:
+                    log.warning("creating streams failed (%s); retrying", err)
+                    await asyncio.sleep(1)
+        except BaseException:
+            # Stopped (or failed) half-way: let go of what was opened.
+            if health is not None:
+                await health.stop()
+            if kube is not None:
+                await kube.close()
+            await nc.close()
+            raise
         return cls(worker, nc, js, kube, health)
 
     async def close(self) -> None:
@@ -106,8 +149,18 @@ class Connections:
         await self.nc.drain()
 
 
+class Stopped(Exception):
+    """The process was asked to stop before it had finished starting."""
+
+
+# Kubernetes' default grace period is 30 s: a service that has not stopped by itself by then
+# (it stops taking work and finishes what is in flight) is cancelled just before.
+STOP_GRACE = 28.0
+
+
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run `main(stop)` with logging and tracing set up; SIGTERM/SIGINT set `stop`."""
+    """Run `main(stop)` with logging and tracing set up; SIGTERM/SIGINT set `stop`, and the
+    process exits within the grace period whatever `main` is doing then."""
     logs.setup(service)
     telemetry.setup(service)
 
@@ -116,7 +169,22 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        serving = asyncio.ensure_future(main(stop))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not serving.done():
+            await asyncio.wait({serving}, timeout=STOP_GRACE)
+        if not serving.done():
+            log.error("%s did not stop within %.0fs; cancelling what is left", service, STOP_GRACE)
+            serving.cancel()
+        try:
+            await serving
+        except Stopped as err:
+            log.info("%s", err)
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
 
     try:
         asyncio.run(runner())

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open(
-        "reconciler", args, streams=(REQUESTS_STREAM,), lease_ttl=args.lease_ttl
+        "reconciler", args, streams=(REQUESTS_STREAM,), stop=stop, lease_ttl=args.lease_ttl
     )
     kube, js = conn.kube, conn.js
 

@@ -357,7 +357,11 @@ class StatusRefresher:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open(
-        "status", args, streams=(REQUESTS_STREAM, EVENTS_STREAM), lease_ttl=args.lease_ttl
+        "status",
+        args,
+        streams=(REQUESTS_STREAM, EVENTS_STREAM),
+        stop=stop,
+        lease_ttl=args.lease_ttl,
     )
     queue = queue_from_args(conn, args, controller=CONTROLLER)
     metrics.init_controller(CONTROLLER)

@@ -80,6 +80,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         "watcher",
         args,
         streams=(EVENTS_STREAM, REQUESTS_STREAM),
+        stop=stop,
         events_max_age=args.events_max_age,
     )
     js, kube = conn.js, conn.kube
