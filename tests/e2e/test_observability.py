@@ -175,10 +175,18 @@ def test_annotated_cr_is_one_trace_from_watch_event_to_status_write(
     )
 
     def complete(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        # Each service exports its spans when they end, in batches of its own: wait for the
+        # ones asserted below, not only for a span of every service (the reconcile's own span
+        # ends, and is exported, after its Deployment write and outcome publish).
         mine = [s for s in spans if s.trace_id == trace_id]
-        services = {s.service for s in mine}
-        writes = [s for s in mine if s.name == "PATCH memcacheds/status"]
-        return mine if services >= set(SERVICES) and writes else None
+        names = {(s.service, s.name) for s in mine}
+        needed = {
+            ("watcher", "send mcop.events.memcached"),
+            ("reconciler", "process mcop.requests.reconcile"),
+            ("reconciler", "send mcop.outcomes.reconcile"),
+            ("status", "PATCH memcacheds/status"),
+        }
+        return mine if needed <= names else None
 
     spans = receiver.wait(complete, timeout=30, what="spans of all three services in the trace")
 
@@ -233,24 +241,29 @@ def test_annotated_cr_is_one_trace_from_watch_event_to_status_write(
     )
 
     # Status: a CONSUMER process span related to an outcome publish, with the status PATCH.
-    outcome_sends = [
-        s for s in receiver.trace(trace_id) if s.name == "send mcop.outcomes.reconcile"
-    ]
-    status_processes = [
-        s
-        for s in receiver.trace(trace_id)
-        if s.service == "status"
-        and s.kind == "CONSUMER"
-        and any(related(s, o) for o in outcome_sends)
-    ]
-    assert status_processes, f"no status process span under an outcome: {receiver.trace(trace_id)}"
-    writes = [
-        (p, w)
-        for p in status_processes
-        for w in children(receiver.trace(trace_id), p)
-        if w.name == "PATCH memcacheds/status"
-    ]
-    assert writes, "the status write is not inside the trace of the outcome it reports"
+    def status_writes(all_: list[ReceivedSpan]) -> list[tuple[ReceivedSpan, ReceivedSpan]]:
+        traced = [s for s in all_ if s.trace_id == trace_id]
+        outcome_sends = [s for s in traced if s.name == "send mcop.outcomes.reconcile"]
+        status_processes = [
+            s
+            for s in traced
+            if s.service == "status"
+            and s.kind == "CONSUMER"
+            and any(related(s, o) for o in outcome_sends)
+        ]
+        return [
+            (p, w)
+            for p in status_processes
+            for w in children(traced, p)
+            if w.name == "PATCH memcacheds/status"
+        ]
+
+    writes = receiver.wait(
+        status_writes,
+        timeout=20,
+        what="a status write inside the trace of the outcome it reports (a status process "
+        "span related to the outcome publish, with the PATCH in it)",
+    )
     status_process, status_write = writes[0]
     assert status_write.kind == "CLIENT"
     assert_messaging(status_process, "process")
