@@ -582,6 +582,12 @@ async def test_request_of_a_killed_worker_is_redelivered_to_another(
     rescued = [f for f in workers.lines() if f[0] == "start" and f[2] == "rescuer"]
     assert [(f[1], f[3], f[4]) for f in rescued] == [(str(k), "2", "1")]
     assert not workers.has("end", "doomed")
+    # The rescuer acks after its handler returns (which is when "end" is written): give the
+    # ack a moment to reach the stream.
+    for _ in range(50):
+        if not await pending_subjects(js, controller):
+            break
+        await asyncio.sleep(0.1)
     assert await pending_subjects(js, controller) == {}
     assert await dead_letters(js, controller) == []
 
