@@ -16,6 +16,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -89,12 +90,7 @@ class Connections:
                 lease_ttl=lease_ttl,
             )
         )
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if opening.done():
+        if await _done_before(opening, stop):
             return opening.result()
         opening.cancel()
         await asyncio.gather(opening, return_exceptions=True)
@@ -149,6 +145,16 @@ class Connections:
         await self.nc.drain()
 
 
+async def _done_before(task: asyncio.Future[Any], stop: asyncio.Event) -> bool:
+    """Wait until ``task`` is done or ``stop`` is set; whether ``task`` is done."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    return task.done()
+
+
 class Stopped(Exception):
     """The process was asked to stop before it had finished starting."""
 
@@ -170,10 +176,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         serving = asyncio.ensure_future(main(stop))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not serving.done():
+        if not await _done_before(serving, stop):
             await asyncio.wait({serving}, timeout=STOP_GRACE)
         if not serving.done():
             log.error("%s did not stop within %.0fs; cancelling what is left", service, STOP_GRACE)
