@@ -61,6 +61,12 @@ workqueue_depth = Gauge(
     "Current depth of the workqueue (pending plus in-flight requests of the JetStream consumer)",
     ["name"],
 )
+workqueue_yielding = Gauge(
+    "mcop_workqueue_yielding",
+    "1 while this queue runs one request at a time because the controller it yields to "
+    "(the status service to the reconciler) has a backlog",
+    ["name"],
+)
 workqueue_adds_total = Counter(
     "workqueue_adds_total",
     "Total number of adds handled by the workqueue",
@@ -110,6 +116,7 @@ def init_controller(controller: str) -> None:
     reconcile_time_seconds.labels(controller)
     active_workers.labels(controller)
     workqueue_depth.labels(controller)
+    workqueue_yielding.labels(controller)
     workqueue_adds_total.labels(controller)
     workqueue_queue_duration_seconds.labels(controller)
     workqueue_work_duration_seconds.labels(controller)

@@ -54,6 +54,13 @@ once (with the callback, unless the subject has no key to report on). A result w
 copy of the request marked ``Mcop-Not-Before`` (only if no newer request is waiting, by an
 expected-last-sequence check) and acks the original; a worker that receives the copy early naks
 it with the remaining delay, which is the one redelivery not counted.
+
+Yielding. A queue given ``yield_to`` (the status service's, given the reconciler's) polls that
+controller's consumer and, while more than ``yield_backlog`` of its requests wait for a worker,
+takes one request at a time. The work it defers is derived (a status is folded from what the
+reconciles did), its waiting requests coalesce per object meanwhile, and on a shared API server
+and shared cores a burst of new objects gets its Deployments sooner. One at a time, not none:
+if the other controller has no workers at all, this one still makes progress.
 """
 
 from __future__ import annotations
@@ -338,6 +345,9 @@ class KeyedWorkQueue:
         worker_id: str | None = None,
         fetch_timeout: float = 1.0,
         depth_interval: float = 5.0,
+        yield_to: str | None = None,
+        yield_backlog: int = 16,
+        yield_interval: float = 0.5,
     ) -> None:
         if not _CONTROLLER_NAME.fullmatch(controller):
             raise ValueError(f"controller name must be a lower-case DNS label: {controller!r}")
@@ -362,6 +372,10 @@ class KeyedWorkQueue:
         self._on_permanent_error = on_permanent_error
         self._fetch_timeout = fetch_timeout
         self._depth_interval = depth_interval
+        self._yield_to = f"mcop-{yield_to}" if yield_to else None
+        self._yield_backlog = yield_backlog
+        self._yield_interval = yield_interval
+        self._yielding = False
 
         self._handler: Handler | None = None
         self._leases = _Leases(self._js, ttl=lease_ttl)
@@ -372,6 +386,7 @@ class KeyedWorkQueue:
         self._released: dict[str, asyncio.Event] = {}
         self._fetch_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
+        self._yield_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -392,6 +407,10 @@ class KeyedWorkQueue:
         metrics.active_workers.labels(self.controller)  # exported as 0 from the start
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
         self._depth_task = asyncio.create_task(self._depth_loop(), name=f"{self.durable}-depth")
+        if self._yield_to is not None:
+            self._yield_task = asyncio.create_task(
+                self._yield_loop(self._yield_to), name=f"{self.durable}-yield"
+            )
         log.info(
             "work queue %s started: worker %s, concurrency %d, ack wait %.1fs, lease TTL %.1fs",
             self.controller,
@@ -421,8 +440,7 @@ class KeyedWorkQueue:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         leftovers = [*self._tasks, self._fetch_task]
-        if self._depth_task is not None:
-            leftovers.append(self._depth_task)
+        leftovers += [t for t in (self._depth_task, self._yield_task) if t is not None]
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
@@ -472,7 +490,7 @@ class KeyedWorkQueue:
         assert self._psub is not None
         failures = 0
         while not self._stopping.is_set():
-            free = self._concurrency - len(self._tasks)
+            free = (1 if self._yielding else self._concurrency) - len(self._tasks)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._wait(self._slot_freed, self._stopping, within=None)
@@ -514,6 +532,39 @@ class KeyedWorkQueue:
             except Exception as err:
                 log.debug("could not read the depth of %s: %r", self.durable, err)
             await self._wait(self._stopping, within=self._depth_interval)
+
+    @property
+    def yielding(self) -> bool:
+        """Whether this queue runs one request at a time because ``yield_to`` has a backlog."""
+        return self._yielding
+
+    async def _yield_loop(self, durable: str) -> None:
+        """Poll the backlog of the controller this one yields to (requests no worker has
+        taken yet) and run one request at a time while it exceeds ``yield_backlog``."""
+        failures = 0
+        while not self._stopping.is_set():
+            backlog = 0
+            try:
+                info = await self._js.consumer_info(REQUESTS_STREAM, durable)
+                backlog = info.num_pending or 0
+                failures = 0
+            except Exception as err:
+                failures += 1
+                if failures == 1:  # one line per streak (a NATS restart, a missing permission)
+                    log.warning("cannot read the backlog of %s, not yielding: %r", durable, err)
+            yielding = backlog > self._yield_backlog  # never hold back on a guess
+            if yielding != self._yielding:
+                self._yielding = yielding
+                metrics.workqueue_yielding.labels(self.controller).set(int(yielding))
+                log.info(
+                    "%s: %s (%d requests of %s waiting)",
+                    self.controller,
+                    "one request at a time" if yielding else f"{self._concurrency} at a time",
+                    backlog,
+                    durable,
+                )
+                self._slot_freed.set()  # let the fetch loop recompute its free slots
+            await self._wait(self._stopping, within=self._yield_interval * min(20, 1 + failures))
 
     @staticmethod
     async def _wait(*events: asyncio.Event, within: float | None) -> None:

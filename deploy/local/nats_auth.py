@@ -168,6 +168,9 @@ USERS: tuple[User, ...] = (
                 # events and a direct get of the newest one per namespace.
                 *_ordered_consumer(EVENTS_STREAM),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
+                # Yielding to the reconciler's backlog (shared/workqueue.py): its consumer's
+                # info, which holds the count of requests waiting for a worker.
+                f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.mcop-{RECONCILE}",
             ),
             subscribe=(INBOX,),
             publish_deny=(_family(EVENTS), _family(OUTCOMES)),

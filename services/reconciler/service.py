@@ -121,6 +121,8 @@ def queue_from_args(
     *,
     controller: str,
     on_dead_letter: DeadLetterCallback | None = None,
+    yield_to: str | None = None,
+    yield_backlog: int = 16,
 ) -> KeyedWorkQueue:
     """The controller's work queue configured from the flags of add_queue_arguments."""
     return KeyedWorkQueue(
@@ -134,4 +136,6 @@ def queue_from_args(
         required_headers=(ORIGIN,),
         on_dead_letter=on_dead_letter,
         worker_id=conn.worker,
+        yield_to=yield_to,
+        yield_backlog=yield_backlog,
     )

@@ -11,7 +11,8 @@ rollout would otherwise turn into a write each. A refresh that is a step early (
 Deployment not streamed yet, the outcome not published yet, ready pods the Deployment has not
 counted yet) writes nothing and leaves the write to that step's own request, so a healthy new
 CR costs two writes: "rolling out" and "Available". Newsworthy condition transitions become
-Kubernetes Events (one, Available, for a healthy new CR).
+Kubernetes Events (one, Available, for a healthy new CR). While the reconcilers have a backlog
+(--yield-backlog), refreshes run one at a time: Deployments first, their status right after.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, label_value
+from services.reconciler.reconcile import CONTROLLER as RECONCILE
 from services.reconciler.service import add_queue_arguments, queue_from_args
 from services.status.conditions import fold_status, ready_nodes, status_changed, transitions
 from services.status.pod_index import INDEX, LIST, POD_READS, PodIndex
@@ -77,6 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Deployment not streamed yet, the outcome not published yet, ready pods the Deployment "
         "has not counted yet) leaves the write to the request of that step "
         "(env STATUS_SETTLE)",
+    )
+
+    parser.add_argument(
+        "--yield-backlog",
+        type=int,
+        default=int(runtime.env("STATUS_YIELD_BACKLOG", "16")),
+        help="while more reconcile requests than this wait for a free reconciler, refresh one "
+        "CR at a time, leaving the CPU and the API server to the reconciles (the waiting "
+        "refreshes coalesce meanwhile); -1 never yields (env STATUS_YIELD_BACKLOG)",
     )
 
 
@@ -363,7 +374,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         stop=stop,
         lease_ttl=args.lease_ttl,
     )
-    queue = queue_from_args(conn, args, controller=CONTROLLER)
+    queue = queue_from_args(
+        conn,
+        args,
+        controller=CONTROLLER,
+        yield_to=RECONCILE if args.yield_backlog >= 0 else None,
+        yield_backlog=args.yield_backlog,
+    )
     metrics.init_controller(CONTROLLER)
     for result in (WRITTEN, SKIPPED, DEFERRED, AWAITING):
         STATUS_WRITES.labels(result)

@@ -28,6 +28,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 
 from shared.streams import (
@@ -279,6 +280,63 @@ async def test_pending_requests_for_a_key_coalesce_into_the_newest(
     assert metric("workqueue_queue_duration_seconds_count", name=controller) == 2
     assert metric("controller_runtime_max_concurrent_reconciles", controller=controller) == 3
     assert REGISTRY.get_sample_value("workqueue_depth", {"name": controller}) == 0
+
+
+async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a_time(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """The status service yields to the reconciler: while more of the other controller's
+    requests wait than the threshold, one run at a time; all of its own requests still run,
+    and full concurrency comes back once the other controller catches up."""
+    js = nc.jetstream()
+    busy = f"{controller}-busy"
+    await js.add_consumer(
+        REQUESTS_STREAM,
+        ConsumerConfig(
+            durable_name=f"mcop-{busy}",
+            filter_subject=f"mcop.requests.{busy}.>",
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    for n in range(5):
+        await enqueue(js, controller=busy, key=ObjectKey("default", f"b{n}"), body=body(n))
+    recorder = Recorder(sleep=lambda r: 0.2)
+    queue = await queues(
+        recorder,
+        controller=controller,
+        concurrency=4,
+        yield_to=busy,
+        yield_backlog=2,
+        yield_interval=0.1,
+    )
+    await eventually(lambda: queue.yielding, what="the queue yielding")
+    assert metric("mcop_workqueue_yielding", name=controller) == 1
+    keys = [ObjectKey("default", f"y{n}") for n in range(8)]
+    for n, key in enumerate(keys):
+        await enqueue(js, controller=controller, key=key, body=body(n))
+    await eventually(lambda: len(recorder.runs) == 8, what="every request run while yielding")
+    assert max(recorder.max_active.values()) == 1
+    assert all(
+        later.started >= earlier.ended  # type: ignore[operator]
+        for earlier, later in itertools.pairwise(recorder.runs)
+    ), "runs overlapped while yielding"
+
+    drained = Recorder()
+    await queues(drained, controller=busy, concurrency=8)  # the other controller catches up
+    await eventually(lambda: not queue.yielding, what="the queue back to full concurrency")
+    assert metric("mcop_workqueue_yielding", name=controller) == 0
+    assert len(drained.runs) == 5
+    recorder.runs.clear()
+    for n, key in enumerate(keys):
+        await enqueue(js, controller=controller, key=key, body=body(10 + n))
+    await eventually(lambda: len(recorder.runs) == 8, what="the second round")
+    await eventually(lambda: all(r.ended is not None for r in recorder.runs), what="its end")
+    overlapping = sum(
+        1
+        for a, b in itertools.combinations(recorder.runs, 2)
+        if a.started < b.ended and b.started < a.ended  # type: ignore[operator]
+    )
+    assert overlapping > 0, "still one at a time after the backlog cleared"
 
 
 # -- b. exclusivity, c. no lost request -------------------------------------------------------
