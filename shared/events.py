@@ -5,7 +5,9 @@ Each observed change of a watched object is one message: the body is the object 
 percent-encoded as the NATS protocol binding says (space, ``"``, ``%`` and anything outside
 U+0021..U+007E). Extension attributes carry what auditors ask for without parsing the body:
 ``ce-kind``, ``ce-namespace``, ``ce-name``, ``ce-resourceversion``, ``ce-fieldmanager`` (the
-field manager of the newest managedFields entry, i.e. who made the change).
+field manager of the newest managedFields entry, i.e. who made the change), and on events of
+objects a Memcached owns, ``ce-owner`` (the Memcached's name) and for pods ``ce-ready``
+(``true``/``false``), so that a reader of ownership and readiness can consume headers only.
 
 Event types, one per kind and change (documented in the README):
 ``io.memcached-operator.<kind>.added|modified|deleted`` for kinds memcached, deployment, pod,
@@ -127,8 +129,10 @@ def encode(
     obj: Mapping[str, Any],
     when: dt.datetime | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], bytes]:
-    """Headers and body of the CloudEvent for one change of one object."""
+    """Headers and body of the CloudEvent for one change of one object (``extensions``: more
+    extension attributes, by name)."""
     meta = obj.get("metadata") or {}
     namespace = str(meta.get("namespace") or "")
     name = str(meta.get("name") or "")
@@ -148,6 +152,7 @@ def encode(
         "name": name,
         "resourceversion": rv,
         "fieldmanager": last_field_manager(obj),
+        **(extensions or {}),
     }
     headers = {f"ce-{k}": encode_value(v) for k, v in attrs.items()}
     headers["Content-Type"] = "application/json"

@@ -5,8 +5,11 @@ every refresh cost the cluster one request per status refresh — the largest sh
 operator's API traffic — while every pod change is on the event stream anyway: the watcher
 publishes each one on ``mcop.events.pod.<ns>.<name>``. :class:`PodIndex` follows those subjects
 with an ordered consumer (the newest event per pod first, then every new one, in stream order)
-and keeps, per pod, only what the status needs: its owner and whether it is ready. It is the
-kopf/controller-runtime informer cache, fed by the stream rather than by a watch of its own.
+and keeps, per pod, only what the status needs: its owner and whether it is ready, which the
+events carry as the ``ce-owner`` and ``ce-ready`` headers, so the consumer is headers-only and
+the pods' bodies never travel (an event without them, from an older watcher, is read in full).
+It is the kopf/controller-runtime informer cache, fed by the stream rather than by a watch of
+its own.
 
 Freshness. A refresh must not miss a pod change that happened before its request. Before it
 reads, a refresh asks the stream for the sequence of the newest pod event in the CR's namespace
@@ -48,6 +51,8 @@ POD_READS = Counter(
 )
 INDEX = "index"
 LIST = "list"
+OWNER_HEADER = "ce-owner"
+READY_HEADER = "ce-ready"
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,19 @@ class PodIndex:
     # -- folding ------------------------------------------------------------------------------
 
     def fold(self, pod_key: ObjectKey, change: str, obj: dict[str, Any]) -> None:
-        """Apply one pod event (``change`` is added, modified or deleted)."""
+        """Apply one pod event (``change`` is added, modified or deleted) from its body."""
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        owner_name = str(annotations.get(OWNER_ANNOTATION) or "")
+        self.fold_fields(
+            pod_key, change, str(annotations.get(OWNER_ANNOTATION) or ""), pod_ready(obj)
+        )
+
+    def fold_fields(self, pod_key: ObjectKey, change: str, owner_name: str, ready: bool) -> None:
+        """Apply one pod event given its owner's name ('' for none) and readiness."""
         old = self._pods.pop(pod_key, None)
         if old is not None and (change == "deleted" or old.owner != owner_name):
             self._unlink(pod_key, old.owner)
         if change != "deleted" and owner_name:
-            self._pods[pod_key] = _Pod(owner_name, pod_ready(obj))
+            self._pods[pod_key] = _Pod(owner_name, ready)
             self._by_owner.setdefault(ObjectKey(pod_key.namespace, owner_name), set()).add(
                 pod_key.name
             )
@@ -163,27 +173,47 @@ class PodIndex:
             subjects.wildcard(subjects.EVENTS, "pod"),
             ordered_consumer=True,
             idle_heartbeat=self._heartbeat,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+            # Headers only: ce-owner and ce-ready say all the index needs, so the pods' bodies
+            # (~4 KB each) stay on the server.
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, headers_only=True),
             stream=EVENTS_STREAM,
         )
         log.info("pod index: following the pod events")
         try:
             while True:
                 msg = await sub.next_msg(timeout=None)
-                self._fold_message(msg.subject, msg.headers or {}, msg.data or b"")
-                self.sequence = max(self.sequence, msg.metadata.sequence.stream)
+                sequence = msg.metadata.sequence.stream
+                await self._fold_message(msg.subject, msg.headers or {}, sequence)
+                self.sequence = max(self.sequence, sequence)
                 self._advanced.set()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def _fold_message(self, subject: str, headers: dict[str, str], data: bytes) -> None:
+    async def _fold_message(self, subject: str, headers: dict[str, str], sequence: int) -> None:
         try:
             key = subjects.parse(subject).key
             change = events.decode_value(headers.get("ce-type", "")).rsplit(".", 1)[-1]
-            obj = json.loads(data)
         except ValueError:
             log.warning("pod index: ignoring an unreadable event on %s", subject)
             return
-        if change in events.CHANGES and isinstance(obj, dict):
-            self.fold(key, change, obj)
+        if change not in events.CHANGES:
+            log.warning("pod index: ignoring an event of unknown type on %s", subject)
+            return
+        owner, ready = headers.get(OWNER_HEADER), headers.get(READY_HEADER)
+        if owner is not None and ready in ("true", "false"):
+            self.fold_fields(key, change, events.decode_value(owner), ready == "true")
+            return
+        # An event published before the watcher added these attributes: read its body.
+        try:
+            stored = await self._js.get_msg(EVENTS_STREAM, seq=sequence, direct=True)
+        except NotFoundError:
+            return  # aged out of the stream since it was delivered
+        try:
+            obj = json.loads(stored.data or b"")
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            log.warning("pod index: ignoring an unreadable event on %s", subject)
+            return
+        self.fold(key, change, obj)

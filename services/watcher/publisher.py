@@ -90,6 +90,18 @@ def owner_key(obj: Mapping[str, Any]) -> ObjectKey | None:
     return ObjectKey(namespace, str(name)) if name else None
 
 
+def extensions(kind: Kind, obj: Mapping[str, Any]) -> dict[str, str]:
+    """The event's ``ce-owner`` (objects a Memcached owns) and ``ce-ready`` (pods): what the
+    status service's pod index needs, readable without the body."""
+    if not kind.owned:
+        return {}
+    owner = owner_key(obj)
+    out = {"owner": owner.name if owner is not None else ""}
+    if kind.name == "pod":
+        out["ready"] = "true" if pod_ready(obj) else "false"
+    return out
+
+
 def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
 
@@ -210,7 +222,11 @@ class Publisher:
             trace_headers: dict[str, str] = {}
             telemetry.inject(trace_headers)
             headers, body = events.encode(
-                kind=kind.name, change=change, obj=obj, extra_headers=trace_headers
+                kind=kind.name,
+                change=change,
+                obj=obj,
+                extra_headers=trace_headers,
+                extensions=extensions(kind, obj),
             )
             await self._send(subject, body, headers, f"{kind.name}.{change}")
             for controller, target in requests:

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from services.reconciler.desired import OWNER_ANNOTATION
 from services.status.pod_index import PodIndex
+from services.watcher.publisher import Kind, extensions
 from shared import events, subjects
 from shared.subjects import ObjectKey
 
@@ -54,9 +55,18 @@ def pod(
     }
 
 
-async def publish(js: JetStreamContext, change: str, obj: dict[str, Any]) -> None:
+async def publish(
+    js: JetStreamContext, change: str, obj: dict[str, Any], *, old_watcher: bool = False
+) -> None:
+    """Publish a pod event as the watcher does (``old_watcher``: as one from before the events
+    carried ce-owner and ce-ready, which the index must read from the body)."""
     key = ObjectKey(obj["metadata"]["namespace"], obj["metadata"]["name"])
-    headers, body = events.encode(kind="pod", change=change, obj=obj)
+    headers, body = events.encode(
+        kind="pod",
+        change=change,
+        obj=obj,
+        extensions=None if old_watcher else extensions(Kind("pod", owned=True), obj),
+    )
     await js.publish(subjects.subject(subjects.EVENTS, "pod", key), body, headers=headers)
 
 
@@ -83,6 +93,31 @@ async def test_ready_pods_follow_the_pod_events(nc: Client, ns: str, index: PodI
     assert await index.caught_up(ns, timeout=5)
     assert index.ready_pods(cache) == []
     assert index.ready_pods(ObjectKey(ns, "other")) == ["other-a"]
+
+
+async def test_events_are_folded_from_their_headers_and_old_ones_from_their_bodies(
+    nc: Client, ns: str, index: PodIndex
+) -> None:
+    """The index's consumer is headers-only: the watcher's events say owner and readiness in
+    ce-owner/ce-ready; events without them (an older watcher's) are read in full, in order."""
+    js = nc.jetstream()
+    cache = ObjectKey(ns, "cache")
+    ready = pod(ns, "cache-a", owner="cache", ready=True)
+    headers, _ = events.encode(
+        kind="pod", change="added", obj=ready, extensions=extensions(Kind("pod", owned=True), ready)
+    )
+    assert (headers["ce-owner"], headers["ce-ready"]) == ("cache", "true")
+
+    await publish(js, "added", pod(ns, "cache-a", owner="cache", ready=True), old_watcher=True)
+    await publish(js, "added", pod(ns, "cache-b", owner="cache", ready=True))
+    await publish(js, "added", pod(ns, "cache-c", owner="cache", ready=False), old_watcher=True)
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == ["cache-a", "cache-b"]
+    await publish(js, "modified", pod(ns, "cache-a", owner="cache", ready=False))
+    await publish(js, "modified", pod(ns, "cache-c", owner="cache", ready=True), old_watcher=True)
+    await publish(js, "deleted", pod(ns, "cache-b", owner="cache", ready=True), old_watcher=True)
+    assert await index.caught_up(ns, timeout=5)
+    assert index.ready_pods(cache) == ["cache-c"]
 
 
 async def test_the_barrier_makes_every_published_change_visible(
