@@ -57,10 +57,13 @@ it with the remaining delay, which is the one redelivery not counted.
 
 Yielding. A queue given ``yield_to`` (the status service's, given the reconciler's) polls that
 controller's consumer and, while more than ``yield_backlog`` of its requests wait for a worker,
-takes one request at a time. The work it defers is derived (a status is folded from what the
-reconciles did), its waiting requests coalesce per object meanwhile, and on a shared API server
-and shared cores a burst of new objects gets its Deployments sooner. One at a time, not none:
-if the other controller has no workers at all, this one still makes progress.
+takes no new request for up to ``yield_pause`` seconds and then one at a time, until the backlog
+has stayed small for ``yield_resume`` seconds (the requests taken last are still running then).
+The work it defers is derived (a status is folded from what the reconciles did), its waiting
+requests coalesce per object meanwhile, and on a shared API server and shared cores a burst of
+new objects gets its Deployments sooner. The pause is bounded and one at a time is not none: if
+the other controller has no workers at all, this one still progresses. (A fetch already
+waiting when the pause begins may still bring its batch.)
 """
 
 from __future__ import annotations
@@ -348,6 +351,8 @@ class KeyedWorkQueue:
         yield_to: str | None = None,
         yield_backlog: int = 16,
         yield_interval: float = 0.5,
+        yield_resume: float = 1.0,
+        yield_pause: float = 10.0,
     ) -> None:
         if not _CONTROLLER_NAME.fullmatch(controller):
             raise ValueError(f"controller name must be a lower-case DNS label: {controller!r}")
@@ -375,7 +380,10 @@ class KeyedWorkQueue:
         self._yield_to = f"mcop-{yield_to}" if yield_to else None
         self._yield_backlog = yield_backlog
         self._yield_interval = yield_interval
+        self._yield_resume = yield_resume
+        self._yield_pause = yield_pause
         self._yielding = False
+        self._limit = concurrency  # requests this queue may run at once right now
 
         self._handler: Handler | None = None
         self._leases = _Leases(self._js, ttl=lease_ttl)
@@ -490,7 +498,7 @@ class KeyedWorkQueue:
         assert self._psub is not None
         failures = 0
         while not self._stopping.is_set():
-            free = (1 if self._yielding else self._concurrency) - len(self._tasks)
+            free = self._limit - len(self._tasks)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._wait(self._slot_freed, self._stopping, within=None)
@@ -535,13 +543,16 @@ class KeyedWorkQueue:
 
     @property
     def yielding(self) -> bool:
-        """Whether this queue runs one request at a time because ``yield_to`` has a backlog."""
+        """Whether this queue holds back (pauses, then runs one request at a time) because
+        ``yield_to`` has a backlog."""
         return self._yielding
 
     async def _yield_loop(self, durable: str) -> None:
         """Poll the backlog of the controller this one yields to (requests no worker has
-        taken yet) and run one request at a time while it exceeds ``yield_backlog``."""
+        taken yet) and hold back while it exceeds ``yield_backlog`` (see the module docstring)."""
         failures = 0
+        calm_since: float | None = None  # while yielding: since when the backlog is small
+        since: float | None = None  # when this queue began to yield
         while not self._stopping.is_set():
             backlog = 0
             try:
@@ -552,14 +563,29 @@ class KeyedWorkQueue:
                 failures += 1
                 if failures == 1:  # one line per streak (a NATS restart, a missing permission)
                     log.warning("cannot read the backlog of %s, not yielding: %r", durable, err)
-            yielding = backlog > self._yield_backlog  # never hold back on a guess
+            now = time.monotonic()
+            if backlog > self._yield_backlog:
+                yielding, calm_since = True, None
+            elif failures or not self._yielding:
+                yielding = False  # never hold back on a guess
+            else:
+                # The last requests taken are still running: resume once the backlog has
+                # stayed small for yield_resume seconds, not the moment the last one is taken.
+                calm_since = now if calm_since is None else calm_since
+                yielding = now - calm_since < self._yield_resume
             if yielding != self._yielding:
                 self._yielding = yielding
+                since = now if yielding else None
                 metrics.workqueue_yielding.labels(self.controller).set(int(yielding))
+            limit = self._concurrency
+            if since is not None:
+                limit = 0 if now - since < self._yield_pause else 1
+            if limit != self._limit:
+                self._limit = limit
                 log.info(
-                    "%s: %s (%d requests of %s waiting)",
+                    "%s: %d at a time (%d requests of %s waiting)",
                     self.controller,
-                    "one request at a time" if yielding else f"{self._concurrency} at a time",
+                    limit,
                     backlog,
                     durable,
                 )

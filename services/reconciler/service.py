@@ -123,6 +123,7 @@ def queue_from_args(
     on_dead_letter: DeadLetterCallback | None = None,
     yield_to: str | None = None,
     yield_backlog: int = 16,
+    yield_pause: float = 10.0,
 ) -> KeyedWorkQueue:
     """The controller's work queue configured from the flags of add_queue_arguments."""
     return KeyedWorkQueue(
@@ -138,4 +139,5 @@ def queue_from_args(
         worker_id=conn.worker,
         yield_to=yield_to,
         yield_backlog=yield_backlog,
+        yield_pause=yield_pause,
     )

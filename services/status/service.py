@@ -12,7 +12,8 @@ Deployment not streamed yet, the outcome not published yet, ready pods the Deplo
 counted yet) writes nothing and leaves the write to that step's own request, so a healthy new
 CR costs two writes: "rolling out" and "Available". Newsworthy condition transitions become
 Kubernetes Events (one, Available, for a healthy new CR). While the reconcilers have a backlog
-(--yield-backlog), refreshes run one at a time: Deployments first, their status right after.
+(--yield-backlog), refreshes pause, then run one at a time: Deployments first, their status
+right after.
 """
 
 from __future__ import annotations
@@ -85,9 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--yield-backlog",
         type=int,
         default=int(runtime.env("STATUS_YIELD_BACKLOG", "16")),
-        help="while more reconcile requests than this wait for a free reconciler, refresh one "
-        "CR at a time, leaving the CPU and the API server to the reconciles (the waiting "
-        "refreshes coalesce meanwhile); -1 never yields (env STATUS_YIELD_BACKLOG)",
+        help="while more reconcile requests than this wait for a free reconciler, pause "
+        "(up to --yield-pause seconds), then refresh one CR at a time, leaving the CPU and the "
+        "API server to the reconciles (the waiting refreshes coalesce meanwhile); -1 never "
+        "yields (env STATUS_YIELD_BACKLOG)",
+    )
+    parser.add_argument(
+        "--yield-pause",
+        type=float,
+        default=float(runtime.env("STATUS_YIELD_PAUSE", "10")),
+        help="longest pause while yielding to the reconcilers (env STATUS_YIELD_PAUSE)",
     )
 
 
@@ -380,6 +388,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         controller=CONTROLLER,
         yield_to=RECONCILE if args.yield_backlog >= 0 else None,
         yield_backlog=args.yield_backlog,
+        yield_pause=args.yield_pause,
     )
     metrics.init_controller(CONTROLLER)
     for result in (WRITTEN, SKIPPED, DEFERRED, AWAITING):

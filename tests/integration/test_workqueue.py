@@ -286,8 +286,9 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
     nc: Client, controller: str, queues: Any
 ) -> None:
     """The status service yields to the reconciler: while more of the other controller's
-    requests wait than the threshold, one run at a time; all of its own requests still run,
-    and full concurrency comes back once the other controller catches up."""
+    requests wait than the threshold, no run during the pause, then one run at a time; all of
+    its own requests still run, and full concurrency comes back once the other controller
+    catches up."""
     js = nc.jetstream()
     busy = f"{controller}-busy"
     await js.add_consumer(
@@ -308,12 +309,19 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
         yield_to=busy,
         yield_backlog=2,
         yield_interval=0.1,
+        yield_resume=0.3,
+        yield_pause=4.0,
+        fetch_timeout=0.5,
     )
     await eventually(lambda: queue.yielding, what="the queue yielding")
     assert metric("mcop_workqueue_yielding", name=controller) == 1
+    # A fetch already waiting when the pause began may still bring its batch: let it expire.
+    await asyncio.sleep(0.7)
     keys = [ObjectKey("default", f"y{n}") for n in range(8)]
     for n, key in enumerate(keys):
         await enqueue(js, controller=controller, key=key, body=body(n))
+    await asyncio.sleep(1.0)
+    assert recorder.runs == [], "a run started during the pause"
     await eventually(lambda: len(recorder.runs) == 8, what="every request run while yielding")
     assert max(recorder.max_active.values()) == 1
     assert all(
