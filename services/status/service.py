@@ -81,7 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "has not counted yet) leaves the write to the request of that step "
         "(env STATUS_SETTLE)",
     )
-
     parser.add_argument(
         "--yield-backlog",
         type=int,
