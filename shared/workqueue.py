@@ -559,6 +559,8 @@ class KeyedWorkQueue:
                 info = await self._js.consumer_info(REQUESTS_STREAM, durable)
                 backlog = info.num_pending or 0
                 failures = 0
+            except NotFoundError:
+                failures = 0  # no worker of that controller has started yet: nothing waits
             except Exception as err:
                 failures += 1
                 if failures == 1:  # one line per streak (a NATS restart, a missing permission)

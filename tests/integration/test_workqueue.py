@@ -282,6 +282,30 @@ async def test_pending_requests_for_a_key_coalesce_into_the_newest(
     assert REGISTRY.get_sample_value("workqueue_depth", {"name": controller}) == 0
 
 
+async def test_yielding_to_a_controller_without_workers_yet_holds_nothing_back(
+    nc: Client, controller: str, queues: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status service may start before any reconciler has created its consumer: that is
+    no backlog (and nothing to warn about), so the queue runs at full concurrency."""
+    js = nc.jetstream()
+    recorder = Recorder(sleep=lambda r: 0.5)
+    queue = await queues(
+        recorder,
+        controller=controller,
+        concurrency=4,
+        yield_to=f"{controller}-absent",
+        yield_backlog=0,
+        yield_interval=0.1,
+    )
+    for n in range(4):
+        await enqueue(js, controller=controller, key=ObjectKey("default", f"a{n}"), body=body(n))
+    await eventually(lambda: len(recorder.runs) == 4, what="all four runs")
+    starts = sorted(r.started for r in recorder.runs)
+    assert starts[-1] - starts[0] < 0.5, "the runs did not overlap: the queue held back"
+    assert not queue.yielding
+    assert "cannot read the backlog" not in caplog.text
+
+
 async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a_time(
     nc: Client, controller: str, queues: Any
 ) -> None:
