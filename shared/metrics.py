@@ -63,8 +63,8 @@ workqueue_depth = Gauge(
 )
 workqueue_yielding = Gauge(
     "mcop_workqueue_yielding",
-    "1 while this queue runs one request at a time because the controller it yields to "
-    "(the status service to the reconciler) has a backlog",
+    "1 while this queue holds back (takes no request for a while, then one at a time) because "
+    "the controller it yields to (the status service to the reconciler) has a backlog",
     ["name"],
 )
 workqueue_adds_total = Counter(
