@@ -29,6 +29,10 @@ TYPE_PREFIX = "io.memcached-operator"
 SOURCE = "/memcached-operator/watcher"
 CHANGES = ("added", "modified", "deleted")
 MSG_ID = "Nats-Msg-Id"
+# Extension attributes of owned objects' events (header ce-<name>): the owning Memcached's
+# name, and for pods "true"/"false" for readiness.
+OWNER_ATTR = "owner"
+READY_ATTR = "ready"
 
 # Printable ASCII except space, '"' and '%' stays as is; everything else is escaped.
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')

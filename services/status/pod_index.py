@@ -51,8 +51,8 @@ POD_READS = Counter(
 )
 INDEX = "index"
 LIST = "list"
-OWNER_HEADER = "ce-owner"
-READY_HEADER = "ce-ready"
+OWNER_HEADER = f"ce-{events.OWNER_ATTR}"
+READY_HEADER = f"ce-{events.READY_ATTR}"
 
 
 @dataclass(frozen=True)

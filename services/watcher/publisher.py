@@ -96,9 +96,9 @@ def extensions(kind: Kind, obj: Mapping[str, Any]) -> dict[str, str]:
     if not kind.owned:
         return {}
     owner = owner_key(obj)
-    out = {"owner": owner.name if owner is not None else ""}
+    out = {events.OWNER_ATTR: owner.name if owner is not None else ""}
     if kind.name == "pod":
-        out["ready"] = "true" if pod_ready(obj) else "false"
+        out[events.READY_ATTR] = "true" if pod_ready(obj) else "false"
     return out
 
 
