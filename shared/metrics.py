@@ -107,6 +107,14 @@ superseded_total = Counter(
     ["controller"],
 )
 
+messages_distrusted_total = Counter(
+    "mcop_messages_distrusted_total",
+    "Messages whose content contradicted their subject, their headers or the API server, by "
+    "what disagreed (a forged or corrupted message; 'stale' ones are older than the API "
+    "server's object and harmless): the message is ignored or dead-lettered, never acted on",
+    ["controller", "reason"],
+)
+
 
 def init_controller(controller: str) -> None:
     """Create the labelled series of ``controller`` at 0 (or their empty histograms)."""

@@ -39,15 +39,16 @@ lease TTL. Like any TTL lease, it cannot protect against a holder stalled longer
 (the holder notices at its next refresh and cancels its handler); keep the TTL well above the
 longest event-loop stall.
 
-Failures and delivery counting. A handler raises :class:`TransientError` to be retried (nak
-with a capped exponential backoff with jitter, or the error's ``retry_after``) or
+Failures and delivery counting. A handler raises :class:`TransientError` to be retried (nak with
+a capped exponential backoff with jitter, or the error's ``retry_after``) or
 :class:`PermanentError` to stop at once (the message is terminated and ``on_permanent_error``
-awaited). Any other exception counts as transient. ``Request.delivery`` counts the deliveries
-of this message that did not complete, so a request that crashes its worker every time also
-ends in the dead-letter stream: when ``max_deliveries`` is reached the request is published to
-``mcop.deadletter.<controller>.<namespace>.<name>`` with its headers and body plus
-``Mcop-Deadletter-*`` headers (reason, error, deliveries), ``on_dead_letter`` is awaited and the
-message terminated. Poison requests (a subject that does not parse, more than
+awaited; one marked ``dead_letter``, which blames the message rather than the object, is
+dead-lettered at once instead). Any other exception counts as transient. ``Request.delivery``
+counts the deliveries of this message that did not complete, so a request that crashes its
+worker every time also ends in the dead-letter stream: when ``max_deliveries`` is reached the
+request is published to ``mcop.deadletter.<controller>.<namespace>.<name>`` with its headers and
+body plus ``Mcop-Deadletter-*`` headers (reason, error, deliveries), ``on_dead_letter`` is
+awaited and the message terminated. Poison requests (a subject that does not parse, more than
 ``max_request_bytes``, a body that is not a JSON object, a missing required header) go there at
 once (with the callback, unless the subject has no key to report on). A result with
 ``requeue_after`` does not nak (that would count as a failed delivery): the queue publishes a
@@ -803,6 +804,8 @@ class KeyedWorkQueue:
                 request.key,
             )
             await self._settle(msg, "nak", delay=self._backoff_base)
+        elif isinstance(outcome, PermanentError) and outcome.dead_letter:
+            await self._dead_letter(msg, request, outcome)
         elif isinstance(outcome, PermanentError):
             log.error("%s/%s: permanent error: %s", self.controller, request.key, outcome)
             await self._settle(msg, "term")

@@ -7,8 +7,9 @@ part lives in `desired.py`), reads the live one from the event stream, and appli
 desired state with server-side apply only when the live object differs, stamped with the trace
 of the write (KEP-5915's ``tracing.k8s.io/traceparent``, so the rollout it starts stays in that
 trace). A Deployment of that name that another owner controls is never taken over: that is a
-permanent OwnershipConflict (see :meth:`MemcachedReconciler._converge` for how that is known
-without reading every Deployment from the API server first). Every finished reconcile publishes
+permanent OwnershipConflict (see :meth:`MemcachedReconciler._write` for how that is known
+without reading every Deployment from the API server first). The streamed CR decides whether
+to write, the API server's copy what to write (see `verify.py`). Every finished reconcile publishes
 an outcome (for the status service and the audit stream) and asks the status service to
 refresh the CR, both carrying the reconcile's trace context.
 """
@@ -19,6 +20,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -26,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
+from services.reconciler import verify
 from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
 from shared import events, state, subjects, telemetry
 from shared.errors import PermanentError, TransientError
@@ -55,6 +58,19 @@ def _ownership_conflict(namespace: str, name: str, live: dict[str, Any]) -> Perm
         f"Deployment {namespace}/{name} already exists and is {by}; "
         "rename the Memcached or delete that Deployment",
     )
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A Deployment to apply: its desired state, the owning CR's uid, and whether with force."""
+
+    desired: dict[str, Any]
+    uid: str
+    force: bool
+
+
+class Gone(Exception):
+    """The CR was deleted between the stream's event and the API read: nothing to do."""
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -108,12 +124,21 @@ class MemcachedReconciler:
                         state.event_subject("deployment", request.key),
                     ),
                 )
-                cr_obj = await seen.object_or_get(self.kube, "memcached", MEMCACHED, request.key)
-                streamed = seen.object("deployment", request.key)
+                observed = seen.observed("memcached", request.key)
+                verified = observed is None
+                if observed is None:
+                    # Never streamed (a request published before the watcher ran): ask the API.
+                    cr_obj = await self.kube.get(MEMCACHED, request.key.namespace, request.key.name)
+                elif observed.exists:
+                    cr_obj = observed.obj
+                    message = seen.message(state.event_subject("memcached", request.key))
+                    verify.check_event(request.key, message.headers if message else {}, cr_obj)
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
                     return Result()
-                written = await self._converge(cr_obj, streamed)
+                streamed = seen.object("deployment", request.key)
+                cr_obj, plan = await self._plan(request.key, cr_obj, streamed, verified=verified)
+                written = plan is not None and await self._write(request.key, plan)
                 span.set_attribute("reconcile.deployment_written", written)
                 log.debug(
                     "reconciled",
@@ -125,9 +150,13 @@ class MemcachedReconciler:
                 )
                 await self._finish(request.key, cr_obj, "success", started=started)
                 return Result()
+            except Gone:
+                span.set_attribute("reconcile.result", "gone")
+                return Result()
             except PermanentError as err:
                 span.set_status(Status(StatusCode.ERROR, err.reason))
-                if cr_obj is not None:
+                # A forged message says nothing about the CR: no outcome, no condition on it.
+                if cr_obj is not None and not isinstance(err, verify.ForgedMessage):
                     await self._finish(
                         request.key,
                         cr_obj,
@@ -154,44 +183,83 @@ class MemcachedReconciler:
                 span.set_status(Status(StatusCode.ERROR, err.message))
                 raise
 
-    async def _converge(self, cr_obj: dict[str, Any], streamed: dict[str, Any] | None) -> bool:
-        """Apply the desired Deployment if the live one differs; True if a write was made.
-        ``streamed`` is the Deployment as the event stream shows it (only managed Deployments
-        are streamed: None may also be a foreign one).
+    async def _plan(
+        self,
+        key: ObjectKey,
+        cr_obj: dict[str, Any],
+        streamed: dict[str, Any] | None,
+        *,
+        verified: bool,
+    ) -> tuple[dict[str, Any], _Write | None]:
+        """The CR as finally believed, and the write that converges its Deployment (None when
+        the live one already matches). ``streamed`` is the Deployment as the event stream shows
+        it (only managed Deployments are streamed: None may also be a foreign one);
+        ``verified``: ``cr_obj`` came from the API server, not the stream.
 
-        A Deployment the stream shows as this CR's is compared and, if it drifted, applied
-        with force (taking back fields someone else changed). Any other case — the stream
-        has none (a new CR, or a foreign Deployment the watcher does not stream) or one
-        owned by someone else — is applied *without* force first: it creates a missing
-        Deployment in one request, and a foreign one makes the API server refuse (409 for
-        fields another manager owns, 422 for a second controller reference), after which
-        the live object is read and the refusal reported as OwnershipConflict. So the common
-        path costs one request, and nothing is ever taken over.
+        Whether to write is decided from the stream; what to write only from the API server's
+        CR (see :mod:`services.reconciler.verify`): a write costs one GET more, a reconcile
+        that finds nothing to do costs nothing.
         """
-        try:
-            cr = Memcached.from_api(cr_obj)
-        except ValidationError as err:
-            raise PermanentError("InvalidSpec", _validation_message(err)) from err
-        desired = desired_deployment(cr, progress_deadline_seconds=self.progress_deadline_seconds)
-        uid = cr.uid or ""
-        ours = streamed is not None and owned_by(streamed, uid)
-        if ours and streamed is not None and matches(streamed, desired):
-            return False
+        while True:
+            try:
+                cr = Memcached.from_api(cr_obj)
+            except ValidationError as err:
+                if not verified:
+                    # Admission keeps invalid specs out: believe it only from the API server.
+                    cr_obj, verified = await self._from_api(key, cr_obj), True
+                    continue
+                raise PermanentError("InvalidSpec", _validation_message(err)) from err
+            desired = desired_deployment(
+                cr, progress_deadline_seconds=self.progress_deadline_seconds
+            )
+            uid = cr.uid or ""
+            ours = streamed is not None and owned_by(streamed, uid)
+            if ours and streamed is not None and matches(streamed, desired):
+                return cr_obj, None
+            if verified:
+                return cr_obj, _Write(desired=desired, uid=uid, force=ours)
+            cr_obj, verified = await self._from_api(key, cr_obj), True
+
+    async def _write(self, key: ObjectKey, write: _Write) -> bool:
+        """Apply the desired Deployment, never outside the request's namespace.
+
+        A Deployment the stream shows as this CR's is applied with force (taking back fields
+        someone else changed). Any other case — the stream has none (a new CR, or a foreign
+        Deployment the watcher does not stream) or one owned by someone else — is applied
+        *without* force first: it creates a missing Deployment in one request, and a foreign
+        one makes the API server refuse (409 for fields another manager owns, 422 for a second
+        controller reference), after which the live object is read and the refusal reported as
+        OwnershipConflict. So the common path costs one request, and nothing is ever taken over.
+        """
+        desired = write.desired
+        meta = desired["metadata"]
+        if ObjectKey(str(meta.get("namespace") or ""), str(meta.get("name") or "")) != key:
+            raise verify.ForgedMessage("key", f"the Deployment for {key} would not be {key}")
         stamp = telemetry.traceparent()
         if stamp:
             # After the comparison: the trace of the last write is no reason to write again.
-            desired["metadata"]["annotations"][telemetry.TRACEPARENT_ANNOTATION] = stamp
+            meta["annotations"][telemetry.TRACEPARENT_ANNOTATION] = stamp
         try:
-            await self.kube.apply(DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=ours)
+            await self.kube.apply(
+                DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=write.force
+            )
         except ApiError as err:
-            if ours or err.status not in (409, 422):
+            if write.force or err.status not in (409, 422):
                 raise
-            live = await self.kube.get(DEPLOYMENT, cr.namespace, cr.name)
-            if live is None or owned_by(live, uid):
+            live = await self.kube.get(DEPLOYMENT, key.namespace, key.name)
+            if live is None or owned_by(live, write.uid):
                 raise  # a race with a deletion or a conflict of our own: retried
-            raise _ownership_conflict(cr.namespace, cr.name, live) from err
-        log.info("applied deployment", extra={"key": f"{cr.namespace}/{cr.name}"})
+            raise _ownership_conflict(key.namespace, key.name, live) from err
+        log.info("applied deployment", extra={"key": str(key)})
         return True
+
+    async def _from_api(self, key: ObjectKey, streamed: dict[str, Any]) -> dict[str, Any]:
+        """The CR from the API server, checked against the streamed copy; a CR deleted since
+        is :class:`Gone`."""
+        api = await self.kube.get(MEMCACHED, key.namespace, key.name)
+        if api is None:
+            raise Gone(key)
+        return dict(verify.authoritative(key, streamed, api))
 
     async def _finish(
         self,

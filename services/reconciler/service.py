@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
+from services.reconciler.verify import ForgedMessage
 from shared import metrics, runtime
 from shared.errors import PermanentError
 from shared.kube import MEMCACHED
@@ -80,6 +81,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     kube, js = conn.kube, conn.js
 
     async def on_dead_letter(request: Request, error: Exception) -> None:
+        if isinstance(error, ForgedMessage):
+            return  # the message was at fault, not the CR: nothing to say on the CR
         cr = await kube.get(MEMCACHED, request.key.namespace, request.key.name)
         meta = (cr or {}).get("metadata") or {}
         if not meta.get("uid"):

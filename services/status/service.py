@@ -133,6 +133,25 @@ def stored_outcome(msg: StoredMsg | None) -> StoredOutcome | None:
     return StoredOutcome(outcome, msg.seq, telemetry.extract(msg.headers))
 
 
+def _believable(
+    key: subjects.ObjectKey, stored: StoredOutcome | None, cr: dict[str, Any] | None
+) -> StoredOutcome | None:
+    """The outcome, unless it is about another object or another incarnation of this CR (a
+    forged outcome, or one of a CR deleted and re-created since): those are ignored, and
+    counted."""
+    if stored is None or cr is None:
+        return stored
+    outcome = stored.outcome
+    if outcome.key != str(key):
+        metrics.messages_distrusted_total.labels(CONTROLLER, "outcome_key").inc()
+        log.warning("ignoring an outcome for %s on the subject of %s", outcome.key, key)
+        return None
+    if outcome.uid != str((cr.get("metadata") or {}).get("uid") or ""):
+        metrics.messages_distrusted_total.labels(CONTROLLER, "outcome_uid").inc()
+        return None
+    return stored
+
+
 async def last_outcome_message(
     js: JetStreamContext, key: subjects.ObjectKey
 ) -> StoredOutcome | None:
@@ -210,6 +229,7 @@ class StatusRefresher:
         )
         stored = stored_outcome(seen.message(wanted[0]))
         cr = await seen.object_or_get(self.kube, "memcached", MEMCACHED, key)
+        stored = _believable(key, stored, cr)
         deployment = seen.object("deployment", key)
         parent = telemetry.extract(request.headers)
         other: Context | None = None
@@ -392,6 +412,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     metrics.init_controller(CONTROLLER)
     for result in (WRITTEN, SKIPPED, DEFERRED, AWAITING):
         STATUS_WRITES.labels(result)
+    for reason in ("outcome_key", "outcome_uid"):
+        metrics.messages_distrusted_total.labels(CONTROLLER, reason)
     for source in (INDEX, LIST):
         POD_READS.labels(source)
     pods = PodIndex(conn.js)
