@@ -255,9 +255,29 @@ def kubectl(layout: Layout, *args: str, input_: str | None = None) -> str:
     return proc.stdout
 
 
+OPERATOR_NAMESPACE = "memcached-operator"
+SERVICES = ("watcher", "reconciler", "status")
+
+
+def service_account_user(service: str) -> str:
+    """The user name of a service's ServiceAccount (deploy/base), which a local client
+    certificate can carry too, so that the manifests' RBAC applies to a local process."""
+    return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{service}"
+
+
+def service_kubeconfig(layout: Layout, service: str) -> Path:
+    """A kubeconfig that authenticates as ``service``'s ServiceAccount (a client certificate
+    with its user name and the ServiceAccounts' group): the process then has exactly the
+    rights the RBAC of deploy/base gives it, once those manifests are applied."""
+    user = service_account_user(service)
+    pki.ensure(layout.pki.dir, clients={user: "system:serviceaccounts"})
+    return write_kubeconfig(layout, layout.state_dir / f"{service}.kubeconfig", user=user)
+
+
 def _audit_policy(path: Path) -> None:
-    # Record who wrote Memcached status and when, nothing else: tests and benchmarks count
-    # status writes from this log.
+    # Record who wrote Memcached status and when (tests and benchmarks count status writes
+    # from this log), and every request of the services' own identities (the RBAC test derives
+    # what each service calls from it); nothing else.
     path.write_text(
         json.dumps(
             {
@@ -271,6 +291,10 @@ def _audit_policy(path: Path) -> None:
                         "resources": [
                             {"group": "cache.example.com", "resources": ["memcacheds/status"]}
                         ],
+                    },
+                    {
+                        "level": "Metadata",
+                        "users": [service_account_user(s) for s in SERVICES],
                     },
                     {"level": "None"},
                 ],
