@@ -56,8 +56,13 @@ QUANTITY_PATTERN = (
 )
 # "+", 19 digits, ".", 9 decimals and "e+99".
 QUANTITY_MAX_LENGTH = 34
-# The largest value a resource.Quantity represents (int64; larger ones are capped or rejected).
+# The largest value a resource.Quantity represents (int64). resource.ParseQuantity caps larger
+# binary-suffixed values at it ("8Ei" compares equal to it), so quantities must be less.
 QUANTITY_MAX = 2**63 - 1
+# The bound on an integer quantity: the API server holds a schema's maximum as a float64 and
+# converts it back to int64 for integers, and 2^63-1 rounds to 2^63, which overflows to -2^63
+# and would reject every integer; 2^63-1024 is the largest float64 below 2^63.
+QUANTITY_INT_MAX = 2**63 - 1024
 _QUANTITY = re.compile(
     r"\+?(?P<number>[0-9]{1,19}(\.[0-9]{0,9})?|\.[0-9]{1,9})"
     r"((?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]{1,2}))?"
@@ -126,10 +131,10 @@ def _cel_string(text: str) -> str:
 
 
 def _quantity_too_large_message() -> str:
-    return f"must be at most {QUANTITY_MAX} (2^63-1), the largest quantity Kubernetes represents"
+    return f"must be less than {QUANTITY_MAX} (2^63-1), where Kubernetes caps quantities"
 
 
-def _quantity_at_most_max_rule() -> dict[str, JsonValue]:
+def _quantity_below_max_rule() -> dict[str, JsonValue]:
     """The CEL twin of _representable, on one limits or requests value."""
     value = "string(self)"
     return {
@@ -137,14 +142,14 @@ def _quantity_at_most_max_rule() -> dict[str, JsonValue]:
         # failed the schema's pattern, and quantity() of an unbounded exponent never returns.
         "rule": (
             f"!{value}.matches({_cel_string(QUANTITY_PATTERN)}) || !isQuantity({value})"
-            f" || quantity({value}).compareTo(quantity('{QUANTITY_MAX}')) <= 0"
+            f" || quantity({value}).compareTo(quantity('{QUANTITY_MAX}')) < 0"
         ),
         "message": _quantity_too_large_message(),
     }
 
 
 def _representable(value: int | str) -> int | str:
-    if parse_quantity(value) > QUANTITY_MAX:
+    if parse_quantity(value) >= QUANTITY_MAX:
         raise ValueError(_quantity_too_large_message())
     return value
 
@@ -152,10 +157,10 @@ def _representable(value: int | str) -> int | str:
 # Kubernetes stores a quantity as an integer or a string (x-kubernetes-int-or-string).
 Quantity = Annotated[
     # Strict: the API server never reads a quantity's string as an integer (" 12 ", "1_0").
-    Annotated[int, Strict(), Field(ge=0, le=QUANTITY_MAX)]
+    Annotated[int, Strict(), Field(ge=0, le=QUANTITY_INT_MAX)]
     | Annotated[str, StringConstraints(max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN)],
     AfterValidator(_representable),
-    Field(json_schema_extra={"x-kubernetes-validations": [_quantity_at_most_max_rule()]}),
+    Field(json_schema_extra={"x-kubernetes-validations": [_quantity_below_max_rule()]}),
 ]
 ResourceName = Annotated[
     str, StringConstraints(max_length=RESOURCE_NAME_MAX_LENGTH, pattern=RESOURCE_NAME_PATTERN)
