@@ -63,8 +63,12 @@ QUANTITY_MAX = 2**63 - 1
 # converts it back to int64 for integers, and 2^63-1 rounds to 2^63, which overflows to -2^63
 # and would reject every integer; 2^63-1024 is the largest float64 below 2^63.
 QUANTITY_INT_MAX = 2**63 - 1024
+# What parse_quantity reads: the API server's canonical forms of admitted values too, which may
+# hold more digits ("1234567890123456789.123456789" is "1234567890123456789123456789n"). The
+# cost is bounded by the length and the two-digit exponent, not by the digits.
+_PARSE_MAX_LENGTH = 64
 _QUANTITY = re.compile(
-    r"\+?(?P<number>[0-9]{1,19}(\.[0-9]{0,9})?|\.[0-9]{1,9})"
+    r"\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
     r"((?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]{1,2}))?"
 )
 _BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
@@ -182,19 +186,20 @@ def _resource_names_rule() -> dict[str, JsonValue]:
 def parse_quantity(value: int | str) -> Fraction:
     """The exact value of a Kubernetes quantity, so "64Mi" and "67108864" compare equal.
 
-    Raises ValueError for text that is not a quantity or lies outside QUANTITY_PATTERN's
-    bounds, before computing anything: the cost is bounded whatever the input.
+    Raises ValueError for text that is not a quantity, is longer than 64 characters or has an
+    exponent of more than two digits, before computing anything: the cost is bounded whatever
+    the input ("1e999999999" would otherwise be 10^999999999).
     """
     if isinstance(value, int):
         if not 0 <= value <= QUANTITY_MAX:
             raise ValueError(f"not a Kubernetes quantity between 0 and {QUANTITY_MAX}: {value}")
         return Fraction(value)
     # Length first: even a linear-time match should not scan megabytes.
-    match = _QUANTITY.fullmatch(value.strip()) if len(value) <= 2 * QUANTITY_MAX_LENGTH else None
+    match = _QUANTITY.fullmatch(value.strip()) if len(value) <= _PARSE_MAX_LENGTH else None
     if match is None:
         raise ValueError(
-            "not a Kubernetes quantity (at most 19 digits, 9 decimals and a two-digit"
-            f" exponent): {value[: 2 * QUANTITY_MAX_LENGTH]!r}"
+            f"not a Kubernetes quantity of at most {_PARSE_MAX_LENGTH} characters with an"
+            f" exponent of at most two digits: {value[:_PARSE_MAX_LENGTH]!r}"
         )
     # Fraction parses decimal notation exactly, unlike float.
     number = Fraction(match.group("number"))
