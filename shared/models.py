@@ -40,10 +40,11 @@ SHORT_NAMES = ("mc",)
 DEFAULT_IMAGE = "memcached:1.6.38-alpine"
 
 # Bounds on input, checked by the API server before any CEL rule runs, so that no object can
-# make validation (kube-apiserver's, or the services' parse_quantity) expensive. Only maxLength,
-# maxItems and maxProperties errors stop the API server from evaluating CEL rules after a
-# schema error (a pattern mismatch does not), so every rule that parses a quantity matches it
-# against QUANTITY_PATTERN first, and every string has a maxLength.
+# make validation (kube-apiserver's, or the services' parse_quantity) expensive. Only some schema
+# errors (maxLength, maxItems, maxProperties, a wrong type, a missing field, a value not in an
+# enum) stop the API server from evaluating the CEL rules; a pattern mismatch does not. So every
+# string has a maxLength, and every rule that parses a quantity matches it against
+# QUANTITY_PATTERN first.
 
 # The grammar of resource.Quantity's string form (k8s.io/apimachinery), without the sign (a
 # negative request or limit is never valid for a container), bounded to what a Quantity can
@@ -143,7 +144,7 @@ def _quantity_below_max_rule() -> dict[str, JsonValue]:
     value = "string(self)"
     return {
         # The pattern comes first: the API server evaluates this rule even when the value
-        # failed the schema's pattern, and quantity() of an unbounded exponent never returns.
+        # failed the schema's pattern, and quantity() of "1e999999999" runs for minutes.
         "rule": (
             f"!{value}.matches({_cel_string(QUANTITY_PATTERN)}) || !isQuantity({value})"
             f" || quantity({value}).compareTo(quantity('{QUANTITY_MAX}')) < 0"
