@@ -98,6 +98,31 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _map_keys(node: dict[str, Any], *, path: str) -> dict[str, Any]:
+    """A map with constrained keys (pydantic's patternProperties and propertyNames) as a
+    structural map: the value schema as additionalProperties.
+
+    A structural schema cannot constrain keys, so the model must state them again as a CEL
+    rule on the map; this refuses a key pattern or length that no rule of the node repeats,
+    rather than dropping the constraint silently.
+    """
+    node = dict(node)
+    patterns = node.pop("patternProperties")
+    names = node.pop("propertyNames", {})
+    if len(patterns) != 1 or "additionalProperties" in node:
+        raise SchemaError(f"{path}: only one key pattern and no other properties are supported")
+    ((pattern, value),) = patterns.items()
+    rules = " ".join(rule["rule"] for rule in node.get("x-kubernetes-validations", []))
+    needed = [f"matches(r'{pattern}')"]
+    if "maxLength" in names:
+        needed.append(f"size() <= {names['maxLength']}")
+    missing = [text for text in needed if text not in rules]
+    if missing or set(names) - {"maxLength"}:
+        raise SchemaError(f"{path}: the map's key constraints need a CEL rule with {missing}")
+    node["additionalProperties"] = value
+    return node
+
+
 def _int_or_string(branches: list[dict[str, Any]]) -> dict[str, Any]:
     """Fold `anyOf: [integer, string]` into one node: value constraints of both branches
     apply only to values of their own type, so they can sit side by side."""
@@ -132,6 +157,8 @@ def _structural(
             node = _merge(_int_or_string(branches), node)
             break
         raise SchemaError(f"{path}: {combinator} of {branches} has no structural equivalent")
+    if "patternProperties" in node:
+        node = _map_keys(node, path=path)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("default", 0) is None:
@@ -177,12 +204,15 @@ def openapi_schema() -> dict[str, Any]:
     # The API server owns apiVersion, kind and metadata: metadata must be a bare object, and
     # the pydantic literals would only repeat what the API server already enforces.
     properties = schema["properties"]
+    # Every string of the schema is bounded, these too (group/version and a DNS label).
     properties["apiVersion"] = {
         "type": "string",
+        "maxLength": 317,
         "description": "APIVersion defines the versioned schema of this representation.",
     }
     properties["kind"] = {
         "type": "string",
+        "maxLength": 63,
         "description": "Kind is a string value representing the REST resource of this object.",
     }
     properties["metadata"] = {"type": "object"}

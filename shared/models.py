@@ -14,9 +14,13 @@ from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
+    Strict,
     StringConstraints,
     field_serializer,
     field_validator,
@@ -35,15 +39,38 @@ SINGULAR = "memcached"
 SHORT_NAMES = ("mc",)
 DEFAULT_IMAGE = "memcached:1.6.38-alpine"
 
-# The grammar of resource.Quantity's string form (k8s.io/apimachinery), without the sign:
-# a negative request or limit is never valid for a container, so reject it at admission.
+# Bounds on input, checked by the API server before any CEL rule runs, so that no object can
+# make validation (kube-apiserver's, or the services' parse_quantity) expensive. Only some schema
+# errors (maxLength, maxItems, maxProperties, a wrong type, a missing field, a value not in an
+# enum) stop the API server from evaluating the CEL rules; a pattern mismatch does not. So every
+# string has a maxLength, and every rule that parses a quantity matches it against
+# QUANTITY_PATTERN first.
+
+# The grammar of resource.Quantity's string form (k8s.io/apimachinery), without the sign (a
+# negative request or limit is never valid for a container), bounded to what a Quantity can
+# hold: at most 2^63-1 (19 integer digits) with nano precision (9 decimals); exponents of at most
+# two digits. Unbounded, "1e999999999" makes resource.ParseQuantity compute 10^999999999: CEL's
+# quantity() pins a kube-apiserver core for minutes while its cost budget counts 2 units.
 QUANTITY_PATTERN = (
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^\+?([0-9]{1,19}(\.[0-9]{0,9})?|\.[0-9]{1,9})"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,2}))?$"
 )
+# "+", 19 digits, ".", 9 decimals and "e+99".
+QUANTITY_MAX_LENGTH = 34
+# The largest value a resource.Quantity represents (int64). resource.ParseQuantity caps larger
+# binary-suffixed values at it ("8Ei" compares equal to it), so quantities must be less.
+QUANTITY_MAX = 2**63 - 1
+# The bound on an integer quantity: the API server holds a schema's maximum as a float64 and
+# converts it back to int64 for integers, and 2^63-1 rounds to 2^63, which overflows to -2^63
+# and would reject every integer; 2^63-1024 is the largest float64 below 2^63.
+QUANTITY_INT_MAX = 2**63 - 1024
+# What parse_quantity reads: the API server's canonical forms of admitted values too, which may
+# hold more digits ("1234567890123456789.123456789" is "1234567890123456789123456789n"). The
+# cost is bounded by the length and the two-digit exponent, not by the digits.
+_PARSE_MAX_LENGTH = 64
 _QUANTITY = re.compile(
-    r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
-    r"((?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?$"
+    r"\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+    r"((?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]{1,2}))?"
 )
 _BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 _DECIMAL_SUFFIXES = {
@@ -59,20 +86,122 @@ _DECIMAL_SUFFIXES = {
     "E": 18,
 }
 
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_QUALIFIED_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+# A container resource name as a Pod accepts it: a standard one, a huge page size, or an
+# extended resource <domain>/<name> (253 + 1 + 63 characters at most).
+RESOURCE_NAME_PATTERN = (
+    rf"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+([KMGTPE]i|[kMGTPE])?"
+    rf"|{_DNS_SUBDOMAIN}/{_QUALIFIED_NAME})$"
+)
+RESOURCE_NAME_MAX_LENGTH = 317
+# Resources of one container: cpu, memory, ephemeral-storage, a few huge page sizes and
+# extended resources; more is a mistake, and a bound keeps the map's CEL rules cheap.
+RESOURCES_MAX = 16
+RESOURCE_NAMES_MESSAGE = (
+    "keys must be resource names (cpu, memory, ephemeral-storage, hugepages-<size> or"
+    f" <domain>/<name>) of at most {RESOURCE_NAME_MAX_LENGTH} characters"
+)
+
+# An image reference as github.com/distribution/reference parses it:
+# [registry[:port]/]path[:tag][@digest].
+_REGISTRY_COMPONENT = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+_REGISTRY = rf"{_REGISTRY_COMPONENT}(\.{_REGISTRY_COMPONENT})*(:[0-9]{{1,5}})?"
+_PATH_COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_PATTERN = rf"^({_REGISTRY}/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*(:{_TAG})?(@{_DIGEST})?$"
+# A repository name of up to 255 characters (distribution's limit), a 128-character tag and a
+# sha256 digest fit.
+IMAGE_MAX_LENGTH = 512
+
+# Pod names in status.nodes: the ready pods of at most 1000 replicas, with room for the pods a
+# rolling update surges (25 % by default) on top.
+NODES_MAX = 2000
+POD_NAME_MAX_LENGTH = 253
+# Ours are Available, Progressing and Degraded; the rest is room for other writers'.
+CONDITIONS_MAX = 32
+# W3C trace ids: 16 bytes in lowercase hex.
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"
+# RFC 3339 date-times are at most 35 characters ("2006-01-02T15:04:05.999999999+07:00").
+DATE_TIME_MAX_LENGTH = 64
+
+
+def _cel_string(text: str) -> str:
+    """``text`` as a CEL raw string literal (patterns hold backslashes CEL would unescape)."""
+    if "'" in text:
+        raise ValueError(f"cannot quote {text!r} as a CEL raw string")
+    return f"r'{text}'"
+
+
+def _quantity_too_large_message() -> str:
+    return f"must be less than {QUANTITY_MAX} (2^63-1), where Kubernetes caps quantities"
+
+
+def _quantity_below_max_rule() -> dict[str, JsonValue]:
+    """The CEL twin of _representable, on one limits or requests value."""
+    value = "string(self)"
+    return {
+        # The pattern comes first: the API server evaluates this rule even when the value
+        # failed the schema's pattern, and quantity() of "1e999999999" runs for minutes.
+        "rule": (
+            f"!{value}.matches({_cel_string(QUANTITY_PATTERN)}) || !isQuantity({value})"
+            f" || quantity({value}).compareTo(quantity('{QUANTITY_MAX}')) < 0"
+        ),
+        "message": _quantity_too_large_message(),
+    }
+
+
+def _representable(value: int | str) -> int | str:
+    if parse_quantity(value) >= QUANTITY_MAX:
+        raise ValueError(_quantity_too_large_message())
+    return value
+
+
 # Kubernetes stores a quantity as an integer or a string (x-kubernetes-int-or-string).
-Quantity = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+Quantity = Annotated[
+    # Strict: the API server never reads a quantity's string as an integer (" 12 ", "1_0").
+    Annotated[int, Strict(), Field(ge=0, le=QUANTITY_INT_MAX)]
+    | Annotated[str, StringConstraints(max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN)],
+    AfterValidator(_representable),
+    Field(json_schema_extra={"x-kubernetes-validations": [_quantity_below_max_rule()]}),
+]
+ResourceName = Annotated[
+    str, StringConstraints(max_length=RESOURCE_NAME_MAX_LENGTH, pattern=RESOURCE_NAME_PATTERN)
+]
+
+
+def _resource_names_rule() -> dict[str, JsonValue]:
+    """The CEL twin of ResourceName, on a limits or requests map: a structural schema cannot
+    constrain the keys of a map."""
+    return {
+        "rule": (
+            f"self.all(k, k.size() <= {RESOURCE_NAME_MAX_LENGTH}"
+            f" && k.matches({_cel_string(RESOURCE_NAME_PATTERN)}))"
+        ),
+        "message": RESOURCE_NAMES_MESSAGE,
+    }
 
 
 def parse_quantity(value: int | str) -> Fraction:
     """The exact value of a Kubernetes quantity, so "64Mi" and "67108864" compare equal.
 
-    Raises ValueError for text that is not a quantity.
+    Raises ValueError for text that is not a quantity, is longer than 64 characters or has an
+    exponent of more than two digits, before computing anything: the cost is bounded whatever
+    the input ("1e999999999" would otherwise be 10^999999999).
     """
     if isinstance(value, int):
+        if not 0 <= value <= QUANTITY_MAX:
+            raise ValueError(f"not a Kubernetes quantity between 0 and {QUANTITY_MAX}: {value}")
         return Fraction(value)
-    match = _QUANTITY.fullmatch(value.strip())
+    # Length first: even a linear-time match should not scan megabytes.
+    match = _QUANTITY.fullmatch(value.strip()) if len(value) <= _PARSE_MAX_LENGTH else None
     if match is None:
-        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+        raise ValueError(
+            f"not a Kubernetes quantity of at most {_PARSE_MAX_LENGTH} characters with an"
+            f" exponent of at most two digits: {value[:_PARSE_MAX_LENGTH]!r}"
+        )
     # Fraction parses decimal notation exactly, unlike float.
     number = Fraction(match.group("number"))
     if match.group("exponent") is not None:
@@ -89,13 +218,16 @@ def _limit_below_request_message(resource: str) -> str:
 
 def _limit_not_below_request_rule(resource: str) -> dict[str, str]:
     """The CEL twin of ResourceRequirements._limits_not_below_requests for one resource."""
-    # Int-or-string values are `dyn` in CEL; string() accepts both forms, and isQuantity
-    # keeps a malformed value from turning into an evaluation error instead of a message.
+    # Int-or-string values are `dyn` in CEL; string() accepts both forms. The pattern keeps
+    # quantity() from values the schema rejected (the API server still runs this rule for
+    # them), and isQuantity a malformed value from turning into an evaluation error.
     limit = f"string(self.limits['{resource}'])"
     request = f"string(self.requests['{resource}'])"
+    pattern = _cel_string(QUANTITY_PATTERN)
     rule = (
         f"!has(self.limits) || !has(self.requests)"
         f" || !('{resource}' in self.limits) || !('{resource}' in self.requests)"
+        f" || !{limit}.matches({pattern}) || !{request}.matches({pattern})"
         f" || !isQuantity({limit}) || !isQuantity({request})"
         f" || quantity({limit}).compareTo(quantity({request})) >= 0"
     )
@@ -126,12 +258,17 @@ class ResourceRequirements(
 ):
     """Compute resources of the memcached container, as in a Pod's container resources."""
 
-    limits: dict[str, Quantity] | None = Field(
-        default=None, description="Maximum amount of each resource the container may use."
-    )
-    requests: dict[str, Quantity] | None = Field(
+    limits: dict[ResourceName, Quantity] | None = Field(
         default=None,
+        max_length=RESOURCES_MAX,
+        description="Maximum amount of each resource the container may use.",
+        json_schema_extra={"x-kubernetes-validations": [_resource_names_rule()]},
+    )
+    requests: dict[ResourceName, Quantity] | None = Field(
+        default=None,
+        max_length=RESOURCES_MAX,
         description="Amount of each resource the container needs; scheduling reserves it.",
+        json_schema_extra={"x-kubernetes-validations": [_resource_names_rule()]},
     )
 
     @model_validator(mode="after")
@@ -159,7 +296,9 @@ class MemcachedSpec(_Model):
     image: str = Field(
         default=DEFAULT_IMAGE,
         min_length=1,
-        description="Container image of memcached.",
+        max_length=IMAGE_MAX_LENGTH,
+        pattern=IMAGE_PATTERN,
+        description="Container image of memcached: [registry[:port]/]path[:tag][@digest].",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self.trim().size() > 0", "message": "image must not be blank"}
@@ -170,12 +309,25 @@ class MemcachedSpec(_Model):
         default=None, description="Compute resources of the memcached container."
     )
 
-    @field_validator("image")
+    # Before the pattern, which rejects blanks too, so that both sides give the same message.
+    @field_validator("image", mode="before")
     @classmethod
-    def _image_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _image_not_blank(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and not value.strip():
             raise ValueError("image must not be blank")
         return value
+
+
+PodName = Annotated[
+    str, StringConstraints(max_length=POD_NAME_MAX_LENGTH, pattern=rf"^{_DNS_SUBDOMAIN}$")
+]
+
+
+def _date_time_not_too_long(value: Any) -> Any:
+    """The twin of the schema's maxLength on a date-time, before pydantic parses it."""
+    if isinstance(value, str) and len(value) > DATE_TIME_MAX_LENGTH:
+        raise ValueError(f"a date-time has at most {DATE_TIME_MAX_LENGTH} characters")
+    return value
 
 
 class Condition(_Model):
@@ -198,8 +350,9 @@ class Condition(_Model):
         description="The .metadata.generation the condition was set for.",
         json_schema_extra={"format": "int64"},
     )
-    last_transition_time: datetime = Field(
-        description="Last time the condition changed from one status to another."
+    last_transition_time: Annotated[datetime, BeforeValidator(_date_time_not_too_long)] = Field(
+        description="Last time the condition changed from one status to another.",
+        json_schema_extra={"maxLength": DATE_TIME_MAX_LENGTH},
     )
     reason: str = Field(
         min_length=1,
@@ -223,8 +376,10 @@ class Condition(_Model):
 class MemcachedStatus(_Model):
     """Observed state of a Memcached deployment, written by the status service."""
 
-    nodes: list[str] = Field(
-        default_factory=list, description="Names of the pods running memcached."
+    nodes: list[PodName] = Field(
+        default_factory=list,
+        max_length=NODES_MAX,
+        description="Names of the pods running memcached.",
     )
     ready_replicas: int = Field(
         default=0,
@@ -240,15 +395,16 @@ class MemcachedStatus(_Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
+        max_length=CONDITIONS_MAX,
         description="Current state of the deployment, one entry per condition type.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
     )
-    last_trace_id: str | None = Field(
-        default=None, description="OpenTelemetry trace id of the last reconcile."
-    )
+    last_trace_id: (
+        Annotated[str, StringConstraints(max_length=32, pattern=TRACE_ID_PATTERN)] | None
+    ) = Field(default=None, description="OpenTelemetry trace id of the last reconcile.")
 
 
 class Memcached(_Model):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from services.reconciler.desired import OWNER_ANNOTATION, owned_by
-from shared.models import Condition, MemcachedStatus
+from shared.models import NODES_MAX, TRACE_ID_PATTERN, Condition, MemcachedStatus
 from shared.outcomes import Outcome
 from shared.pods import pod_ready
 
@@ -434,9 +434,13 @@ def fold_status(
         if other is not None:
             conditions.append(other)
 
+    # The CRD bounds status.nodes and lastTraceId, and a write breaking a bound fails whole:
+    # pods anyone can annotate as ours beyond NODES_MAX go unlisted, a malformed id unused.
     trace_id = outcome.trace_id if outcome is not None and outcome.trace_id else None
+    if trace_id is not None and not re.fullmatch(TRACE_ID_PATTERN, trace_id):
+        trace_id = None
     status = MemcachedStatus(
-        nodes=sorted(nodes),
+        nodes=sorted(nodes)[:NODES_MAX],
         ready_replicas=view.ready if view is not None else 0,
         observed_generation=generation,
         conditions=conditions,

@@ -6,24 +6,31 @@ API server and the real nats-server: malformed requests and CloudEvents, oversiz
 CR fields of the wrong type, huge annotations, names at the length limits and with every
 character Kubernetes allows, unicode in labels and annotations, and a NATS restart while the
 watcher publishes.
+
+Issue 15 adds admission: every CRD field at and past its bound, rejected by the API server with
+the exact error naming the field, the "1e999999999" quantity that pinned kube-apiserver, and the
+API server's own estimate of each CEL rule's cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import subprocess
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
 from services.reconciler.desired import desired_deployment, label_value, matches
-from shared import events, subjects
+from shared import crd, events, subjects
 from shared.kube import MEMCACHED, KubeClient
-from shared.models import Memcached
+from shared.models import IMAGE_PATTERN, QUANTITY_PATTERN, Memcached
 from shared.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
 from tests.support import Services, read_stream, wait_for
@@ -367,3 +374,425 @@ def test_a_nats_restart_while_the_watcher_publishes_loses_and_duplicates_nothing
     duplicated = {k: v for k, v in counts.items() if v > 1}
     assert not duplicated, f"changes stored more than once: {list(duplicated)[:5]}"
     assert service_procs.supervisor.running("watcher") is not None
+
+
+# Issue 15: bounded input at admission. Every spec here is one the API server must reject with
+# exactly the error given (it names the field); tests/unit/test_models.py shows the models
+# refusing the same specs and accepting the ones at the bounds.
+NOT_CHECKED = "some validation rules were not checked because the object was invalid"
+TOO_LARGE = "must be less than 9223372036854775807 (2^63-1), where Kubernetes caps quantities"
+RESOURCE_NAMES = (
+    "keys must be resource names (cpu, memory, ephemeral-storage, hugepages-<size> or"
+    " <domain>/<name>) of at most 317 characters"
+)
+MEMORY = "spec.resources.limits.memory"
+
+
+def errors(stderr: str) -> list[str]:
+    """The API server's field errors in a kubectl rejection, without its note that CEL rules
+    were skipped (it follows every maxLength/maxItems/maxProperties error)."""
+    _, _, body = stderr.partition(" is invalid: ")
+    lines = [line.removeprefix("* ") for line in body.strip().splitlines()]
+    return [line for line in lines if line and NOT_CHECKED not in line]
+
+
+def limits(**values: Any) -> dict[str, Any]:
+    return {"resources": {"limits": values}}
+
+
+def pattern_error(path: str, value: str, pattern: str) -> str:
+    return f"{path}: Invalid value: {json.dumps(value, ensure_ascii=False)}: {path} in body should match '{pattern}'"
+
+
+def quantity_error(value: str) -> str:
+    return pattern_error(MEMORY, value, QUANTITY_PATTERN)
+
+
+def image_error(value: str) -> str:
+    return pattern_error("spec.image", value, IMAGE_PATTERN)
+
+
+REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str | list[str]]] = [
+    ("image-513", {"image": "i" * 513}, "spec.image: Too long: may not be more than 512 bytes"),
+    ("image-upper", {"image": "Memcached"}, image_error("Memcached")),
+    ("image-colon", {"image": "memcached:"}, image_error("memcached:")),
+    ("image-space", {"image": "mem cached"}, image_error("mem cached")),
+    ("image-unicode", {"image": "mémcached:1.6"}, image_error("mémcached:1.6")),
+    ("image-newline", {"image": "memcached:1.6\n"}, image_error("memcached:1.6\n")),
+    # The issue's attacks: each exponent computed 10^exponent inside kube-apiserver.
+    (
+        "exponent-9-digits",
+        {"resources": {"limits": {"memory": "1e999999999"}, "requests": {"memory": "1"}}},
+        quantity_error("1e999999999"),
+    ),
+    ("exponent-7-digits", limits(memory="1e9999999"), quantity_error("1e9999999")),
+    ("exponent-3-digits", limits(memory="1e100"), quantity_error("1e100")),
+    ("digits-20", limits(memory="1" * 20), quantity_error("1" * 20)),
+    ("decimals-10", limits(memory="0.0000000001"), quantity_error("0.0000000001")),
+    ("fractional-exponent", limits(memory="1e1.5"), quantity_error("1e1.5")),
+    ("fullwidth-digit", limits(memory="\uff11Gi"), quantity_error("\uff11Gi")),
+    ("spaces", limits(memory=" 12 "), quantity_error(" 12 ")),
+    ("quantity-35", limits(memory="1" * 35), f"{MEMORY}: Too long: may not be more than 34 bytes"),
+    (
+        "int-max-plus-1",
+        limits(memory=2**63 - 1024 + 1),
+        f"{MEMORY}: Invalid value: 9223372036854774785: {MEMORY} in body should be less than"
+        " or equal to 9223372036854774784",
+    ),
+    (
+        "int-2-63",
+        limits(memory=2**63),
+        [
+            f'{MEMORY}: Invalid value: "number": {MEMORY} in body must be of type'
+            ' integer,string: "number"',
+            f"{MEMORY}: Invalid value: 9.223372036854776e+18: {MEMORY} in body should be less"
+            " than or equal to 9.223372036854775e+18",
+        ],
+    ),
+    (
+        "string-2-63-minus-1",
+        limits(memory="9223372036854775807"),
+        f'spec.resources.limits[memory]: Invalid value: "9223372036854775807": {TOO_LARGE}',
+    ),
+    (
+        "1e99",
+        limits(memory="1e99"),
+        f'spec.resources.limits[memory]: Invalid value: "1e99": {TOO_LARGE}',
+    ),
+    (
+        "8ei",
+        limits(memory="8Ei"),
+        f'spec.resources.limits[memory]: Invalid value: "8Ei": {TOO_LARGE}',
+    ),
+    ("key-typo", limits(memroy="1Gi"), f"spec.resources.limits: Invalid value: {RESOURCE_NAMES}"),
+    (
+        "key-unicode",
+        limits(mémoire="1Gi"),
+        f"spec.resources.limits: Invalid value: {RESOURCE_NAMES}",
+    ),
+    (
+        "key-318",
+        limits(**{"e" * 254 + "/" + "n" * 63: "1"}),
+        f"spec.resources.limits: Invalid value: {RESOURCE_NAMES}",
+    ),
+    (
+        "keys-17",
+        {"resources": {"requests": {f"example.com/r{i}": "1" for i in range(17)}}},
+        "spec.resources.requests: Too many: 17: must have at most 16 items",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "error"), REJECTED_AT_ADMISSION, ids=[c[0] for c in REJECTED_AT_ADMISSION]
+)
+def test_every_spec_field_past_its_bound_is_rejected_naming_it(
+    cluster: Cluster, namespace: str, name: str, spec: dict[str, Any], error: str | list[str]
+) -> None:
+    obj = cr(name, namespace)
+    obj["spec"] = spec
+    proc = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--request-timeout=30s",
+        "-f",
+        "-",
+        input_=json.dumps(obj),
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode != 0, f"the API server accepted {name}"
+    assert errors(proc.stderr) == ([error] if isinstance(error, str) else error), proc.stderr
+    assert cluster.kubectl("get", "mc", "-n", namespace, name, check=False).returncode != 0
+
+
+ACCEPTED_AT_THE_BOUNDS: list[tuple[str, dict[str, Any]]] = [
+    ("image-512", {"image": "i" * 512}),
+    (
+        "image-registry-tag-digest",
+        {"image": "registry.example.com:5000/team/memcached:1.6.38-alpine@sha256:" + "a" * 64},
+    ),
+    ("image-separators", {"image": "localhost/mem_cached__x.y-z/memcached"}),
+    ("string-max", limits(memory="9223372036854775806")),
+    ("int-max", limits(memory=2**63 - 1024)),
+    ("quantity-34", limits(memory="+1234567890123456789.123456789e-99")),
+    ("suffixes", limits(memory="7Ei", cpu="9E", **{"hugepages-2Mi": "1Gi"})),
+    ("extended", {"resources": {"requests": {"example.com/gpu": 1, "ephemeral-storage": "1e9"}}}),
+    ("keys-16", {"resources": {"requests": {f"example.com/r{i}": "1" for i in range(16)}}}),
+    ("key-317", limits(**{"e" * 253 + "/" + "n" * 63: "1"})),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"), ACCEPTED_AT_THE_BOUNDS, ids=[c[0] for c in ACCEPTED_AT_THE_BOUNDS]
+)
+def test_every_spec_field_at_its_bound_is_accepted(
+    cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]
+) -> None:
+    obj = cr(name, namespace)
+    obj["spec"] = spec
+    # A server-side dry run: every check of a real create, CEL included, and nothing stored.
+    cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input_=json.dumps(obj))
+    Memcached.from_api(obj)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_unbounded_exponent_is_refused_by_the_schema_and_costs_the_api_server_nothing(
+    cluster: Cluster, namespace: str
+) -> None:
+    # Issue 15's first attack: with the exponent unbounded, the CEL rule's quantity() ran
+    # for minutes inside kube-apiserver (the apply timed out, a core stayed at 100 %). A
+    # pattern error alone does not stop the API server from running CEL rules, so this also
+    # proves the rules' own pattern guard.
+    apiserver = cluster.supervisor.get("kube-apiserver")
+    assert apiserver is not None and apiserver.alive()
+    obj = cr("hostile", namespace)
+    obj["spec"] = {"resources": {"limits": {"memory": "1e999999999"}, "requests": {"memory": "1"}}}
+    before = cpu_seconds(apiserver.pid)
+    proc = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--request-timeout=30s",
+        "-f",
+        "-",
+        input_=json.dumps(obj),
+        check=False,
+        timeout=60,
+    )
+    spent = cpu_seconds(apiserver.pid) - before
+    assert "request did not complete" not in proc.stderr, proc.stderr
+    assert errors(proc.stderr) == [quantity_error("1e999999999")], proc.stderr
+    # Generous, and no ratio: the attack cost minutes of CPU, a rejection costs milliseconds
+    # (background work of the control plane included).
+    assert spent < 2.0, f"kube-apiserver used {spent:.2f} s of CPU for one rejected apply"
+
+
+def test_names_past_their_limits_are_rejected(cluster: Cluster, namespace: str) -> None:
+    # 253 characters is accepted and converges (test_names_at_the_length_limits_...): the
+    # Deployment keeps the name, the ReplicaSet and pod names are shortened by Kubernetes and
+    # the selector label is a hashed stand-in, so no CR name the API server accepts gets stuck.
+    for name, error in [
+        ("m" * 254, "must be no more than 253 characters"),
+        ("mémo", "a lowercase RFC 1123 subdomain must consist of"),
+        ("Cache", "a lowercase RFC 1123 subdomain must consist of"),
+    ]:
+        proc = apply(cluster, cr(name, namespace), check=False)
+        assert proc.returncode != 0, name
+        found = errors(proc.stderr)
+        assert len(found) == 1 and found[0].startswith("metadata.name: Invalid value: "), found
+        assert error in found[0], found
+    proc = cluster.kubectl("create", "namespace", "n" * 64, "--dry-run=server", check=False)
+    assert "metadata.name: Invalid value: " in proc.stderr
+    assert "must be no more than 63 characters" in proc.stderr
+
+
+CONDITION = {
+    "type": "Available",
+    "status": "True",
+    "lastTransitionTime": "2025-01-01T00:00:00Z",
+    "reason": "Ready",
+    "message": "",
+}
+
+
+def conditions(count: int, **overrides: str) -> list[dict[str, str]]:
+    return [{**CONDITION, "type": f"T{i}", **overrides} for i in range(count)]
+
+
+STATUS_BOUNDS: list[tuple[str, dict[str, Any], str | None]] = [
+    ("nodes-2000", {"nodes": [f"p-{i}" for i in range(2000)]}, None),
+    (
+        "nodes-2001",
+        {"nodes": [f"p-{i}" for i in range(2001)]},
+        "status.nodes: Too many: 2001: must have at most 2000 items",
+    ),
+    ("node-253", {"nodes": ["p" * 253]}, None),
+    (
+        "node-254",
+        {"nodes": ["p" * 254]},
+        "status.nodes[0]: Too long: may not be more than 253 bytes",
+    ),
+    ("conditions-32", {"conditions": conditions(32)}, None),
+    (
+        "conditions-33",
+        {"conditions": conditions(33)},
+        "status.conditions: Too many: 33: must have at most 32 items",
+    ),
+    ("message-32768", {"conditions": conditions(1, message="m" * 32768)}, None),
+    (
+        "message-32769",
+        {"conditions": conditions(1, message="m" * 32769)},
+        "status.conditions[0].message: Too long: may not be more than 32768 bytes",
+    ),
+    (
+        "time-65",
+        {"conditions": conditions(1, lastTransitionTime="2025-01-01T00:00:00." + "0" * 44 + "Z")},
+        "status.conditions[0].lastTransitionTime: Too long: may not be more than 64 bytes",
+    ),
+    ("trace-id", {"lastTraceId": "4bf92f3577b34da6a3ce929d0e0e4736"}, None),
+    (
+        "trace-id-upper",
+        {"lastTraceId": "4BF92F3577B34DA6A3CE929D0E0E4736"},
+        'status.lastTraceId: Invalid value: "4BF92F3577B34DA6A3CE929D0E0E4736": lastTraceId in'
+        " body should match '^[0-9a-f]{32}$'",
+    ),
+]
+
+
+def test_status_fields_are_bounded_for_every_writer(cluster: Cluster, namespace: str) -> None:
+    # Status is written by the status service, but anyone granted memcacheds/status can write
+    # it too; each bound is checked at and past its limit through the status subresource.
+    apply(cluster, cr("status-bounds", namespace))
+    for case, status, error in STATUS_BOUNDS:
+        proc = cluster.kubectl(
+            "patch",
+            "mc",
+            "status-bounds",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+            check=False,
+        )
+        if error is None:
+            assert proc.returncode == 0, (case, proc.stderr)
+        else:
+            assert proc.returncode != 0, case
+            assert errors(proc.stderr) == [error], (case, proc.stderr)
+
+
+# The API server's limits on CEL cost (k8s.io/apiextensions-apiserver validation.go and
+# k8s.io/apiserver/pkg/apis/cel/config.go): a CRD is refused when one rule's estimated cost,
+# multiplied by how often it can run per object, exceeds 10^7; at run time one evaluation
+# may cost 10^6 (the per-call limit) and all rules of one object 10^7.
+STATIC_RULE_LIMIT = 10**7
+PER_CALL_LIMIT = 10**6
+OBJECT_BUDGET = 10**7
+COST_FACTOR = re.compile(
+    r"\* (\S+)\.rule: Forbidden: estimated rule cost exceeds budget by factor of"
+    r" (more than 100|[0-9.]+)x"
+)
+
+
+def cost_probe(spec: dict[str, Any], *, copies: int) -> dict[str, Any]:
+    """A CRD whose objects hold a list of up to ``copies`` Memcached specs.
+
+    The API server multiplies each rule's estimated cost by ``copies``, so the rules of a
+    spec that the API server reports as over budget by a factor f cost f * 10^7 / copies
+    per Memcached; the rules it does not report cost at most 10^7 / copies.
+    """
+    group = "costprobe.example.com"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"costprobes.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "CostProbe",
+                "listKind": "CostProbeList",
+                "plural": "costprobes",
+                "singular": "costprobe",
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {
+                                        "copies": {
+                                            "type": "array",
+                                            "maxItems": copies,
+                                            "items": spec,
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def cel_rules(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [rule["rule"] for rule in node.get("x-kubernetes-validations", [])]
+        return own + [r for key, value in node.items() for r in cel_rules(value)]
+    if isinstance(node, list):
+        return [r for item in node for r in cel_rules(item)]
+    return []
+
+
+def without_bounds(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: without_bounds(value)
+            for key, value in node.items()
+            if key not in ("maxLength", "maxItems", "maxProperties")
+        }
+    if isinstance(node, list):
+        return [without_bounds(item) for item in node]
+    return node
+
+
+def test_the_api_server_estimates_every_cel_rule_far_below_the_per_call_limit(
+    cluster: Cluster,
+) -> None:
+    spec = crd.openapi_schema()["properties"]["spec"]
+    rules = len(cel_rules(spec))
+    copies = 100_000
+    proc = cluster.kubectl(
+        "create",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input_=json.dumps(cost_probe(spec, copies=copies)),
+        check=False,
+    )
+    reported = COST_FACTOR.findall(proc.stderr)
+    assert reported, proc.stderr
+    costs = {}
+    for path, factor in reported:
+        assert factor != "more than 100", f"{path} costs more than 10^4 per Memcached"
+        costs[path.split(".items.", 1)[1]] = float(factor) * STATIC_RULE_LIMIT / copies
+    print("estimated cost per Memcached, by rule:", json.dumps(costs, indent=1))
+    assert len(costs) <= rules
+    # Every rule, even run for each of up to 16 resources of a map, stays under 1 % of what
+    # one evaluation may cost, and all of them together under 1 % of an object's budget.
+    assert max(costs.values()) <= PER_CALL_LIMIT / 100, costs
+    unreported = rules - len(costs)
+    total = sum(costs.values()) + unreported * STATIC_RULE_LIMIT / copies
+    assert total <= OBJECT_BUDGET / 100, total
+
+    # The same rules without the schema's length bounds are refused outright, at one copy:
+    # the estimate is what the bounds bring down.
+    proc = cluster.kubectl(
+        "create",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input_=json.dumps(cost_probe(without_bounds(spec), copies=1)),
+        check=False,
+    )
+    assert proc.returncode != 0
+    unbounded = dict(COST_FACTOR.findall(proc.stderr))
+    value_rule = "properties[limits].additionalProperties.x-kubernetes-validations[0]"
+    assert [f for p, f in unbounded.items() if p.endswith(value_rule)] == ["more than 100"], (
+        proc.stderr
+    )

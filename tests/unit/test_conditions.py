@@ -22,6 +22,7 @@ from services.status.conditions import (
     status_changed,
     transitions,
 )
+from shared.models import NODES_MAX, MemcachedStatus
 
 UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -450,6 +451,18 @@ def test_nodes_are_sorted_ready_pods_of_this_cr_only() -> None:
     ]
     status = fold(memcached(), deployment(), pod_list)
     assert status["nodes"] == ["cache-a", "cache-b"]
+
+
+@pytest.mark.unit
+def test_nodes_and_trace_id_stay_within_the_schema_bounds() -> None:
+    # Anyone who can create pods in the namespace can annotate them as ours; the status write
+    # must still pass the CRD's maxItems, and a trace id that is no W3C id must not break it.
+    pod_list = [pod(f"cache-{i:05d}") for i in range(NODES_MAX + 5)]
+    status = fold(memcached(), deployment(), pod_list, outcome(trace_id="not-a-trace-id"))
+    assert len(status["nodes"]) == NODES_MAX
+    assert status["nodes"][0] == "cache-00000"
+    assert "lastTraceId" not in status
+    MemcachedStatus.model_validate(status)
 
 
 @pytest.mark.unit

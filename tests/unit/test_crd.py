@@ -6,15 +6,18 @@ the same mistakes (leftover $ref/anyOf, missing types, status defaults) without 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, Field, StringConstraints
 
 from shared import crd as crd_module
-from shared.crd import crd, crd_yaml
+from shared.crd import SchemaError, crd, crd_yaml
+from shared.models import QUANTITY_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,4 +199,98 @@ def test_every_cel_rule_has_a_message() -> None:
         for rule in node.get("x-kubernetes-validations", []):
             found += 1
             assert rule.get("message"), path
-    assert found == 3
+    assert found == 7
+
+
+def calls(rule: str, function: str) -> list[str]:
+    """The argument text of every call of ``function`` in a CEL rule (balanced parentheses)."""
+    found = []
+    for match in re.finditer(rf"(?<![A-Za-z.]){function}\(", rule):
+        depth, start = 1, match.end()
+        for end in range(start, len(rule)):
+            depth += {"(": 1, ")": -1}.get(rule[end], 0)
+            if depth == 0:
+                found.append(rule[start:end])
+                break
+    return found
+
+
+@pytest.mark.unit
+def test_every_quantity_a_rule_parses_is_matched_against_the_bounded_pattern_first() -> None:
+    # The API server evaluates CEL rules even for values that failed the schema's pattern
+    # (only maxLength/maxItems/maxProperties and type errors stop it), and quantity() of
+    # "1e999999999" runs for minutes: each parsed value must pass the pattern in the rule.
+    parsed = 0
+    for path, node in nodes(schema()):
+        for rule in (r["rule"] for r in node.get("x-kubernetes-validations", [])):
+            for function in ("quantity", "isQuantity"):
+                for argument in calls(rule, function):
+                    if re.fullmatch(r"'[0-9]+'", argument):
+                        continue  # a literal
+                    parsed += 1
+                    guard = f"!{argument}.matches(r'{QUANTITY_PATTERN}') || "
+                    assert guard in rule, (path, rule)
+                    assert rule.index(guard) < rule.index(f"{function}({argument})"), rule
+    assert parsed == 12
+
+
+def is_map(node: dict[str, Any]) -> bool:
+    return isinstance(node.get("additionalProperties"), dict)
+
+
+@pytest.mark.unit
+def test_every_string_list_and_map_is_bounded() -> None:
+    # Bounds the API server checks before CEL runs; they also keep CEL's cost estimates low.
+    checked = 0
+    for path, node in nodes(schema()):
+        if path == ".metadata":
+            continue  # the API server's own, bounded by it
+        if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
+            checked += 1
+            assert "maxLength" in node or "enum" in node, path
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["maximum"] == 2**63 - 1024, path
+            assert node["pattern"] == f"{QUANTITY_PATTERN}", path
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        if is_map(node):
+            assert "maxProperties" in node, path
+            assert node.get("x-kubernetes-validations"), f"{path}: keys unchecked"
+    assert checked == 12
+
+
+@pytest.mark.unit
+def test_bounds_of_the_spec() -> None:
+    spec = schema()["properties"]["spec"]["properties"]
+    assert spec["image"]["maxLength"] == 512
+    assert spec["image"]["pattern"].startswith("^") and spec["image"]["pattern"].endswith("$")
+    for key in ("limits", "requests"):
+        node = spec["resources"]["properties"][key]
+        assert node["maxProperties"] == 16
+        assert node["additionalProperties"]["maxLength"] == 34
+    status = schema()["properties"]["status"]["properties"]
+    assert status["nodes"]["maxItems"] == 2000
+    assert status["nodes"]["items"]["maxLength"] == 253
+    assert status["conditions"]["maxItems"] == 32
+    assert status["lastTraceId"]["maxLength"] == 32
+
+
+class _Keyed(BaseModel):
+    things: dict[Annotated[str, StringConstraints(max_length=5, pattern="^[a-z]+$")], int] = Field(
+        max_length=3
+    )
+
+
+@pytest.mark.unit
+def test_a_map_key_constraint_without_a_cel_twin_is_refused() -> None:
+    # A structural schema cannot constrain map keys: dropping pydantic's key pattern silently
+    # would let the API server accept what the models refuse.
+    raw = _Keyed.model_json_schema(by_alias=True)
+    with pytest.raises(SchemaError, match="key constraints need a CEL rule"):
+        crd_module._structural(raw, defs={}, in_status=False, path="")
+    raw["properties"]["things"]["x-kubernetes-validations"] = [
+        {"rule": "self.all(k, k.size() <= 5 && k.matches(r'^[a-z]+$'))", "message": "keys"}
+    ]
+    node = crd_module._structural(raw, defs={}, in_status=False, path="")["properties"]["things"]
+    assert node["additionalProperties"] == {"type": "integer"}
+    assert "patternProperties" not in node and "propertyNames" not in node

@@ -16,7 +16,13 @@ import yaml
 from pydantic import ValidationError
 
 from shared.models import (
+    CONDITIONS_MAX,
     DEFAULT_IMAGE,
+    IMAGE_MAX_LENGTH,
+    NODES_MAX,
+    QUANTITY_INT_MAX,
+    QUANTITY_MAX,
+    RESOURCES_MAX,
     Condition,
     Memcached,
     MemcachedStatus,
@@ -148,10 +154,155 @@ def test_parse_quantity(text: int | str, value: Fraction | int) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text", ["", "lots", "1.2.3", "64MB", "1e3Mi", "Mi", "-"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "lots",
+        "1.2.3",
+        "64MB",
+        "1e3Mi",
+        "Mi",
+        "-",
+        "-1",
+        "1e1.5",
+        # Beyond the bounds, refused before anything is computed: without them "1e999999999"
+        # is 10^999999999, which no one waits for.
+        "1e100",
+        "1e99999",
+        "1e999999999",
+        "1" * 65,
+        "1" * 100_000,
+        "\uff11Gi",  # a fullwidth digit
+    ],
+)
 def test_parse_quantity_rejects_non_quantities(text: str) -> None:
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
         parse_quantity(text)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [
+        ("9223372036854775807", QUANTITY_MAX),
+        ("1e99", 10**99),
+        ("1e-99", Fraction(1, 10**99)),
+        ("+1234567890123456789.123456789e-99", Fraction("1234567890123456789.123456789") / 10**99),
+        ("7Ei", 7 * 2**60),
+        # The API server's canonical form of an admitted "1234567890123456789.123456789".
+        ("1234567890123456789123456789n", Fraction("1234567890123456789.123456789")),
+        ("0.0000000001", Fraction(1, 10**10)),
+        (QUANTITY_MAX, QUANTITY_MAX),
+        (0, 0),
+    ],
+)
+def test_parse_quantity_at_its_bounds(value: int | str, exact: Fraction | int) -> None:
+    assert parse_quantity(value) == exact
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", [QUANTITY_MAX + 1, -1, 10**100])
+def test_parse_quantity_rejects_integers_out_of_range(value: int) -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_quantity(value)
+
+
+def resources(**maps: dict[str, Any]) -> dict[str, Any]:
+    return {"resources": maps}
+
+
+# The specs tests/integration/test_bad_input.py shows the API server accepting at each bound.
+ACCEPTED_AT_THE_BOUNDS = [
+    {"image": "i" * IMAGE_MAX_LENGTH},
+    {"image": "registry.example.com:5000/team/memcached:1.6.38-alpine@sha256:" + "a" * 64},
+    {"image": "localhost/mem_cached__x.y-z/memcached"},
+    resources(limits={"memory": "9223372036854775806"}),
+    resources(limits={"memory": QUANTITY_INT_MAX}),
+    resources(limits={"memory": "+1234567890123456789.123456789e-99"}),
+    resources(limits={"memory": "7Ei", "cpu": "9E", "hugepages-2Mi": "1Gi"}),
+    resources(requests={"example.com/gpu": 1, "ephemeral-storage": "1e9"}),
+    resources(requests={f"example.com/r{i}": "1" for i in range(RESOURCES_MAX)}),
+    resources(requests={"e" * 253 + "/" + "n" * 63: "1"}),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("spec", ACCEPTED_AT_THE_BOUNDS)
+def test_specs_at_the_bounds_are_valid(spec: dict[str, Any]) -> None:
+    Memcached.from_api(api_object(spec))
+
+
+# Each case mirrors one in tests/integration/test_bad_input.py: the API server rejects the
+# same spec, so the reconciler never has to.
+REJECTED_PAST_THE_BOUNDS = [
+    ({"image": "i" * (IMAGE_MAX_LENGTH + 1)}, ("image",), "at most 512 characters"),
+    ({"image": "Memcached"}, ("image",), "pattern"),
+    ({"image": "memcached:"}, ("image",), "pattern"),
+    ({"image": "mem cached"}, ("image",), "pattern"),
+    ({"image": "mémcached:1.6"}, ("image",), "pattern"),
+    ({"image": "memcached:1.6\n"}, ("image",), "pattern"),
+    (
+        resources(limits={"memory": "1e999999999"}, requests={"memory": "1"}),
+        ("resources", "limits", "memory"),
+        "pattern",
+    ),
+    (resources(limits={"memory": "1" * 20}), ("resources", "limits", "memory"), "pattern"),
+    (resources(limits={"memory": "1e100"}), ("resources", "limits", "memory"), "pattern"),
+    (resources(limits={"memory": "1e1.5"}), ("resources", "limits", "memory"), "pattern"),
+    (resources(limits={"memory": "\uff11Gi"}), ("resources", "limits", "memory"), "pattern"),
+    (resources(limits={"memory": " 12 "}), ("resources", "limits", "memory"), "pattern"),
+    (resources(limits={"memory": True}), ("resources", "limits", "memory"), "valid integer"),
+    (
+        resources(limits={"memory": "1" * 35}),
+        ("resources", "limits", "memory"),
+        "at most 34 characters",
+    ),
+    (
+        resources(limits={"memory": QUANTITY_INT_MAX + 1}),
+        ("resources", "limits", "memory"),
+        "less than or equal to 9223372036854774784",
+    ),
+    (
+        resources(limits={"memory": "9223372036854775807"}),
+        ("resources", "limits", "memory"),
+        "must be less than 9223372036854775807 (2^63-1)",
+    ),
+    (
+        resources(limits={"memory": "1e99"}),
+        ("resources", "limits", "memory"),
+        "must be less than 9223372036854775807 (2^63-1)",
+    ),
+    (
+        resources(limits={"memory": "8Ei"}),
+        ("resources", "limits", "memory"),
+        "must be less than 9223372036854775807 (2^63-1)",
+    ),
+    (resources(limits={"memroy": "1Gi"}), ("resources", "limits", "memroy", "[key]"), "pattern"),
+    (resources(limits={"mémoire": "1Gi"}), ("resources", "limits", "mémoire", "[key]"), "pattern"),
+    (
+        resources(limits={"e" * 254 + "/" + "n" * 63: "1"}),
+        ("resources", "limits"),
+        "at most 317 characters",
+    ),
+    (
+        resources(requests={f"example.com/r{i}": "1" for i in range(RESOURCES_MAX + 1)}),
+        ("resources", "requests"),
+        "at most 16 items",
+    ),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("spec", "loc", "text"), REJECTED_PAST_THE_BOUNDS)
+def test_specs_past_the_bounds_are_refused(
+    spec: dict[str, Any], loc: tuple[str, ...], text: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Memcached.from_api(api_object(spec))
+    errors = caught.value.errors()
+    assert any(e["loc"][1 : 1 + len(loc)] == loc for e in errors), errors
+    assert text in str(caught.value)
 
 
 def condition(**overrides: Any) -> dict[str, Any]:
@@ -208,6 +359,37 @@ def test_condition_time_is_rfc3339_utc_seconds() -> None:
     dumped = made.to_api()
     assert dumped["lastTransitionTime"] == "2025-03-01T10:00:00Z"
     assert "observedGeneration" not in dumped
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("status", "accepted"),
+    [
+        ({"nodes": ["p" * 253]}, True),
+        ({"nodes": ["p" * 254]}, False),
+        ({"nodes": ["Pod_1"]}, False),
+        ({"nodes": [f"p-{i}" for i in range(NODES_MAX)]}, True),
+        ({"nodes": [f"p-{i}" for i in range(NODES_MAX + 1)]}, False),
+        ({"conditions": [condition(type=f"T{i}") for i in range(CONDITIONS_MAX)]}, True),
+        ({"conditions": [condition(type=f"T{i}") for i in range(CONDITIONS_MAX + 1)]}, False),
+        ({"lastTraceId": "4bf92f3577b34da6a3ce929d0e0e4736"}, True),
+        ({"lastTraceId": "4bf92f3577b34da6a3ce929d0e0e47360"}, False),
+        ({"lastTraceId": "4BF92F3577B34DA6A3CE929D0E0E4736"}, False),
+        ({"conditions": [condition(message="m" * 32768)]}, True),
+        ({"conditions": [condition(message="m" * 32769)]}, False),
+        ({"conditions": [condition(reason="R" * 1024)]}, True),
+        ({"conditions": [condition(reason="R" * 1025)]}, False),
+        ({"conditions": [condition(type="example.com/" + "T" * 304)]}, True),
+        ({"conditions": [condition(type="example.com/" + "T" * 305)]}, False),
+        ({"conditions": [condition(lastTransitionTime="2025-03-01T10:20:30" + "0" * 45)]}, False),
+    ],
+)
+def test_status_bounds(status: dict[str, Any], accepted: bool) -> None:
+    if accepted:
+        MemcachedStatus.model_validate(status)
+    else:
+        with pytest.raises(ValidationError):
+            MemcachedStatus.model_validate(status)
 
 
 @pytest.mark.unit
