@@ -98,7 +98,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 result="deadlettered",
                 reason=DEAD_LETTERED,
                 message=(
-                    f"gave up after {request.delivery} deliveries ({cause}: {text}); "
+                    f"gave up after {request.delivery} "
+                    f"{'delivery' if request.delivery == 1 else 'deliveries'} ({cause}: {text}); "
                     "not retried until the spec changes"
                 ),
                 time=dt.datetime.now(dt.UTC),

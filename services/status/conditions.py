@@ -2,8 +2,11 @@
 
 The inputs are the CR, its Deployment and pods as the API serves them and the reconciler's last
 published :class:`Outcome`; the output is the status in API shape, with the conditions
-Available, Progressing and Degraded under metav1.Condition semantics. :func:`status_changed`
-says whether that status is worth a write, and :func:`transitions` what deserves an Event.
+Available, Progressing and Degraded under metav1.Condition semantics. Degraded=True says
+why nothing converges: a failed or dead-lettered reconcile, else the Deployment's own word
+(pods the API refuses, reported as ReplicaFailure within seconds, or the progress deadline).
+:func:`status_changed` says whether that status is worth a write, and :func:`transitions`
+what deserves an Event.
 """
 
 from __future__ import annotations
