@@ -15,6 +15,7 @@ import logging
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
 from services.reconciler.verify import ForgedMessage
+from services.status.conditions import DEAD_LETTERED
 from shared import metrics, runtime
 from shared.errors import PermanentError
 from shared.kube import MEMCACHED
@@ -87,7 +88,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         meta = (cr or {}).get("metadata") or {}
         if not meta.get("uid"):
             return
-        reason = error.reason if isinstance(error, PermanentError) else "DeadLettered"
+        # The status service turns this into Degraded=True, reason DeadLettered, for this
+        # generation; the watcher's resync then leaves the CR alone until its spec changes.
+        cause = error.reason if isinstance(error, PermanentError) else type(error).__name__
+        text = error.message if isinstance(error, PermanentError) else str(error)
         await publish_outcome(
             js,
             Outcome(
@@ -95,8 +99,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 uid=str(meta["uid"]),
                 generation=int(meta.get("generation") or 0),
                 result="deadlettered",
-                reason=reason if reason[:1].isupper() else "DeadLettered",
-                message=f"gave up after {request.delivery} attempts: {error}",
+                reason=DEAD_LETTERED,
+                message=(
+                    f"gave up after {request.delivery} "
+                    f"{'delivery' if request.delivery == 1 else 'deliveries'} ({cause}: {text}); "
+                    "not retried until the spec changes"
+                ),
                 time=dt.datetime.now(dt.UTC),
             ),
         )

@@ -2,8 +2,11 @@
 
 The inputs are the CR, its Deployment and pods as the API serves them and the reconciler's last
 published :class:`Outcome`; the output is the status in API shape, with the conditions
-Available, Progressing and Degraded under metav1.Condition semantics. :func:`status_changed`
-says whether that status is worth a write, and :func:`transitions` what deserves an Event.
+Available, Progressing and Degraded under metav1.Condition semantics. Degraded=True says
+why nothing converges: a failed or dead-lettered reconcile, else the Deployment's own word
+(pods the API refuses, reported as ReplicaFailure within seconds, or the progress deadline).
+:func:`status_changed` says whether that status is worth a write, and :func:`transitions`
+what deserves an Event.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ RECONCILE_FAILED = "ReconcileFailed"
 RECONCILE_SUCCEEDED = "ReconcileSucceeded"
 NO_FAILURES = "NoFailures"
 DEAD_LETTERED = "DeadLettered"
+# The Deployment condition that carries a ReplicaSet's failure to create (or delete) pods, and
+# the reason used when its own reason does not fit the Condition grammar.
+REPLICA_FAILURE = "ReplicaFailure"
+# Degraded reasons that come from the Deployment rather than from a reconcile outcome: they
+# are recomputed from the Deployment at every fold, never kept as an outcome's are (a rollout
+# that recovered must not stay Degraded for want of a new outcome). FailedCreate and
+# FailedDelete are the ReplicaSet controller's reasons.
+_DEPLOYMENT_FAILURE_REASONS = frozenset(
+    {"FailedCreate", "FailedDelete", REPLICA_FAILURE, PROGRESS_DEADLINE_EXCEEDED}
+)
 
 # The Deployment controller's Progressing reasons while a new ReplicaSet is still coming up.
 _DEPLOYMENT_ROLLING_REASONS = frozenset(
@@ -85,10 +98,11 @@ class Transition:
         healthy CR are left to its status: the not-yet states a new CR starts with, Available
         moving from one not-ready reason to the next, and a rollout starting or completing.
         News are: Available or Degraded flipping either way (or a CR starting Available or
-        Degraded), a Degraded=True whose reason changed, and a rollout stalling past its
-        progress deadline or recovering from that."""
+        Degraded), and a Degraded=True whose reason changed. A rollout that stalls (pods that
+        cannot be created, the progress deadline) or recovers is news too, but Degraded says
+        so already: the same fact in a Progressing Event would only be a second write."""
         if self.type == PROGRESSING:
-            return PROGRESS_DEADLINE_EXCEEDED in (self.reason, self.old_reason)
+            return False
         if self.old_status is None:
             return self.new_status == "True" if self.type == AVAILABLE else self.warning
         if self.old_status != self.new_status:
@@ -161,6 +175,7 @@ class _DeploymentView:
     available: int
     available_condition: dict[str, Any]
     progressing_condition: dict[str, Any]
+    replica_failure_condition: dict[str, Any]
 
     @classmethod
     def of(cls, deployment: dict[str, Any], size: int) -> _DeploymentView:
@@ -176,6 +191,7 @@ class _DeploymentView:
             available=_as_int(status.get("availableReplicas")),
             available_condition=conditions.get("Available") or {},
             progressing_condition=conditions.get("Progressing") or {},
+            replica_failure_condition=conditions.get(REPLICA_FAILURE) or {},
         )
 
     @property
@@ -190,6 +206,19 @@ class _DeploymentView:
     def deadline_message(self) -> str:
         message = str(self.progressing_condition.get("message") or "").strip()
         return message or "the rollout did not progress within its progress deadline"
+
+    @property
+    def replica_failure(self) -> tuple[str, str] | None:
+        """(reason, message) of the Deployment's ReplicaFailure=True: its ReplicaSet cannot
+        create (or delete) pods, e.g. a pod refused by a quota, a LimitRange or Pod Security
+        admission. The Deployment controller copies it from the ReplicaSet within seconds,
+        and removes it once a pod creation succeeds; it says why long before the deadline."""
+        failure = self.replica_failure_condition
+        if failure.get("status") != "True":
+            return None
+        reason = _fit_reason(str(failure.get("reason") or ""), REPLICA_FAILURE)
+        message = str(failure.get("message") or "").strip()
+        return reason, message or "the ReplicaSet could not create or delete pods"
 
 
 def deployment_inputs(deployment: dict[str, Any]) -> tuple[Any, ...]:
@@ -216,7 +245,12 @@ def deployment_inputs(deployment: dict[str, Any]) -> tuple[Any, ...]:
         ),
         *(
             (c.get("status"), c.get("reason"), c.get("message"))
-            for c in (conditions.get("Available") or {}, conditions.get("Progressing") or {})
+            for c in (
+                conditions.get("Available") or {},
+                conditions.get("Progressing") or {},
+                # Without it, a pod the API refuses would reach the status only at the deadline.
+                conditions.get(REPLICA_FAILURE) or {},
+            )
         ),
     )
 
@@ -245,6 +279,9 @@ def _available(
         return _Verdict(
             "False", PROGRESS_DEADLINE_EXCEEDED, f"{counts}: {view.deadline_message}", generation
         )
+    failure = view.replica_failure
+    if failure is not None and view.ready < size:
+        return _Verdict("False", failure[0], f"{counts}: {failure[1]}", generation)
     if view.ready >= size:
         detail = str(view.available_condition.get("message") or "").strip()
         message = f"{counts}, but the Deployment is not available"
@@ -280,6 +317,17 @@ def _progressing(
         )
     if view.deadline_exceeded:
         return _Verdict("False", PROGRESS_DEADLINE_EXCEEDED, view.deadline_message, generation)
+    failure = view.replica_failure
+    if failure is not None:
+        # The Deployment still says Progressing=True until its deadline, but no pod can be
+        # created, so nothing progresses; the reason says why (the message is on Degraded).
+        return _Verdict(
+            "False",
+            failure[0],
+            "the rollout cannot progress: pods cannot be created or deleted "
+            "(see the Degraded condition)",
+            generation,
+        )
     rolling = view.progressing_condition.get("reason") in _DEPLOYMENT_ROLLING_REASONS
     if (
         view.replicas != size
@@ -311,14 +359,18 @@ def _parsed(raw: dict[str, Any] | None) -> Condition | None:
 def _degraded(outcome: Outcome | None, *, generation: int) -> _Verdict:
     if outcome is None:
         return _Verdict("False", NO_FAILURES, "no reconcile failure has been reported", generation)
+    if outcome.result == "deadlettered":
+        # Always this one reason, whatever the queue's own was (it goes into the message): the
+        # watcher's resync recognises a dead-lettered generation by it (services/watcher/
+        # resync.py) and leaves the CR alone until its spec changes.
+        message = outcome.message.strip() or "the reconcile request was dead-lettered"
+        cause = outcome.reason.strip()
+        if cause and cause != DEAD_LETTERED and not message.startswith(cause):
+            message = f"{cause}: {message}"
+        return _Verdict("True", DEAD_LETTERED, _fit_message(message), outcome.generation)
     if outcome.failed:
-        fallback = DEAD_LETTERED if outcome.result == "deadlettered" else RECONCILE_FAILED
-        reason = _fit_reason(outcome.reason, fallback)
-        message = outcome.message.strip() or (
-            "the reconcile request was dead-lettered after repeated failures"
-            if outcome.result == "deadlettered"
-            else "the last reconcile failed"
-        )
+        reason = _fit_reason(outcome.reason, RECONCILE_FAILED)
+        message = outcome.message.strip() or "the last reconcile failed"
         return _Verdict("True", reason, _fit_message(message), outcome.generation)
     return _Verdict(
         "False",
@@ -350,6 +402,50 @@ def _condition(
         reason=verdict.reason,
         message=_fit_message(verdict.message),
     )
+
+
+def _deployment_failure(view: _DeploymentView | None, *, generation: int) -> _Verdict | None:
+    """Degraded=True from the Deployment itself: pods that cannot be created (ReplicaFailure),
+    or a rollout past its progress deadline. None while the Deployment reports neither."""
+    if view is None:
+        return None
+    failure = view.replica_failure
+    if failure is not None:
+        # Said first: its message names what refused the pods (the quota, the limit, the
+        # policy), where the deadline's only says that time ran out.
+        return _Verdict("True", failure[0], _fit_message(failure[1]), generation)
+    if view.deadline_exceeded:
+        return _Verdict("True", PROGRESS_DEADLINE_EXCEEDED, view.deadline_message, generation)
+    return None
+
+
+def _degraded_condition(
+    outcome: Outcome | None,
+    view: _DeploymentView | None,
+    *,
+    generation: int,
+    previous: dict[str, Any] | None,
+    now: datetime,
+) -> Condition:
+    """Degraded: a failed reconcile first (nothing else can be fixed before it), then the
+    Deployment's own failure, else the last reconcile's success."""
+    kept = _parsed(previous) if outcome is None else None
+    if kept is not None and kept.reason in _DEPLOYMENT_FAILURE_REASONS:
+        # That one came from the Deployment, which is read afresh below.
+        kept = None
+    if kept is not None and kept.status == "True":
+        # No outcome means no news about reconciles (a fold triggered by a pod change, or a
+        # freshly started status replica): that must not clear the failure the last one set.
+        return kept
+    verdict = _degraded(outcome, generation=generation)
+    if verdict.status != "True":
+        if kept is not None:
+            observed = kept.observed_generation
+            verdict = _Verdict(
+                kept.status, kept.reason, kept.message, generation if observed is None else observed
+            )
+        verdict = _deployment_failure(view, generation=generation) or verdict
+    return _condition(DEGRADED, verdict, previous=previous, now=now)
 
 
 def fold_status(
@@ -396,18 +492,8 @@ def fold_status(
             view = _DeploymentView.of(deployment, size)
 
     now = _seconds(now)
-    # No outcome means no news about reconciles (a fold triggered by a pod change, or a freshly
-    # started status replica): that must not clear a Degraded=True the last outcome set.
-    kept_degraded = _parsed(previous.get(DEGRADED)) if outcome is None else None
-    degraded = (
-        kept_degraded
-        if kept_degraded is not None
-        else _condition(
-            DEGRADED,
-            _degraded(outcome, generation=generation),
-            previous=previous.get(DEGRADED),
-            now=now,
-        )
+    degraded = _degraded_condition(
+        outcome, view, generation=generation, previous=previous.get(DEGRADED), now=now
     )
     is_degraded = degraded.status == "True"
     conditions = [

@@ -32,6 +32,8 @@ class Known:
 
 
 Emit = Callable[[str, JsonObject, "Known | None"], Awaitable[None]]
+# Sees every object listed or watched, changed or not (``deleted`` for a deletion).
+Observe = Callable[[JsonObject, bool], None]
 
 
 def key_of(obj: JsonObject) -> ObjectKey:
@@ -97,6 +99,7 @@ class Informer:
         namespace: str | None = None,
         label_selector: str | None = None,
         watch_timeout: int = 300,
+        observe: Observe | None = None,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -105,12 +108,15 @@ class Informer:
         self.namespace = namespace
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
+        self.observe = observe
         self.synced = asyncio.Event()
         self.resource_version = ""
 
     async def _apply(self, change: str, obj: JsonObject) -> None:
         key = key_of(obj)
         before = self.known.get(key)
+        if self.observe is not None:
+            self.observe(obj, change == "deleted")
         await self.emit(change, obj, before)
         if change == "deleted":
             self.known.pop(key, None)
@@ -121,6 +127,11 @@ class Informer:
         items, rv = await self.kube.list(
             self.resource, namespace=self.namespace, label_selector=self.label_selector
         )
+        if self.observe is not None:
+            # Also the objects the stream already holds, which diff() leaves out: a restarted
+            # watcher must know their state too.
+            for obj in items:
+                self.observe(obj, False)
         for change, obj in diff(self.known, items):
             await self._apply(change, obj)
         self.resource_version = rv

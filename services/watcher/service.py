@@ -3,7 +3,8 @@
 It runs one informer per watched kind — Memcached (all namespaces or the given ones), and
 the Deployments and Pods labelled as managed by this operator — publishes every change to
 JetStream, and every resync period re-requests reconciliation of every CR it knows (as the
-reference operator's RequeueAfter does). Several replicas may run at once: the stream
+reference operator's RequeueAfter does), except those whose requests were dead-lettered at
+their current generation (resync.py). Several replicas may run at once: the stream
 de-duplicates what they publish.
 """
 
@@ -24,6 +25,7 @@ from services.watcher.publisher import (
     Publisher,
     load_known,
 )
+from services.watcher.resync import DeadLettered
 from shared import metrics, runtime
 from shared.kube import DEPLOYMENT, MEMCACHED, POD, Resource
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
@@ -64,15 +66,21 @@ def run(args: argparse.Namespace) -> int:
     return runtime.run("watcher", lambda stop: serve(args, stop))
 
 
-async def _resync(publisher: Publisher, informers: list[Informer], period: float) -> None:
+async def _resync(
+    publisher: Publisher, informers: list[Informer], period: float, skip: DeadLettered
+) -> None:
     while True:
         await asyncio.sleep(period)
+        count = 0
         for informer in informers:
             if informer.resource is MEMCACHED:
                 for key in list(informer.known):
+                    if key in skip:
+                        continue  # dead-lettered at its generation: see resync.py
                     await publisher.request(RECONCILE, key, {ORIGIN: "watcher:resync"})
+                    count += 1
         await publisher.flush()
-        log.info("resync requested", extra={"count": sum(len(i.known) for i in informers)})
+        log.info("resync requested", extra={"count": count, "skipped": len(skip)})
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -95,6 +103,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         metrics.workqueue_adds_total.labels(controller)
 
     publisher = Publisher(js)
+    skip = DeadLettered()
     informers: list[Informer] = []
     for kind, resource, selector in WATCHED:
         for namespace in namespaces:
@@ -111,11 +120,18 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                     known=known,
                     namespace=namespace,
                     label_selector=selector,
+                    observe=(
+                        (lambda obj, deleted: skip.observe(obj, deleted=deleted))
+                        if resource is MEMCACHED
+                        else None
+                    ),
                 )
             )
     tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in informers]
     tasks.append(asyncio.create_task(publisher.run_flusher(), name="flusher"))
-    tasks.append(asyncio.create_task(_resync(publisher, informers, args.resync), name="resync"))
+    tasks.append(
+        asyncio.create_task(_resync(publisher, informers, args.resync, skip), name="resync")
+    )
     log.info("watcher started", extra={"namespaces": ",".join(n or "*" for n in namespaces)})
     try:
         stopping = asyncio.create_task(stop.wait())

@@ -17,6 +17,7 @@ from services.reconciler.desired import OWNER_ANNOTATION
 from services.status.conditions import (
     Outcome,
     Transition,
+    deployment_inputs,
     fold_status,
     ready_nodes,
     status_changed,
@@ -512,17 +513,30 @@ def test_transitions_report_flips_and_abnormal_reasons() -> None:
             message=STALLED,
             old_reason="RolloutInProgress",
         ),
+        Transition(
+            type="Degraded",
+            old_status="False",
+            new_status="True",
+            reason="ProgressDeadlineExceeded",
+            message=STALLED,
+            old_reason="NoFailures",
+        ),
     ]
     assert all(t.warning for t in changes)
-    # One Event says so: the stalled rollout (Available was not ready before either).
-    assert [t.type for t in changes if t.newsworthy] == ["Progressing"]
+    # One Event says so: Degraded (Available was not ready before either, and Progressing
+    # would say the same thing a second time).
+    assert [t.type for t in changes if t.newsworthy] == ["Degraded"]
 
     # NoFailures -> ReconcileSucceeded is a new reason for a healthy state: not news.
     succeeded = fold(
         memcached(size=5, status=stalled), deployment(replicas=5, ready=5), pods(5), outcome()
     )
     kinds = {(t.type, t.new_status, t.warning) for t in transitions(stalled, succeeded)}
-    assert kinds == {("Available", "True", False), ("Progressing", "False", False)}
+    assert kinds == {
+        ("Available", "True", False),
+        ("Progressing", "False", False),
+        ("Degraded", "False", False),
+    }
 
 
 @pytest.mark.unit
@@ -575,7 +589,6 @@ def test_only_newsworthy_transitions_become_events() -> None:
     assert not t("Degraded", None, "False", "NoFailures").newsworthy
     assert t("Available", None, "True", "AllReplicasReady").newsworthy
     assert t("Degraded", None, "True", "InvalidSpec").newsworthy
-    assert t("Progressing", None, "False", "ProgressDeadlineExceeded").newsworthy
     # Available and Degraded flipping either way are.
     assert t("Available", "False", "True", "AllReplicasReady").newsworthy
     assert t("Available", "True", "False", "ReplicasNotReady").newsworthy
@@ -584,16 +597,16 @@ def test_only_newsworthy_transitions_become_events() -> None:
     # A failure that changed its reason is; a not-yet state moving to the next is not.
     assert t("Degraded", "True", "True", "OwnershipConflict", "ReconcileFailed").newsworthy
     assert not t("Available", "False", "False", "ReplicasNotReady", "DeploymentMissing").newsworthy
-    # A rollout starting or completing is routine; stalling, or recovering from it, is news.
+    # A rollout starting or completing is routine; stalling, or recovering from it, is news
+    # that Degraded carries (one Event, not the same fact twice).
     assert not t("Progressing", "False", "True", "RolloutInProgress", "RolloutComplete").newsworthy
     assert not t("Progressing", "True", "False", "RolloutComplete", "RolloutInProgress").newsworthy
-    assert t("Progressing", "True", "False", "ProgressDeadlineExceeded").newsworthy
-    assert t(
-        "Progressing", "False", "True", "RolloutInProgress", "ProgressDeadlineExceeded"
-    ).newsworthy
-    assert t(
-        "Progressing", "False", "False", "RolloutComplete", "ProgressDeadlineExceeded"
-    ).newsworthy
+    assert not t("Progressing", None, "False", "ProgressDeadlineExceeded").newsworthy
+    assert not t("Progressing", "True", "False", "FailedCreate", "RolloutInProgress").newsworthy
+    assert t("Degraded", "False", "True", "ProgressDeadlineExceeded", "NoFailures").newsworthy
+    assert t("Degraded", "False", "True", "FailedCreate", "ReconcileSucceeded").newsworthy
+    assert t("Degraded", "True", "False", "ReconcileSucceeded", "FailedCreate").newsworthy
+    assert t("Degraded", "True", "True", "ProgressDeadlineExceeded", "FailedCreate").newsworthy
 
 
 @pytest.mark.unit
@@ -613,3 +626,166 @@ def test_a_new_healthy_cr_makes_one_event_on_its_way_to_available() -> None:
         status = new
     assert conditions(status)["Available"]["status"] == "True"
     assert news == [("Available", "True")]
+
+
+REFUSED = (
+    'pods "cache-7d9f-x2x4q" is forbidden: maximum memory usage per Container is 64Mi, '
+    "but limit is 128Mi"
+)
+
+
+def failing(dep: dict[str, Any], *, reason: str = "FailedCreate", message: str = REFUSED) -> dict:
+    """``dep`` with the ReplicaFailure the Deployment controller copies from its ReplicaSet."""
+    dep["status"]["conditions"].append(
+        {"type": "ReplicaFailure", "status": "True", "reason": reason, "message": message}
+    )
+    return dep
+
+
+@pytest.mark.unit
+def test_pods_the_api_refuses_make_the_cr_degraded_at_once() -> None:
+    """A quota or LimitRange refuses every pod: the Deployment still says Progressing=True
+    (until its deadline), but the CR says Degraded with the API's reason and message now."""
+    rolling = fold(memcached(size=1), deployment(replicas=1, ready=0), [], outcome())
+    assert conditions(rolling)["Progressing"]["reason"] == "RolloutInProgress"
+
+    refused = fold(
+        memcached(size=1, status=rolling),
+        failing(deployment(replicas=1, ready=0, running=0, updated=0)),
+        [],
+        outcome(),
+        now=T0 + timedelta(seconds=3),
+    )
+    by_type = conditions(refused)
+    assert by_type["Degraded"]["status"] == "True"
+    assert by_type["Degraded"]["reason"] == "FailedCreate"
+    assert by_type["Degraded"]["message"] == REFUSED
+    assert by_type["Degraded"]["observedGeneration"] == 1
+    assert by_type["Degraded"]["lastTransitionTime"] == "2025-03-01T12:00:03Z"
+    # Nothing is progressing, and the reason says why; Available says it too.
+    assert by_type["Progressing"]["status"] == "False"
+    assert by_type["Progressing"]["reason"] == "FailedCreate"
+    assert by_type["Available"]["status"] == "False"
+    assert by_type["Available"]["reason"] == "FailedCreate"
+    assert by_type["Available"]["message"] == f"0/1 replicas ready: {REFUSED}"
+    # One Warning Event: Degraded.
+    news = [t for t in transitions(rolling, refused) if t.newsworthy]
+    assert [(t.type, t.reason, t.warning) for t in news] == [("Degraded", "FailedCreate", True)]
+    assert news[0].message == REFUSED
+
+    # The quota is raised: the ReplicaSet creates the pod, the controller drops the condition.
+    for result in (outcome(), None):
+        fixed = fold(
+            memcached(size=1, status=refused),
+            deployment(replicas=1, ready=1),
+            pods(1),
+            result,
+            now=T0 + timedelta(seconds=30),
+        )
+        by_type = conditions(fixed)
+        assert by_type["Degraded"]["status"] == "False"
+        assert by_type["Available"]["status"] == "True"
+        assert by_type["Progressing"]["reason"] == "RolloutComplete"
+        news = [(t.type, t.new_status) for t in transitions(refused, fixed) if t.newsworthy]
+        assert news == [("Available", "True"), ("Degraded", "False")]
+
+
+@pytest.mark.unit
+def test_a_refused_pod_stays_degraded_without_new_outcomes() -> None:
+    """A pod or Deployment change folds without a new outcome: the Deployment's failure is
+    read again from the Deployment, not forgotten."""
+    refused = fold(
+        memcached(size=1), failing(deployment(replicas=1, ready=0, running=0)), [], outcome()
+    )
+    again = fold(
+        memcached(size=1, status=refused),
+        failing(deployment(replicas=1, ready=0, running=0)),
+        [],
+        None,
+        now=T0 + timedelta(minutes=1),
+    )
+    assert not status_changed(refused, again)
+    assert conditions(again)["Degraded"]["reason"] == "FailedCreate"
+
+
+@pytest.mark.unit
+def test_a_failed_reconcile_is_said_before_the_deployments_failure() -> None:
+    status = fold(
+        memcached(size=1),
+        failing(deployment(replicas=1, ready=0, running=0)),
+        [],
+        outcome("error", reason="Forbidden", message="deployments.apps is forbidden"),
+    )
+    assert conditions(status)["Degraded"]["reason"] == "Forbidden"
+    # No outcome since: that failure is kept, not replaced by the Deployment's.
+    later = fold(
+        memcached(size=1, status=status),
+        failing(deployment(replicas=1, ready=0, running=0)),
+        [],
+        None,
+    )
+    assert conditions(later)["Degraded"]["reason"] == "Forbidden"
+
+
+@pytest.mark.unit
+def test_progress_deadline_exceeded_is_degraded_too() -> None:
+    stalled = deployment(
+        replicas=3, ready=0, progressing=("False", "ProgressDeadlineExceeded", STALLED)
+    )
+    degraded = conditions(fold(memcached(size=3), stalled, pods(3, ready=0), outcome()))["Degraded"]
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "ProgressDeadlineExceeded",
+        STALLED,
+    )
+    # Both at once: Degraded names the cause (what refused the pods), Progressing the deadline.
+    both = fold(memcached(size=3), failing(stalled), [], outcome())
+    assert conditions(both)["Degraded"]["reason"] == "FailedCreate"
+    assert conditions(both)["Progressing"]["reason"] == "ProgressDeadlineExceeded"
+
+
+@pytest.mark.unit
+def test_a_replica_failure_with_unusable_text_still_fits_a_condition() -> None:
+    """The reason and message come from the API; ones a Condition cannot hold must not make
+    the whole status write fail."""
+    status = fold(
+        memcached(size=1),
+        failing(deployment(replicas=1, ready=0), reason="not a reason!", message="x" * 40_000),
+        [],
+        outcome(),
+    )
+    degraded = conditions(status)["Degraded"]
+    assert degraded["reason"] == "ReplicaFailure"
+    assert len(degraded["message"]) == 32768 and degraded["message"].endswith("...")
+    assert conditions(status)["Progressing"]["reason"] == "ReplicaFailure"
+
+
+@pytest.mark.unit
+def test_replica_failure_wakes_the_status_service() -> None:
+    """The watcher asks for a status refresh only when deployment_inputs differ, so the
+    condition that says why pods are missing must be among them."""
+    rolling = deployment(replicas=1, ready=0, running=0)
+    assert deployment_inputs(rolling) != deployment_inputs(
+        failing(deployment(replicas=1, ready=0, running=0))
+    )
+    assert deployment_inputs(failing(deployment(replicas=1, ready=0))) != deployment_inputs(
+        failing(deployment(replicas=1, ready=0), message="exceeded quota: mem")
+    )
+
+
+@pytest.mark.unit
+def test_dead_lettered_is_one_reason_with_the_queue_reason_in_the_message() -> None:
+    status = fold(
+        memcached(),
+        deployment(),
+        pods(3),
+        outcome(
+            "deadlettered",
+            reason="MaxDeliveriesExceeded",
+            message="delivered 11 times without completing",
+        ),
+    )
+    degraded = conditions(status)["Degraded"]
+    assert degraded["reason"] == "DeadLettered"
+    assert degraded["message"] == "MaxDeliveriesExceeded: delivered 11 times without completing"
+    assert degraded["observedGeneration"] == 1
