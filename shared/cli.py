@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("services.status.service", "fold outcomes into the Memcached status"),
     "audit": ("services.watcher.audit", "replay or follow the event stream"),
     "demo": ("deploy.local.demo", "run the whole system locally and apply the samples"),
+    "streams": ("shared.stream_admin", "create (ensure) or check the streams, as the NATS admin"),
+    "nats-credentials": (
+        "deploy.nats_credentials",
+        "print the NATS Secrets for a cluster: fresh passwords and the server's bcrypt hashes",
+    ),
 }
 
 

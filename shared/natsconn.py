@@ -1,16 +1,21 @@
-"""Connecting to NATS the same way in every service: credentials, reconnects, logging.
+"""Connecting to NATS the same way in every service: credentials, TLS, inbox, reconnects, logs.
 
 The URL comes from NATS_URL (a comma-separated list for a cluster); credentials from
 NATS_USER/NATS_PASSWORD, NATS_TOKEN or a NATS_CREDS file, so the per-service NATS users of
-deploy/ work unchanged. Connections reconnect forever with jittered waits and report state
-changes in the log; JetStream operations made while disconnected fail fast with a transient
-error rather than hanging.
+deploy/ work unchanged. A connection as user U receives its replies on ``_INBOX_U.``, the only
+inbox its NATS permissions let it subscribe to, so no other user can read them. NATS_CA (a CA
+bundle file) makes the connection TLS, verifying the server against that CA only; a
+``tls://`` URL without it verifies against the system's CAs. Connections reconnect forever
+with jittered waits and report state changes in the log; JetStream operations made while
+disconnected fail fast with a transient error rather than hanging.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import ssl
 
 import nats
 from nats.aio.client import Client
@@ -22,6 +27,25 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 
 if not nats_headers.install():
     log.warning("nats-py's header parser has changed; using it as it is")
+
+
+_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a NATS user (deploy/local/nats_auth.py grants ``<prefix>.>``)."""
+    if not user:
+        return "_INBOX"
+    return f"_INBOX_{_TOKEN_UNSAFE.sub('_', user)}"
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """TLS verifying the server against ``ca_file`` only (hostname checked), or None."""
+    if not ca_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 async def connect(name: str, url: str | None = None) -> Client:
@@ -36,7 +60,10 @@ async def connect(name: str, url: str | None = None) -> Client:
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {"inbox_prefix": inbox_prefix(os.environ.get("NATS_USER"))}
+    tls = tls_context(os.environ.get("NATS_CA"))
+    if tls is not None:
+        kwargs["tls"] = tls
     if os.environ.get("NATS_USER"):
         kwargs["user"] = os.environ["NATS_USER"]
         kwargs["password"] = os.environ.get("NATS_PASSWORD", "")

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from shared import logs, natsconn, telemetry
 from shared.http import HealthServer, readiness_checks
 from shared.kube import KubeClient
-from shared.streams import ensure_streams
+from shared.stream_admin import ENSURE_COMMAND, stream_problems
 
 log = logging.getLogger("memcached_operator")
 
@@ -44,12 +44,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, health_port: int) -
         type=int,
         default=int(env("HEALTH_PORT", str(health_port))),
         help="port of /healthz, /readyz and /metrics; 0 picks a free one (env HEALTH_PORT)",
-    )
-    parser.add_argument(
-        "--stream-replicas",
-        type=int,
-        default=int(env("STREAM_REPLICAS", "1")),
-        help="JetStream replicas for the streams (3 on a 3-node cluster) (env STREAM_REPLICAS)",
     )
 
 
@@ -75,21 +69,12 @@ class Connections:
         *,
         streams: tuple[str, ...],
         stop: asyncio.Event,
-        events_max_age: float | None = None,
-        lease_ttl: float | None = None,
     ) -> Connections:
-        """Connect, serve /healthz, /readyz (the given streams must exist) and /metrics, and
-        create the streams if missing, retrying while NATS is not there yet. Raises
-        :class:`Stopped` when ``stop`` is set first (SIGTERM while NATS is unreachable)."""
-        opening = asyncio.create_task(
-            cls._open(
-                service,
-                args,
-                streams=streams,
-                events_max_age=events_max_age,
-                lease_ttl=lease_ttl,
-            )
-        )
+        """Connect, serve /healthz, /readyz (the streams must exist as this code needs them)
+        and /metrics, and wait until the admin step has created the streams, retrying while
+        NATS is not there yet. Raises :class:`Stopped` when ``stop`` is set first (SIGTERM
+        while NATS is unreachable or the streams are missing)."""
+        opening = asyncio.create_task(cls._open(service, args, streams=streams))
         if await _done_before(opening, stop):
             return opening.result()
         opening.cancel()
@@ -103,8 +88,6 @@ class Connections:
         args: argparse.Namespace,
         *,
         streams: tuple[str, ...],
-        events_max_age: float | None,
-        lease_ttl: float | None,
     ) -> Connections:
         worker = worker_id(service)
         nc = await natsconn.connect(worker, args.nats_url)
@@ -112,23 +95,17 @@ class Connections:
         health: HealthServer | None = None
         try:
             kube = await KubeClient.connect(args.kubeconfig)
-            health = HealthServer(
-                port=args.health_port, checks=readiness_checks(nc=nc, kube=kube, streams=streams)
-            )
-            await health.start()
+            checks = readiness_checks(nc=nc, kube=kube, streams=streams)
             js = nc.jetstream()
-            while True:
-                try:
-                    await ensure_streams(
-                        js,
-                        replicas=args.stream_replicas,
-                        events_max_age=events_max_age,
-                        lease_ttl=lease_ttl,
-                    )
-                    break
-                except (nats.errors.Error, TimeoutError) as err:
-                    log.warning("creating streams failed (%s); retrying", err)
-                    await asyncio.sleep(1)
+
+            async def streams_as_needed() -> bool:
+                # Present is not enough: shaped as this code needs them (stream_admin).
+                return nc.is_connected and not await stream_problems(js, streams)
+
+            checks["streams"] = streams_as_needed
+            health = HealthServer(port=args.health_port, checks=checks)
+            await health.start()
+            await _wait_for_streams(js, streams)
         except BaseException:
             # Stopped (or failed) half-way: let go of what was opened.
             if health is not None:
@@ -143,6 +120,30 @@ class Connections:
         await self.health.stop()
         await self.kube.close()
         await self.nc.drain()
+
+
+async def _wait_for_streams(js: JetStreamContext, streams: tuple[str, ...]) -> None:
+    """Until the admin step has created the streams: a service never creates or fixes them
+    (its NATS user may not); it stays unready and says what to run."""
+    reported: list[str] = []
+    while True:
+        try:
+            problems = await stream_problems(js, streams)
+        except (nats.errors.Error, TimeoutError) as err:
+            problems = [f"cannot read the streams ({err or type(err).__name__})"]
+        if not problems:
+            if reported:
+                log.info("the streams are ready")
+            return
+        if problems != reported:
+            log.error(
+                "not ready: %s; run `%s` as the NATS admin (the Job nats-streams in "
+                "Kubernetes); retrying",
+                "; ".join(problems),
+                ENSURE_COMMAND,
+            )
+            reported = problems
+        await asyncio.sleep(2)
 
 
 async def _done_before(task: asyncio.Future[Any], stop: asyncio.Event) -> bool:

@@ -5,10 +5,12 @@ kube-scheduler, kubectl and kwok, generates the PKI, starts each component as a 
 process with its log under the state directory, creates fake nodes that kwok keeps Ready,
 starts nats-server with JetStream and the NATS users of deploy/ (passwords generated into the
 state directory; `Layout.nats_url` connects as the admin user, `Layout.nats_credentials` gives
-a service its own), installs the CRD, waits until all of it answers, and prints
-`export` lines for a shell. All ports derive from one base port, so a second instance (the test
-suite's) runs beside a developer's without collisions. `down` stops exactly the processes
-recorded in the state directory.
+a service its own; with `--nats-tls` clients must use TLS, verified against the local PKI's CA),
+creates the streams as the admin (`memcached-operator streams ensure`, the step no service may
+do), installs the CRD, waits until all of it answers, and prints `export` lines for a shell.
+All ports derive from one base port, so a second instance (the test suite's) runs beside a
+developer's without collisions. `down` stops exactly the processes recorded in the state
+directory.
 """
 
 from __future__ import annotations
@@ -123,26 +125,40 @@ class Layout:
         return self.state_dir / "kubeconfig"
 
     @property
+    def nats_tls(self) -> bool:
+        """Whether this instance's nats-server takes TLS connections only (`up --nats-tls`)."""
+        return local_nats.tls_enabled(self.state_dir)
+
+    @property
+    def nats_ca(self) -> Path:
+        """The CA file a client verifies the TLS nats-server with (env NATS_CA)."""
+        return self.pki.ca_cert
+
+    @property
     def nats_url(self) -> str:
         """The URL for people and tests: as the admin user when the server has users."""
         passwords = nats_auth.load_passwords(self.state_dir) or {}
         if "admin" not in passwords:
             return self._nats_address
         secret = urllib.parse.quote(passwords["admin"], safe="")
-        return f"nats://admin:{secret}@127.0.0.1:{self.nats_port}"
+        scheme, _, address = self._nats_address.partition("://")
+        return f"{scheme}://admin:{secret}@{address}"
 
     @property
     def _nats_address(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        return f"{'tls' if self.nats_tls else 'nats'}://127.0.0.1:{self.nats_port}"
 
     def nats_credentials(self, user: str) -> dict[str, str]:
         """Environment for a process connecting as `user` (watcher, reconciler, status,
-        audit, admin): NATS_URL without credentials, NATS_USER and NATS_PASSWORD."""
+        audit, admin): NATS_URL without credentials, NATS_USER and NATS_PASSWORD, and NATS_CA
+        when the server takes TLS only."""
         nats_auth.user(user)  # unknown users are an error even before `up`
         passwords = nats_auth.load_passwords(self.state_dir) or {}
         env = {"NATS_URL": self._nats_address}
         if user in passwords:
             env.update(NATS_USER=user, NATS_PASSWORD=passwords[user])
+        if self.nats_tls:
+            env["NATS_CA"] = str(self.nats_ca)
         return env
 
     @property
@@ -303,7 +319,26 @@ def _audit_policy(path: Path) -> None:
     )
 
 
-def up(layout: Layout) -> None:
+def ensure_streams(layout: Layout) -> None:
+    """The administrative step: the streams and the lease bucket, created as the NATS admin
+    with the real `memcached-operator streams ensure` (what the Job nats-streams runs)."""
+    env = {**os.environ, **layout.nats_credentials("admin")}
+    for name in ("STREAM_REPLICAS", "EVENTS_MAX_AGE", "LEASE_TTL"):
+        env.pop(name, None)  # one node: the defaults, whatever this shell has set
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "streams", "ensure"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"streams ensure failed: {proc.stdout}{proc.stderr}")
+
+
+def up(layout: Layout, *, nats_tls: bool | None = None) -> None:
+    """Start (or keep) everything; ``nats_tls`` None keeps what the state directory says."""
     started = time.monotonic()
     bins = build.ensure_built()
     state = layout.state_dir
@@ -444,8 +479,16 @@ def up(layout: Layout) -> None:
         _log(f"{component} ready")
 
     _ensure_nodes(layout)
-    local_nats.start(sup, port=layout.nats_port, monitor_port=layout.nats_monitor_port, auth=True)
-    _log("nats-server ready")
+    local_nats.start(
+        sup,
+        port=layout.nats_port,
+        monitor_port=layout.nats_monitor_port,
+        auth=True,
+        tls=nats_tls,
+    )
+    _log(f"nats-server ready{' (TLS only)' if layout.nats_tls else ''}")
+    ensure_streams(layout)
+    _log("streams ready")
     if CRD_FILE.exists():
         kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
         kubectl(
@@ -552,6 +595,7 @@ def env_lines(layout: Layout) -> list[str]:
     return [
         f"export KUBECONFIG={layout.kubeconfig}",
         f"export NATS_URL={layout.nats_url}",
+        *([f"export NATS_CA={layout.nats_ca}"] if layout.nats_tls else []),
         f'export PATH="{bins}:$PATH"',
     ]
 
@@ -560,6 +604,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status", "env"])
     add_common_arguments(parser)
     parser.add_argument("--purge", action="store_true", help="down: also delete the state dir")
+    parser.add_argument(
+        "--nats-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="up: NATS clients must use TLS (certificate from the local PKI, NATS_CA its CA); "
+        "unset keeps what the state directory has",
+    )
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -584,7 +635,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     layout = Layout.load(args.state_dir, base_port=args.base_port, nodes=args.nodes)
     if args.action == "up":
-        up(layout)
+        up(layout, nats_tls=args.nats_tls)
         print("\n".join(env_lines(layout)))
     elif args.action == "down":
         stopped = down(layout, purge=args.purge)

@@ -117,7 +117,8 @@ def show(layout: Layout) -> None:
     trace_id = next((t for t in traces if t), "")
     print(f"\ntrace id of the last reconcile of {items[0]['metadata']['name']}: {trace_id or '-'}")
     print("\n$ memcached-operator audit --since 10m (last records)")
-    env = dict(os.environ, NATS_URL=layout.nats_url)
+    # As the read-only audit user, as an operator would.
+    env = dict(os.environ, **layout.nats_credentials("audit"))
     audit = subprocess.run(
         [sys.executable, "-m", "shared.cli", "audit", "--since", "10m", "-n", DEMO_NAMESPACE],
         capture_output=True,

@@ -2,9 +2,12 @@
 
 The config file is written into the state directory; the store directory lives beside it, so
 messages survive a restart of the server (which tests check) and disappear with `down --purge`.
-With authentication on, the server has the users and permissions of deploy/ (the same
-``auth.conf``, from deploy/local/nats_auth.py) and reads their passwords, generated once into
-the state directory, from its environment, as the Kubernetes StatefulSet does from a Secret.
+With authentication on, the server has the accounts, users and permissions of deploy/ (the
+same ``auth.conf``, from deploy/local/nats_auth.py) and reads the bcrypt hashes of their
+passwords (generated once into the state directory) from its environment, as the Kubernetes
+StatefulSet does from a Secret. With TLS on, clients must connect with TLS, verifying the
+server's certificate (issued by the local PKI, deploy/local/pki.py, for localhost and
+127.0.0.1) against the PKI's CA; a plain connection is refused.
 """
 
 from __future__ import annotations
@@ -16,10 +19,23 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.local import nats_auth
+from deploy.local import nats_auth, pki
 from deploy.local.processes import Record, Supervisor
 
 NAME = "nats-server"
+TLS_MARKER = "nats-tls"  # in the state directory: this instance's clients use TLS
+TLS_NAMES = ("localhost", "127.0.0.1")
+# Cheaper than production's hashes: every local connection (tests make many) costs one check.
+LOCAL_BCRYPT_COST = 6
+
+
+def tls_pki(state_dir: Path) -> pki.Pki:
+    """The PKI whose CA clients verify the local nats-server with (made when missing)."""
+    return pki.ensure(state_dir / "pki", clients={}, servers={"nats": TLS_NAMES})
+
+
+def tls_enabled(state_dir: Path) -> bool:
+    return (state_dir / TLS_MARKER).exists()
 
 
 def binary() -> str:
@@ -34,7 +50,13 @@ def binary() -> str:
 
 
 def write_config(
-    state_dir: Path, *, port: int, monitor_port: int, extra: str = "", auth: bool = False
+    state_dir: Path,
+    *,
+    port: int,
+    monitor_port: int,
+    extra: str = "",
+    auth: bool = False,
+    tls: bool = False,
 ) -> Path:
     store = state_dir / "nats-store"
     store.mkdir(parents=True, exist_ok=True)
@@ -43,6 +65,16 @@ def write_config(
     if auth:
         (state_dir / "auth.conf").write_text(nats_auth.authorization_block())
         include = ['include "auth.conf"']
+    tls_block: list[str] = []
+    if tls:
+        p = tls_pki(state_dir)
+        tls_block = [
+            "tls {",
+            f'  cert_file: "{p.server_cert("nats")}"',
+            f'  key_file: "{p.server_key("nats")}"',
+            "  timeout: 2",
+            "}",
+        ]
     conf.write_text(
         "\n".join(
             [
@@ -55,6 +87,7 @@ def write_config(
                 "  max_memory_store: 256MB",
                 "  max_file_store: 4GB",
                 "}",
+                *tls_block,
                 *include,
                 extra,
                 "",
@@ -75,25 +108,45 @@ def _config_text(state_dir: Path) -> str:
 
 
 def start(
-    sup: Supervisor, *, port: int, monitor_port: int, extra: str = "", auth: bool | None = None
+    sup: Supervisor,
+    *,
+    port: int,
+    monitor_port: int,
+    extra: str = "",
+    auth: bool | None = None,
+    tls: bool | None = None,
 ) -> Record:
     """Start nats-server, or keep the running one if its configuration is unchanged.
 
-    ``auth`` None means: as the state directory says (on once passwords were generated there,
-    see :func:`deploy.local.nats_auth.ensure_passwords`), so a restart keeps the users.
+    ``auth`` and ``tls`` None mean: as the state directory says (auth on once passwords were
+    generated there, see :func:`deploy.local.nats_auth.ensure_passwords`; TLS on once it was
+    asked for), so a restart keeps the users and the transport.
     """
     state = sup.state_dir
     passwords = nats_auth.ensure_passwords(state) if auth else nats_auth.load_passwords(state)
     use_auth = passwords is not None if auth is None else auth
+    if tls is not None:
+        marker = state / TLS_MARKER
+        if tls:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
     before = _config_text(state)
-    conf = write_config(state, port=port, monitor_port=monitor_port, extra=extra, auth=use_auth)
+    conf = write_config(
+        state,
+        port=port,
+        monitor_port=monitor_port,
+        extra=extra,
+        auth=use_auth,
+        tls=tls_enabled(state),
+    )
     if _config_text(state) != before and sup.running(NAME) is not None:
         # Users or ports changed (e.g. a state directory from before authentication): the
         # running server must pick them up. Its data on disk is kept.
         sup.stop(NAME)
     env = dict(os.environ)
     if use_auth and passwords is not None:
-        env.update(nats_auth.server_environment(passwords))
+        env.update(nats_auth.server_environment(passwords, cost=LOCAL_BCRYPT_COST))
     rec = sup.start(NAME, [binary(), "-c", str(conf)], env=env)
     wait_ready(port)
     return rec

@@ -1,7 +1,8 @@
 """The local control plane's PKI, generated with the `cryptography` package.
 
 One CA signs a serving certificate for kube-apiserver (SANs for loopback and the in-cluster
-service names) and client certificates: the admin (group system:masters) and one per
+service names), serving certificates for other servers on request (nats-server, with the names
+it is reached by) and client certificates: the admin (group system:masters) and one per
 component, so audit logs and RBAC show who did what. A separate RSA key pair signs service
 account tokens. Files are written once and reused by later `cluster up` runs.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,12 @@ class Pki:
     @property
     def sa_pub(self) -> Path:
         return self.dir / "sa.pub"
+
+    def server_cert(self, server: str) -> Path:
+        return self.dir / f"server-{server}.crt"
+
+    def server_key(self, server: str) -> Path:
+        return self.dir / f"server-{server}.key"
 
     def client_cert(self, user: str) -> Path:
         return self.dir / f"{user}.crt"
@@ -107,8 +115,21 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def ensure(directory: Path, *, clients: dict[str, str | None]) -> Pki:
-    """Create the PKI in `directory` unless it exists; `clients` maps user name → group."""
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def ensure(
+    directory: Path,
+    *,
+    clients: dict[str, str | None],
+    servers: Mapping[str, Sequence[str]] | None = None,
+) -> Pki:
+    """Create the PKI in `directory` unless it exists; `clients` maps user name → group,
+    `servers` a server's name → the DNS names and IP addresses its certificate is valid for."""
     pki = Pki(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if not pki.ca_cert.exists():
@@ -170,6 +191,22 @@ def ensure(directory: Path, *, clients: dict[str, str | None]) -> Pki:
         )
         _write(pki.serving_key, _pem_key(key), private=True)
         _write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+
+    for server, names in (servers or {}).items():
+        if pki.server_cert(server).exists():
+            continue
+        key = _key()
+        cert = _issue(
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            subject=_name(server),
+            key=key,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            sans=[_san(n) for n in names],
+        )
+        _write(pki.server_key(server), _pem_key(key), private=True)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        _write(pki.server_cert(server), pem, private=False)
 
     for user, group in clients.items():
         if pki.client_cert(user).exists():

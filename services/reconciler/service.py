@@ -20,7 +20,7 @@ from shared import metrics, runtime
 from shared.errors import PermanentError
 from shared.kube import MEMCACHED
 from shared.outcomes import Outcome
-from shared.streams import REQUESTS_STREAM
+from shared.stream_admin import ALL_STREAMS
 from shared.workqueue import ORIGIN, DeadLetterCallback, KeyedWorkQueue, Request
 
 log = logging.getLogger("memcached_operator.reconciler")
@@ -76,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    conn = await runtime.Connections.open(
-        "reconciler", args, streams=(REQUESTS_STREAM,), stop=stop, lease_ttl=args.lease_ttl
-    )
+    conn = await runtime.Connections.open("reconciler", args, streams=ALL_STREAMS, stop=stop)
     kube, js = conn.kube, conn.js
 
     async def on_dead_letter(request: Request, error: Exception) -> None:

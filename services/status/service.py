@@ -42,7 +42,7 @@ from shared import metrics, runtime, state, subjects, telemetry
 from shared.directget import StoredMsg
 from shared.kube import MEMCACHED, POD, KubeClient
 from shared.outcomes import Outcome
-from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
+from shared.stream_admin import ALL_STREAMS
 from shared.workqueue import Request, Result
 
 log = logging.getLogger("memcached_operator.status")
@@ -397,9 +397,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open(
         "status",
         args,
-        streams=(REQUESTS_STREAM, EVENTS_STREAM),
+        streams=ALL_STREAMS,
         stop=stop,
-        lease_ttl=args.lease_ttl,
     )
     queue = queue_from_args(
         conn,

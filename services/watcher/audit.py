@@ -1,9 +1,17 @@
 """`memcached-operator audit`: replay or follow the event stream, filtered, as a table or JSON.
 
-An ordered (ephemeral, flow-controlled) consumer reads the events stream from where the
-filters say — the start, a duration ago, or only new events — with the NATS subject filter
-built from --namespace/--name/--kind so the server does the filtering. Without --follow it
-stops at the end of the history it found when it started and exits 0.
+Batched direct gets read the events stream from where the filters say (the start, a duration
+ago, or only new events), with the NATS subject filter built from --namespace/--name/--kind so
+the server does the filtering. They are the only JetStream request the audit user may make
+(deploy/local/nats_auth.py: its account imports nothing else), so the audit reads without
+creating a consumer. Without --follow it stops at the end of the history it found and exits 0;
+with it, it asks again for newer messages every half second.
+
+Who and what a record is about comes from the subject, the part the NATS permissions scope
+(only the watcher may publish ``mcop.events.``, only the reconciler ``mcop.outcomes.``); the
+headers and the body are the publisher's words. A record whose headers or body name another
+namespace, name or kind than its subject is shown with what they claimed (column CHECK, JSON
+field ``disagrees``), never silently trusted or dropped.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ import datetime as dt
 import json
 import re
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from shared import events, natsconn, runtime, subjects
-from shared.replay import replay
 from shared.streams import EVENTS_STREAM
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -78,23 +88,57 @@ def matches_type(event_type: str, wanted: list[str]) -> bool:
     return any(event_type == w or event_type.endswith("." + w) for w in wanted)
 
 
+def _claims(headers: dict[str, str], body: object) -> dict[str, str]:
+    """What a message says about itself besides its subject: the ``ce-`` headers' kind,
+    namespace and name, and the namespace/name in its body (an object's metadata, an
+    outcome's key)."""
+    claims = {
+        f"ce-{field}": events.decode_value(headers[f"ce-{field}"])
+        for field in ("kind", "namespace", "name")
+        if f"ce-{field}" in headers
+    }
+    if isinstance(body, dict):
+        meta = body.get("metadata")
+        if isinstance(meta, dict):
+            for field in ("namespace", "name"):
+                if field in meta:
+                    claims[f"metadata.{field}"] = str(meta[field])
+        elif isinstance(body.get("key"), str):
+            namespace, _, name = str(body["key"]).rpartition("/")
+            claims["key.namespace"], claims["key.name"] = namespace, name
+    return claims
+
+
+def disagreements(subject: str, headers: dict[str, str], body: object) -> list[str]:
+    """Each claim of the message that contradicts its subject, as ``claim=value``."""
+    parsed = subjects.parse(subject)
+    truth = {
+        "kind": parsed.kind,
+        "namespace": parsed.key.namespace,
+        "name": parsed.key.name,
+    }
+    out = []
+    for claim, value in _claims(headers, body).items():
+        field = claim.rpartition(".")[2].removeprefix("ce-")
+        if value != truth[field]:
+            out.append(f"{claim}={value}")
+    return out
+
+
 def record(headers: dict[str, str], data: bytes, subject: str) -> dict[str, Any]:
     """The audit record of one message; raises ValueError when it is not a valid event."""
     event = events.decode(headers, data)
-    if not event.name:
-        parsed = subjects.parse(subject)
-        event = events.Event(
-            **{**event.__dict__, "namespace": parsed.key.namespace, "name": parsed.key.name}
-        )
+    parsed = subjects.parse(subject)
     return {
         "time": event.time,
         "type": event.type,
-        "namespace": event.namespace,
-        "name": event.name,
+        "namespace": parsed.key.namespace,
+        "name": parsed.key.name,
         "resourceVersion": event.resource_version,
         "fieldManager": event.field_manager,
         "traceId": event.trace_id,
         "id": event.id,
+        "disagrees": disagreements(subject, headers, event.data),
     }
 
 
@@ -105,6 +149,7 @@ _COLUMNS = (
     ("RV", "resourceVersion", 8),
     ("FIELD MANAGER", "fieldManager", 28),
     ("TRACE ID", "traceId", 32),
+    ("CHECK", "check", 0),
 )
 
 
@@ -112,41 +157,113 @@ def _print(rec: dict[str, Any], output: str, out: TextIO) -> None:
     if output == "json":
         out.write(json.dumps(rec) + "\n")
         return
-    row = dict(rec, key=f"{rec['namespace']}/{rec['name']}" if rec["namespace"] else rec["name"])
+    check = "DISAGREES: " + " ".join(rec["disagrees"]) if rec["disagrees"] else ""
+    key = f"{rec['namespace']}/{rec['name']}" if rec["namespace"] else rec["name"]
+    row = dict(rec, key=key, check=check)
     out.write("  ".join(str(row[k] or "-").ljust(w) for _, k, w in _COLUMNS).rstrip() + "\n")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One message of the stream as a direct get returns it."""
+
+    subject: str
+    sequence: int
+    headers: dict[str, str]
+    data: bytes
+
+
+BATCH = 256
+FOLLOW_INTERVAL = 0.5
+_REPLY_TIMEOUT = 5.0
+
+
+async def _batch(nc: Client, request: dict[str, Any]) -> tuple[list[Stored], int]:
+    """One batched direct get: the messages, and how many more match after the last one."""
+    inbox = nc.new_inbox()
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        replies.put_nowait(msg)
+
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    try:
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", json.dumps(request).encode(), reply=inbox
+        )
+        found: list[Stored] = []
+        pending = 0
+        while True:
+            try:
+                msg = await asyncio.wait_for(replies.get(), _REPLY_TIMEOUT)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"no answer to a direct get of {EVENTS_STREAM} within {_REPLY_TIMEOUT:.0f}s "
+                    "(is the stream there, and may this NATS user read it?)"
+                ) from None
+            headers = dict(msg.headers or {})
+            status = headers.get("Status")
+            if status in ("204", "404"):  # end of the batch; nothing (more) matches
+                return found, pending if status == "204" else 0
+            if status:
+                raise RuntimeError(f"direct get refused: {status} {headers.get('Description')}")
+            pending = int(headers.get("Nats-Num-Pending") or 0)
+            found.append(
+                Stored(
+                    headers.get("Nats-Subject", ""),
+                    int(headers.get("Nats-Sequence") or 0),
+                    headers,
+                    msg.data,
+                )
+            )
+    finally:
+        await sub.unsubscribe()
+
+
+async def read_events(
+    nc: Client,
+    filter_subject: str,
+    *,
+    since: dt.datetime | None = None,
+    follow: bool = False,
+) -> AsyncIterator[Stored]:
+    """The stream's messages matching ``filter_subject`` in order, from ``since`` or the
+    start; with ``follow``, then the new ones as they arrive."""
+    start: dict[str, Any] = {"seq": 1}
+    if since is not None:
+        start = {"start_time": since.isoformat().replace("+00:00", "Z")}
+    while True:
+        found, pending = await _batch(nc, {**start, "next_by_subj": filter_subject, "batch": BATCH})
+        for stored in found:
+            yield stored
+        if found:
+            start = {"seq": found[-1].sequence + 1}
+        if pending:
+            continue
+        if not follow:
+            return
+        await asyncio.sleep(FOLLOW_INTERVAL)
 
 
 async def audit(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     nc = await natsconn.connect("audit", args.nats_url)
     try:
-        js = nc.jetstream()
+        since = None
         if args.since is not None:
-            start = dt.datetime.now(dt.UTC) - args.since
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=start.isoformat().replace("+00:00", "Z"),
-            )
-        elif args.from_start or not args.follow:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            since = dt.datetime.now(dt.UTC) - args.since
+        elif args.follow and not args.from_start:
+            since = dt.datetime.now(dt.UTC)  # only new events
         if args.output == "table":
             out.write("  ".join(h.ljust(w) for h, _, w in _COLUMNS).rstrip() + "\n")
-        async for msg in replay(
-            js, filter_subject(args), stream=EVENTS_STREAM, config=config, follow=args.follow
-        ):
-            if msg is None:
-                continue
+        async for msg in read_events(nc, filter_subject(args), since=since, follow=args.follow):
             try:
-                rec = record(dict(msg.headers or {}), msg.data, msg.subject)
+                rec = record(msg.headers, msg.data, msg.subject)
             except ValueError as err:
                 # Reported, never silently dropped: the stream is an audit log.
                 where = msg.subject
                 with contextlib.suppress(ValueError):
                     where = str(subjects.parse(msg.subject).key)
-                sys.stderr.write(
-                    f"audit: malformed message {msg.metadata.sequence.stream} for {where}: {err}\n"
-                )
+                sys.stderr.write(f"audit: malformed message {msg.sequence} for {where}: {err}\n")
                 continue
             if matches_type(rec["type"], args.types):
                 _print(rec, args.output, out)
@@ -161,3 +278,6 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(audit(args))
     except (KeyboardInterrupt, BrokenPipeError):
         return 0
+    except RuntimeError as err:
+        sys.stderr.write(f"audit: {err}\n")
+        return 1

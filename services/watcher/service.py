@@ -54,12 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(runtime.env("RESYNC_PERIOD", "300")),
         help="seconds between re-requests of every CR's reconcile (env RESYNC_PERIOD)",
     )
-    parser.add_argument(
-        "--events-max-age",
-        type=float,
-        default=float(runtime.env("EVENTS_MAX_AGE", str(7 * 24 * 3600))),
-        help="seconds the event stream keeps events (env EVENTS_MAX_AGE)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +83,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         args,
         streams=(EVENTS_STREAM, REQUESTS_STREAM),
         stop=stop,
-        events_max_age=args.events_max_age,
     )
     js, kube = conn.js, conn.kube
     namespaces: list[str | None] = [n.strip() for n in args.namespaces.split(",") if n.strip()] or [

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deploy.local import nats as local_nats
-from deploy.local.nats_auth import USERS, authorization_block
+from deploy.local.nats_auth import USERS, authorization_block, server_environment
 from tests.conftest import Cluster
 from tests.support import services, wait_for
 
@@ -130,14 +130,15 @@ def test_nats_configuration_is_the_generated_one_and_valid(cluster: Cluster) -> 
     (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
     env = {e["name"]: e for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
     for user in USERS:
+        # The servers read the hashes only; the passwords (nats-users) are the clients'.
         ref = env[user.password_variable]["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) == ("nats-users", user.name)
+        assert (ref["name"], ref["key"]) == ("nats-server-auth", user.password_variable)
     proc = subprocess.run(
         [local_nats.binary(), "-t", "-c", str(DEPLOY / "base" / "nats" / "nats.conf")],
         env={
             **os.environ,
             "POD_NAME": "nats-0",
-            **{u.password_variable: f"pw{u.name}" for u in USERS},
+            **server_environment({u.name: f"pw{u.name}" for u in USERS}, cost=4),
         },
         capture_output=True,
         text=True,

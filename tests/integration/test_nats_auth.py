@@ -1,38 +1,62 @@
-"""Issue 7 acceptance: the NATS users of deploy/, enforced by the session's real nats-server.
+"""Issues 7 and 16: the NATS users of deploy/, enforced by the session's real nats-server.
 
-The local server runs with the users and permissions of deploy/local/nats_auth.py (the same
-auth.conf as the Kubernetes manifests). Unauthenticated clients are refused; the audit user
-reads the event stream but writes nothing; each service user can publish only its own
-subjects; and the services, each connected as its own user, run the whole pipeline, including
-the rarer paths of the work queue (requeue, retries up to the dead-letter stream, leases).
+The local server runs with the accounts, users and permissions of deploy/local/nats_auth.py
+(the same auth.conf as the Kubernetes manifests). Unauthenticated clients are refused; every
+user's allowed requests, tried one by one against the server, are exactly the generated
+permission table (``python -m deploy.local.nats_auth --markdown``); no user reads another's
+replies; the audit user reads the event stream but no escape lets it write or create a
+consumer; no service may create or change a stream, and a service whose streams are missing
+waits unready until the admin step made them; TLS, when on, is the only way in; and the
+services, each connected as its own user, run the whole pipeline, including the rarer paths
+of the work queue (requeue, retries up to the dead-letter stream, leases).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import nats
+import nats.aio.msg
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from deploy.local import cluster as local_cluster
+from deploy.local import nats as local_nats
+from deploy.local import nats_auth
+from deploy.local.cluster import Layout
+from deploy.local.processes import Supervisor
 from services.reconciler.reconcile import publish_outcome
 from services.status.service import last_outcome
-from shared import events, subjects
+from services.watcher.audit import read_events
+from shared import events, natsconn, subjects
 from shared.outcomes import Outcome
-from shared.replay import replay
-from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
+from shared.streams import (
+    DEADLETTER_STREAM,
+    EVENTS_STREAM,
+    LEASES_STREAM,
+    REQUESTS_STREAM,
+    ensure_streams,
+)
 from shared.subjects import ObjectKey
 from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, TransientError, enqueue
-from tests.conftest import Cluster
-from tests.support import Services, await_for, read_stream, wait_for
+from tests.conftest import Cluster, free_port
+from tests.support import Services, await_for, read_stream, services, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +73,7 @@ async def connect_as(cluster: Cluster, user: str) -> AsyncIterator[tuple[Client,
     async def on_error(err: Exception) -> None:
         errors.append(str(err).lower())
 
+    tls = natsconn.tls_context(creds.get("NATS_CA"))
     nc = await nats.connect(
         creds["NATS_URL"],
         user=creds["NATS_USER"],
@@ -57,6 +82,9 @@ async def connect_as(cluster: Cluster, user: str) -> AsyncIterator[tuple[Client,
         error_cb=on_error,
         allow_reconnect=False,
         connect_timeout=5,
+        # As shared/natsconn.py connects: replies on the user's own inbox.
+        inbox_prefix=natsconn.inbox_prefix(user),
+        **({"tls": tls} if tls else {}),
     )
     try:
         yield nc, errors
@@ -129,13 +157,7 @@ async def test_audit_user_replays_the_stream_but_cannot_publish(
         js = nc.jetstream()
         replayed = [
             m.subject
-            async for m in replay(
-                js,
-                subjects.wildcard(subjects.EVENTS, "*", namespace),
-                stream=EVENTS_STREAM,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-            )
-            if m is not None
+            async for m in read_events(nc, subjects.wildcard(subjects.EVENTS, "*", namespace))
         ]
         assert replayed == [subject]
         # Nothing the audit user sends may change a stream: not events, not the JetStream API.
@@ -161,6 +183,12 @@ async def test_audit_user_replays_the_stream_but_cannot_publish(
 # reconciler, a controller's acks, leases and dead letters to that controller, stream
 # administration to the admin.
 DENIED = [
+    *(
+        (user, f"$JS.API.STREAM.{verb}.{stream}")
+        for user in ("watcher", "reconciler", "status")
+        for verb in ("CREATE", "UPDATE")
+        for stream in ("MCOP_EVENTS", "MCOP_REQUESTS", "KV_mcop-leases")
+    ),
     ("reconciler", "mcop.events.memcached.ns.name"),
     ("reconciler", "mcop.events.deployment.ns.name"),
     ("reconciler", "$KV.mcop-leases.status.ns.name"),
@@ -389,3 +417,340 @@ def test_layout_gives_each_service_its_own_credentials(cluster: Cluster) -> None
     assert layout.nats_url.startswith("nats://admin:")
     with pytest.raises(KeyError):
         layout.nats_credentials("nobody")
+
+
+# -- the permission table ----------------------------------------------------------------------
+
+SENTINEL = "mcop.nats-auth-probe-sentinel"  # denied to every restricted user
+
+
+@pytest.mark.parametrize("user", [u.name for u in nats_auth.USERS if u.permissions is not None])
+async def test_each_user_may_do_exactly_what_the_generated_table_says(
+    cluster: Cluster, user: str
+) -> None:
+    """Every JetStream API verb on every stream and every subject family, tried as ``user``
+    against the real server: the allowed ones are exactly the cells of the table that
+    ``python -m deploy.local.nats_auth --markdown`` prints (the admin, unrestricted, is not
+    probed: some of its allowed requests would delete the session's streams)."""
+    probes = nats_auth.probes()
+    expected = nats_auth.table()
+    async with connect_as(cluster, user) as (nc, errors):
+        for probe in probes:
+            if probe.action == "pub":
+                # No reply subject: an allowed API request is not even answered.
+                await nc.publish(probe.subject, b"x")
+            else:
+                await nc.subscribe(probe.subject)
+        await nc.publish(SENTINEL, b"x")
+        await nc.flush(timeout=5)
+        # A connection's violations come back in order: the sentinel's is the last.
+        await violation(errors, SENTINEL)
+    refused = {
+        ("pub" if "for publish to" in e else "sub", e.split('"')[1])
+        for e in errors
+        if "permissions violation" in e and e.count('"') >= 2
+    }
+    live: dict[str, list[str]] = {}
+    for probe in probes:
+        cells = live.setdefault(probe.row, [])
+        if (probe.action, probe.subject.lower()) not in refused:
+            cells.append(probe.item)
+    assert live == {row: cells[user] for row, cells in expected.items()}
+
+
+def test_table_is_generated_from_the_permissions() -> None:
+    table = nats_auth.markdown_table()
+    assert table.startswith("| request | watcher | reconciler | status | audit | admin |")
+    assert "| `STREAM.UPDATE` | — | — | — | — | all |" in table
+
+
+# -- private replies ---------------------------------------------------------------------------
+
+
+async def test_a_user_cannot_subscribe_to_another_users_replies(cluster: Cluster) -> None:
+    async with (
+        connect_as(cluster, "reconciler") as (victim, _),
+        connect_as(cluster, "status") as (spy, spy_errors),
+    ):
+        overheard: list[str] = []
+
+        async def listen(msg: nats.aio.msg.Msg) -> None:
+            overheard.append(msg.subject)
+
+        for subject in ("_INBOX_reconciler.>", "_INBOX.>", ">"):
+            await spy.subscribe(subject, cb=listen)
+        await spy.flush(timeout=5)
+        for subject in ("_INBOX_reconciler.>", "_INBOX.>", ">"):
+            wanted = f'permissions violation for subscription to "{subject.lower()}"'
+            await await_for(
+                lambda wanted=wanted: any(wanted in e for e in spy_errors),
+                timeout=5,
+                what=f"the refusal of {subject}",
+            )
+        # The victim's replies arrive (on its own inbox), and only to the victim.
+        info = await victim.jetstream().stream_info(REQUESTS_STREAM)
+        assert info.config.name == REQUESTS_STREAM
+        assert victim._resp_sub_prefix is not None
+        assert bytes(victim._resp_sub_prefix).startswith(b"_INBOX_reconciler.")
+        await spy.flush(timeout=5)
+        assert overheard == []
+
+
+# -- the audit user ----------------------------------------------------------------------------
+
+
+async def consumer_names(cluster: Cluster, stream: str) -> set[str]:
+    async with connect_as(cluster, "admin") as (admin, _):
+        return {c.name for c in await admin.jetstream().consumers_info(stream)}
+
+
+async def test_audit_user_has_no_way_to_write_or_to_create_a_consumer(
+    cluster: Cluster, namespace: str
+) -> None:
+    """The escapes a reader with consumer rights would have, each refused by the real server:
+    a push consumer delivering into the lease bucket or the requests stream (the server
+    delivers a consumer's messages to whatever subject its creator chose), a stream update
+    that would shorten the audit log, plain publishes, and a direct get whose reply subject
+    is a stream's (the server publishes the reply there: a copy of a stored event)."""
+    lease = f"$KV.mcop-leases.reconcile.{namespace}.victim"
+    request = subjects.subject(subjects.REQUESTS, "reconcile", ObjectKey(namespace, "victim"))
+    event = subjects.subject(subjects.EVENTS, "memcached", ObjectKey(namespace, "victim"))
+    before = await consumer_names(cluster, EVENTS_STREAM)
+    async with connect_as(cluster, "admin") as (admin, _):
+        events_config = (await admin.jetstream().stream_info(EVENTS_STREAM)).config
+        subject, headers, body = cloud_event(namespace, "victim")
+        await admin.jetstream().publish(subject, body, headers=headers, timeout=5)
+
+    def push(deliver: str) -> bytes:
+        config = {"deliver_subject": deliver, "deliver_policy": "all", "ack_policy": "none"}
+        return json.dumps({"stream_name": EVENTS_STREAM, "config": config}).encode()
+
+    async with connect_as(cluster, "audit") as (nc, errors):
+        attempts = [
+            (f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}", push(lease)),
+            (f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.escape", push(request)),
+            (f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.escape", push(request)),
+            (f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.pull", b'{"config":{}}'),
+            (
+                f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+                json.dumps({"name": EVENTS_STREAM, "max_age": 1_000_000_000}).encode(),
+            ),
+            (f"$JS.API.STREAM.PURGE.{EVENTS_STREAM}", b""),
+            (event, body),
+            (request, b"{}"),
+            (lease, b"held"),
+        ]
+        for target, payload in attempts:
+            await nc.publish(target, payload, reply=nc.new_inbox())
+        await nc.flush(timeout=5)
+        for target, _ in attempts:
+            assert await violation(errors, target)
+        # The one request it may make, with a reply subject of the requests stream: the
+        # server answers across the account boundary on a subject of its own instead.
+        direct = f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"
+        query = json.dumps({"last_by_subj": subject}).encode()
+        await nc.publish(direct, query, reply=request)
+        await nc.publish(direct, query, reply=lease)
+        await nc.flush(timeout=5)
+        # Its own reads still work: it is not just cut off.
+        assert [m.subject async for m in read_events(nc, subject)] == [subject]
+        with pytest.raises((nats.errors.Error, TimeoutError)):  # no consumer API at all
+            await nc.jetstream().subscribe(subject, ordered_consumer=True, stream=EVENTS_STREAM)
+    async with connect_as(cluster, "admin") as (admin, _):
+        js = admin.jetstream()
+        assert (await js.stream_info(EVENTS_STREAM)).config.max_age == events_config.max_age
+        for stream, target in ((REQUESTS_STREAM, request), (LEASES_STREAM, lease)):
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await js.get_last_msg(stream, target)
+    assert await consumer_names(cluster, EVENTS_STREAM) == before
+    after = await read_stream(cluster.nats_url, event)
+    assert [m.subject for m in after] == [subject]
+
+
+async def test_audit_shows_the_subjects_key_and_marks_what_headers_claim_otherwise(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A publisher (here: the admin) names another namespace and name in the headers and the
+    body than in the subject, the part NATS permissions scope: the audit shows the subject's,
+    and flags the record with what it claimed."""
+    key = ObjectKey(namespace, "victim1")
+    obj = {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {
+            "name": "other",
+            "namespace": "kube-system",
+            "uid": "u",
+            "resourceVersion": "9",
+        },
+        "spec": {"size": 1, "image": "forged.invalid/memcached:1"},
+    }
+    headers, body = events.encode(kind="memcached", change="modified", obj=obj)
+    honest_subject, honest_headers, honest_body = cloud_event(namespace, "honest")
+    async with connect_as(cluster, "admin") as (admin, _):
+        js = admin.jetstream()
+        await js.publish(honest_subject, honest_body, headers=honest_headers, timeout=5)
+        await js.publish(subjects.subject(subjects.EVENTS, "memcached", key), body, headers=headers)
+    proc = await asyncio.to_thread(cluster.audit, "-o", "json", "-n", namespace, user="audit")
+    assert proc.returncode == 0, proc.stderr
+    records = {r["name"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(records) == {"honest", "victim1"}
+    assert records["honest"]["disagrees"] == []
+    forged = records["victim1"]
+    assert (forged["namespace"], forged["name"]) == (namespace, "victim1")
+    assert sorted(forged["disagrees"]) == [
+        "ce-name=other",
+        "ce-namespace=kube-system",
+        "metadata.name=other",
+        "metadata.namespace=kube-system",
+    ]
+    table = await asyncio.to_thread(cluster.audit, "-n", namespace, user="audit")
+    (line,) = [ln for ln in table.stdout.splitlines() if f"{namespace}/victim1" in ln]
+    assert "DISAGREES: ce-namespace=kube-system" in line
+    assert "kube-system/" not in table.stdout
+
+
+# -- stream administration ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def own_server(state_dir: Path, *, tls: bool) -> Iterator[Layout]:
+    """A nats-server of its own (users as deploy/, TLS only if asked) in a layout of its own,
+    without streams: for tests that must see the session's server unchanged."""
+    layout = Layout(state_dir, base_port=local_cluster.free_base_port())
+    layout.save()
+    sup = Supervisor(layout.state_dir)
+    local_nats.start(
+        sup, port=layout.nats_port, monitor_port=layout.nats_monitor_port, auth=True, tls=tls
+    )
+    try:
+        yield layout
+    finally:
+        sup.stop(local_nats.NAME)
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[Layout]:
+    with own_server(tmp_path / "own", tls=False) as layout:
+        yield layout
+
+
+@pytest.fixture
+def own_tls_nats(tmp_path: Path) -> Iterator[Layout]:
+    with own_server(tmp_path / "own-tls", tls=True) as layout:
+        yield layout
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+def streams_cli(
+    layout: Layout, action: str, user: str = "admin"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "streams", action],
+        env={**os.environ, **layout.nats_credentials(user)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_service_waits_unready_until_the_admin_step_made_its_streams(
+    cluster: Cluster, own_nats: Layout, tmp_path: Path
+) -> None:
+    """The reconciler, on a server without streams, creates none (it may not), stays unready
+    saying what is missing and what to run, and becomes ready once `streams ensure` ran; a
+    stream shaped otherwise than the code needs keeps it unready the same way."""
+    port = free_port()
+    env = cluster.env(MCOP_STATE_DIR=str(own_nats.state_dir), NATS_URL=own_nats.nats_url)
+    with services(tmp_path / "services", env) as svc:
+        svc.start("reconciler", "--health-port", str(port), name="reconciler")
+        wait_for(
+            lambda: "streams ensure" in svc.log("reconciler"),
+            timeout=60,
+            what="the reconciler to say what to run",
+        )
+        log = svc.log("reconciler")
+        assert f"stream {REQUESTS_STREAM} does not exist" in log, log[-2000:]
+        code, text = readyz(port)
+        assert code == 503 and "[-]streams failed" in text, text
+        check = streams_cli(own_nats, "check", user="reconciler")
+        assert check.returncode == 1 and "does not exist" in check.stdout, check.stdout
+        assert "permissions violation" not in log.lower()
+
+        ensured = streams_cli(own_nats, "ensure")
+        assert ensured.returncode == 0, ensured.stdout + ensured.stderr
+        wait_for(lambda: readyz(port)[0] == 200, timeout=60, what="the reconciler to be ready")
+
+        # Misshaped by hand (a request per object is one per subject): unready again.
+        async def misshape() -> None:
+            nc = await nats.connect(own_nats.nats_url)
+            try:
+                js = nc.jetstream()
+                config = (await js.stream_info(REQUESTS_STREAM)).config
+                config.max_msgs_per_subject = 5
+                await js.update_stream(config)
+            finally:
+                await nc.close()
+
+        asyncio.run(misshape())
+        wait_for(lambda: readyz(port)[0] == 503, timeout=30, what="the reconciler to be unready")
+        assert streams_cli(own_nats, "ensure").returncode == 0
+        wait_for(lambda: readyz(port)[0] == 200, timeout=30, what="the reconciler ready again")
+        assert "permissions violation" not in svc.log("reconciler").lower()
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def plain_connect(port: int) -> tuple[str, str]:
+    """A client that speaks NATS without TLS: the server's INFO, then what it answers to
+    CONNECT and PING (PONG from a server that took the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        info = conn.recv(4096).decode(errors="replace")
+        conn.sendall(b'CONNECT {"verbose":false,"user":"admin","pass":"x"}\r\nPING\r\n')
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(4096):
+                answer += chunk
+        return info, answer.decode(errors="replace")
+
+
+async def test_plain_server_answers_a_plain_client(own_nats: Layout) -> None:
+    """The contrast for the test below: the same plain client, on a server without TLS."""
+    info, answer = await asyncio.to_thread(plain_connect, own_nats.nats_port)
+    assert '"tls_required"' not in info
+    assert "-ERR 'Authorization Violation'" in answer  # heard, then refused the password
+
+
+async def test_with_tls_on_only_verified_tls_clients_get_in(own_tls_nats: Layout) -> None:
+    own_nats = own_tls_nats
+    assert own_nats.nats_tls and own_nats.nats_url.startswith("tls://")
+    # The admin step and a service user, over TLS with the CA of NATS_CA (shared/natsconn.py).
+    ensured = await asyncio.to_thread(streams_cli, own_nats, "ensure")
+    assert ensured.returncode == 0, ensured.stdout + ensured.stderr
+    checked = await asyncio.to_thread(streams_cli, own_nats, "check", "watcher")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Plain NATS is refused before any credentials count.
+    info, answer = await asyncio.to_thread(plain_connect, own_nats.nats_port)
+    assert '"tls_required":true' in info, info
+    assert answer == "", answer  # the server hung up: no PONG, not even an error
+    # TLS without the CA: the server's certificate is not trusted.
+    creds = own_nats.nats_credentials("admin")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await nats.connect(
+            creds["NATS_URL"],
+            user="admin",
+            password=creds["NATS_PASSWORD"],
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=5,
+        )

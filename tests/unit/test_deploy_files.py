@@ -3,8 +3,9 @@
 The image must start the console script pyproject declares, on a Python the project
 supports, as the non-root user the manifests expect; each Deployment must run a subcommand
 that exists, probe the port its service listens on by default, and connect to NATS as a user
-that deploy/local/nats_auth.py defines; and the committed auth.conf must be that module's
-output (it cannot be built here, so these are checked as text).
+that deploy/local/nats_auth.py defines; the committed auth.conf must be that module's
+output (it cannot be built here, so these are checked as text); no overlay may carry a
+password, and no service may be told how to shape the streams (the Job nats-streams does).
 """
 
 from __future__ import annotations
@@ -127,11 +128,91 @@ def test_every_deployment_runs_a_subcommand_with_its_probes_and_user() -> None:
         assert env["NATS_USER"]["value"] == name and name in users
         ref = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("nats-users", name)
-        assert env["STREAM_REPLICAS"]["value"] == "3"
+        # Stream settings belong to the admin step (Job nats-streams), not to a service.
+        assert not {"STREAM_REPLICAS", "EVENTS_MAX_AGE"} & set(env), name
         assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         assert env["OTEL_PROPAGATORS"]["value"] == "tracecontext,baggage,b3multi"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+
+
+def _walk(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_no_kustomization_or_manifest_carries_a_password() -> None:
+    """A password in an overlay ends up in every cluster built from it: the Secrets come from
+    `memcached-operator nats-credentials` only."""
+    found = []
+    for path in sorted((ROOT / "deploy").rglob("*.yaml")):
+        for doc in documents(path):
+            for generator in doc.get("secretGenerator") or []:
+                found.append(f"{path}: secretGenerator {generator.get('name')}")
+            if doc.get("kind") == "Secret" and (doc.get("data") or doc.get("stringData")):
+                found.append(f"{path}: Secret {doc['metadata']['name']}")
+            for node in _walk(doc):
+                if "PASSWORD" in str(node.get("name", "")).upper() and "value" in node:
+                    found.append(f"{path}: {node['name']} has a literal value")
+        if re.search(r"\bdev(watcher|reconciler|status|audit|admin)\b", path.read_text()):
+            found.append(f"{path}: a development password")
+    for path in sorted((ROOT / "deploy").rglob("*.conf")):
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*password\s*[:=]", line) and not re.search(r"[:=]\s*\$\w", line):
+                found.append(f"{path}: {line.strip()}")
+    assert not found, found
+
+
+def test_the_job_creates_the_streams_as_admin_and_services_cannot() -> None:
+    (job,) = documents(BASE / "nats-streams.yaml")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["streams", "ensure"]
+    assert "streams" in cli.SUBCOMMANDS
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NATS_USER"]["value"] == "admin"
+    assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "nats-users",
+        "key": "admin",
+    }
+    assert env["STREAM_REPLICAS"]["value"] == "3"
+    assert nats_auth.user("admin").permissions is None
+    for name in nats_auth.SERVICE_USERS:
+        for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
+            for stream in nats_auth.STREAMS:
+                subject = f"$JS.API.STREAM.{verb}.{stream}"
+                assert not nats_auth.allowed(nats_auth.user(name), "pub", subject), (name, subject)
+
+
+def test_nats_servers_read_only_password_hashes() -> None:
+    """The StatefulSet's password variables come from the hashes' Secret, never nats-users."""
+    (statefulset,) = [d for d in documents(BASE / "nats.yaml") if d["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs == {
+        u.password_variable: {"name": "nats-server-auth", "key": u.password_variable}
+        for u in nats_auth.USERS
+    }
+
+
+def test_monitoring_port_is_closed_to_other_pods() -> None:
+    (policy,) = [d for d in documents(BASE / "nats.yaml") if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert "monitor" not in ports and 8222 not in ports
+    assert sorted(ports) == ["client", "cluster"]
 
 
 def test_generated_passwords_read_as_strings_in_nats_config() -> None:

@@ -1,0 +1,144 @@
+"""Stream administration: the one step that creates the streams, and the services' check of it.
+
+`memcached-operator streams ensure`, run with the NATS admin identity (locally by `cluster up`,
+in Kubernetes by the Job `nats-streams`), creates the events, requests and dead-letter streams
+and the lease bucket, or brings existing ones to the configuration its flags give (replicas,
+the events' max age, the lease bucket's TTL). No service may do that: a service only reads the
+streams' info, and :func:`stream_problems` says what is missing or shaped differently from what
+the code needs, so that the service stays unready, and says what to run, until the admin step
+has run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from shared import natsconn
+from shared.streams import (
+    DEADLETTER_STREAM,
+    DEFAULT_EVENTS_MAX_AGE,
+    DEFAULT_LEASE_TTL,
+    EVENTS_STREAM,
+    LEASES_STREAM,
+    REQUESTS_STREAM,
+    deadletter_config,
+    ensure_streams,
+    events_config,
+    leases_config,
+    requests_config,
+)
+
+log = logging.getLogger("memcached_operator.streams")
+
+ALL_STREAMS = (EVENTS_STREAM, REQUESTS_STREAM, DEADLETTER_STREAM, LEASES_STREAM)
+ENSURE_COMMAND = "memcached-operator streams ensure"
+# The settings the services' code depends on; the others (replicas, ages, sizes) are the
+# operator's to choose with the admin step's flags.
+_SHAPE = ("subjects", "retention", "max_msgs_per_subject", "allow_direct", "allow_msg_ttl")
+
+
+def _expected() -> dict[str, api.StreamConfig]:
+    return {
+        c.name or "": c
+        for c in (events_config(), requests_config(), deadletter_config(), leases_config())
+    }
+
+
+async def stream_problems(js: JetStreamContext, names: Iterable[str] = ALL_STREAMS) -> list[str]:
+    """What is wrong with the streams ``names`` for this code, one line each; [] when none.
+
+    Raises what the JetStream request raises for anything but a missing stream (not
+    connected, a timeout, a permission refused), so the caller can tell "not yet" from "no".
+    """
+    expected = _expected()
+    problems = []
+    for name in names:
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            problems.append(f"stream {name} does not exist")
+            continue
+        want = expected.get(name)
+        if want is None:
+            continue
+        for field in _SHAPE:
+            have, need = getattr(info.config, field), getattr(want, field)
+            if need is not None and _normal(have) != _normal(need):
+                problems.append(f"stream {name} has {field}={have!r}, this code needs {need!r}")
+    return problems
+
+
+def _normal(value: object) -> object:
+    if isinstance(value, list):
+        return sorted(value)
+    return value or None  # unset, False, 0 and [] all mean "not enabled"
+
+
+# -- `memcached-operator streams ensure` -------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["ensure", "check"])
+    parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("NATS_URL", natsconn.DEFAULT_URL),
+        help="as the NATS admin user (env NATS_URL, NATS_USER/NATS_PASSWORD, NATS_CA)",
+    )
+    parser.add_argument(
+        "--stream-replicas",
+        type=int,
+        default=int(os.environ.get("STREAM_REPLICAS", "1")),
+        help="JetStream replicas of every stream (3 on a 3-node cluster) (env STREAM_REPLICAS)",
+    )
+    parser.add_argument(
+        "--events-max-age",
+        type=float,
+        default=_optional_float("EVENTS_MAX_AGE"),
+        help=f"seconds the event stream keeps events; unset keeps an existing stream's, "
+        f"{DEFAULT_EVENTS_MAX_AGE:.0f} for a new one (env EVENTS_MAX_AGE)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=_optional_float("LEASE_TTL"),
+        help=f"the lease bucket's TTL, the longest any lease may live; unset keeps an "
+        f"existing bucket's, {DEFAULT_LEASE_TTL:.0f} for a new one (env LEASE_TTL)",
+    )
+
+
+def _optional_float(variable: str) -> float | None:
+    value = os.environ.get(variable)
+    return float(value) if value else None
+
+
+async def ensure(args: argparse.Namespace) -> int:
+    nc = await natsconn.connect("streams-admin", args.nats_url)
+    try:
+        js = nc.jetstream()
+        if args.action == "ensure":
+            await ensure_streams(
+                js,
+                replicas=args.stream_replicas,
+                events_max_age=args.events_max_age,
+                lease_ttl=args.lease_ttl,
+            )
+        problems = await stream_problems(js)
+    finally:
+        await nc.close()
+    for problem in problems:
+        print(f"streams: {problem}")
+    if not problems:
+        print("streams: " + ", ".join(ALL_STREAMS) + " ready")
+    return 1 if problems else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return asyncio.run(ensure(args))

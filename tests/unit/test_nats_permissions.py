@@ -1,0 +1,97 @@
+"""Unit tests of the NATS permission model of deploy/local/nats_auth.py: subject matching as
+nats-server does it, the generated table, private inboxes, and what no service may do."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.local import nats_auth
+from shared.natsconn import inbox_prefix
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("a.b", "a.b", True),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.>", "a.b.c", True),
+        ("a.>", "a", False),
+        ("a.*.c", "a.b.c", True),
+        ("_INBOX.>", "_INBOX_status.x", False),
+        ("$JS.API.CONSUMER.CREATE.S.d.>", "$JS.API.CONSUMER.CREATE.S.d.mcop.requests.x.>", True),
+    ],
+)
+def test_subject_matching_is_nats(pattern: str, subject: str, matches: bool) -> None:
+    assert nats_auth.subject_matches(pattern, subject) is matches
+
+
+def test_each_user_may_subscribe_only_to_its_own_inbox() -> None:
+    for u in nats_auth.USERS:
+        if u.permissions is None:
+            continue
+        assert u.permissions.subscribe == (f"{inbox_prefix(u.name)}.>",)
+        for other in nats_auth.USERS:
+            subject = f"{inbox_prefix(other.name)}.reply"
+            assert nats_auth.allowed(u, "sub", subject) is (other is u), (u.name, other.name)
+        assert not nats_auth.allowed(u, "sub", "_INBOX.reply")
+
+
+def test_inbox_prefix_is_one_token() -> None:
+    assert inbox_prefix("status") == "_INBOX_status"
+    assert inbox_prefix("a.b>*") == "_INBOX_a_b__"
+    assert inbox_prefix(None) == "_INBOX"
+
+
+def test_audit_is_alone_in_its_account_and_imports_only_reads() -> None:
+    audit = nats_auth.user("audit")
+    assert audit.account == nats_auth.AUDIT_ACCOUNT
+    assert [u.name for u in nats_auth.USERS if u.account == nats_auth.AUDIT_ACCOUNT] == ["audit"]
+    assert audit.permissions is not None
+    assert audit.permissions.publish == nats_auth.AUDIT_IMPORTS
+    assert all(".DIRECT.GET." in s for s in nats_auth.AUDIT_IMPORTS)
+    block = nats_auth.authorization_block()
+    assert block.count("imports: [") == 1 and block.count("exports: [") == 1
+
+
+def test_the_markdown_table_is_the_permission_model() -> None:
+    table = nats_auth.markdown_table()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
+    names = [u.name for u in nats_auth.USERS]
+    assert table.splitlines()[0] == "| request | " + " | ".join(names) + " |"
+    for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
+        assert rows[f"`STREAM.{verb}`"].endswith("| — | — | — | — | all |")
+    assert rows["`CONSUMER.CREATE` ephemeral"].split(" | ")[4] == "—"  # audit: none at all
+    cells = nats_auth.table()
+    assert cells["publish `mcop.events`"]["watcher"] == ["memcached", "deployment", "pod"]
+    assert cells["publish `mcop.events`"]["reconciler"] == []
+
+
+def test_server_environment_holds_quoted_bcrypt_hashes_not_passwords() -> None:
+    env = nats_auth.server_environment({"watcher": "mcopsecret"}, cost=4)
+    (value,) = env.values()
+    assert value.startswith('"$2') and value.endswith('"') and "mcopsecret" not in value
+    import bcrypt
+
+    assert bcrypt.checkpw(b"mcopsecret", value.strip('"').encode())
+
+
+def test_credentials_generator_gives_fresh_passwords_and_only_hashes_to_the_server() -> None:
+    import bcrypt
+
+    from deploy import nats_credentials
+
+    users, server = nats_credentials.secrets(cost=4)
+    again, _ = nats_credentials.secrets(cost=4)
+    assert users["metadata"]["name"] == "nats-users"
+    assert server["metadata"]["name"] == "nats-server-auth"
+    passwords = users["stringData"]
+    assert set(passwords) == {u.name for u in nats_auth.USERS}
+    assert len(set(passwords.values())) == len(passwords)
+    assert not set(passwords.values()) & set(again["stringData"].values())
+    for u in nats_auth.USERS:
+        hashed = server["stringData"][u.password_variable]
+        assert passwords[u.name] not in hashed
+        assert bcrypt.checkpw(passwords[u.name].encode(), hashed.strip('"').encode())
