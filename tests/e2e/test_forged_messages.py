@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import events, subjects
+from shared.natsconn import inbox_prefix
 from shared.outcomes import Outcome
 from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM
 from shared.subjects import ObjectKey
@@ -37,7 +38,10 @@ FORGED_IMAGE = "registry.example/evil:1"
 async def _as_user(cluster: Cluster, user: str) -> nats.aio.client.Client:
     creds = cluster.layout.nats_credentials(user)
     return await nats.connect(
-        creds["NATS_URL"], user=creds.get("NATS_USER"), password=creds.get("NATS_PASSWORD")
+        creds["NATS_URL"],
+        user=creds.get("NATS_USER"),
+        password=creds.get("NATS_PASSWORD"),
+        inbox_prefix=inbox_prefix(user),
     )
 
 
