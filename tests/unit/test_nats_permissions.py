@@ -3,6 +3,8 @@ nats-server does it, the generated table, private inboxes, and what no service m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deploy.local import nats_auth
@@ -95,3 +97,11 @@ def test_credentials_generator_gives_fresh_passwords_and_only_hashes_to_the_serv
         hashed = server["stringData"][u.password_variable]
         assert passwords[u.name] not in hashed
         assert bcrypt.checkpw(passwords[u.name].encode(), hashed.strip('"').encode())
+
+
+def test_readme_shows_the_generated_permission_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert nats_auth.markdown_table().strip() in readme, (
+        "README's NATS permission table differs from the generated one: "
+        "python -m deploy.local.nats_auth --markdown"
+    )
