@@ -4,13 +4,17 @@ The URL comes from NATS_URL (a comma-separated list for a cluster); credentials 
 NATS_USER/NATS_PASSWORD, NATS_TOKEN or a NATS_CREDS file, so the per-service NATS users of
 deploy/ work unchanged. Connections reconnect forever with jittered waits and report state
 changes in the log; JetStream operations made while disconnected fail fast with a transient
-error rather than hanging.
+error rather than hanging. Some server errors (an authorization violation, a protocol
+violation such as an over-long control line) make nats-py close the connection for good
+instead of reconnecting: ``on_closed`` is awaited then, and the service decides what to do
+(shared/runtime.py stops it with a failure; /healthz fails meanwhile).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -24,7 +28,9 @@ if not nats_headers.install():
     log.warning("nats-py's header parser has changed; using it as it is")
 
 
-async def connect(name: str, url: str | None = None) -> Client:
+async def connect(
+    name: str, url: str | None = None, *, on_closed: Callable[[], Awaitable[None]] | None = None
+) -> Client:
     servers = (url or os.environ.get("NATS_URL") or DEFAULT_URL).split(",")
 
     async def on_error(err: Exception) -> None:
@@ -35,6 +41,11 @@ async def connect(name: str, url: str | None = None) -> Client:
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+
+    async def on_close() -> None:
+        log.info("nats connection closed")
+        if on_closed is not None:
+            await on_closed()
 
     kwargs: dict[str, object] = {}
     if os.environ.get("NATS_USER"):
@@ -54,6 +65,7 @@ async def connect(name: str, url: str | None = None) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        closed_cb=on_close,
         pending_size=64 * 1024 * 1024,
         **kwargs,
     )
