@@ -21,6 +21,11 @@ A PRODUCER span per change carries the trace to all three messages. An object an
 writer put it there, and a Deployment, which the reconciler stamps with the trace of its write
 (so the rollout that write starts stays in the same trace). Requests published here count as
 workqueue adds, as those of :func:`shared.workqueue.enqueue` do.
+
+Watched objects are written by tenants, so nothing they say is believed unchecked: the owner
+of a Deployment or Pod comes from its controller reference (:func:`find_owner`), names must be
+Kubernetes names and subjects stay within bounds (shared/subjects.py), and a message that
+cannot be published is dead-lettered so that the next one can be (:class:`Publisher`).
 """
 
 from __future__ import annotations
