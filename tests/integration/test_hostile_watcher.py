@@ -248,7 +248,9 @@ def test_a_watcher_whose_nats_stops_answering_turns_unhealthy_then_recovers(
     cluster: Cluster, service_procs: Services, namespace: str, own_nats: OwnNats
 ) -> None:
     own_nats.start()
-    port = start_watcher(service_procs, namespace, "--liveness-stall", "5", NATS_URL=own_nats.url)
+    port = start_watcher(
+        service_procs, namespace, NATS_URL=own_nats.url, LIVENESS_STALL_SECONDS="5"
+    )
     assert http_get(port, "/healthz")[0] == 200
 
     os.kill(own_nats.pid, signal.SIGSTOP)  # connected, but nothing is ever confirmed
