@@ -219,11 +219,14 @@ def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     )
 
 
-def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner) -> dict[str, str]:
+def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner | None = None) -> dict[str, str]:
     """The event's ``ce-owner`` (objects a Memcached owns) and ``ce-ready`` (pods): what the
-    status service's pod index needs, readable without the body."""
+    status service's pod index needs, readable without the body (``owner``: as
+    :func:`find_owner` found it, when the caller has already asked)."""
     if not kind.owned:
         return {}
+    if owner is None:
+        owner = find_owner(kind.name, obj)
     out = {events.OWNER_ATTR: owner.key.name if owner.key is not None else ""}
     if kind.name == "pod":
         out[events.READY_ATTR] = "true" if pod_ready(obj) else "false"
