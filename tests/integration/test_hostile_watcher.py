@@ -22,9 +22,9 @@ from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from shared import events, subjects
-from shared.streams import REQUESTS_STREAM
+from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM
 from shared.subjects import ObjectKey
-from shared.workqueue import ORIGIN
+from shared.workqueue import DL_BODY_TRUNCATED, DL_CONTROLLER, DL_REASON, DL_SUBJECT, ORIGIN
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 
@@ -292,3 +292,49 @@ def test_a_watcher_whose_connection_the_server_closed_for_good_stops_with_a_fail
 
     wait_for(failed, timeout=60, what="the watcher to stop or turn unhealthy")
     assert "maximum control line exceeded" in service_procs.log("watcher")
+
+
+def test_a_change_too_large_for_the_server_is_dead_lettered_and_the_next_one_published(
+    cluster: Cluster, service_procs: Services, namespace: str, own_nats: OwnNats
+) -> None:
+    # A server with nats-server's usual max_payload scaled down, so that a tenant's object
+    # with a large annotation exceeds it (at 1 MiB, a Deployment whose pod template carries
+    # a large environment does the same).
+    own_nats.start(extra="max_payload: 65536")
+    port = start_watcher(service_procs, namespace, NATS_URL=own_nats.url)
+    cluster.kubectl("create", "deployment", "big", "--image=pause", "-n", namespace)
+    cluster.kubectl("annotate", "deployment/big", "-n", namespace, f"test/blob={'b' * 100_000}")
+    cluster.kubectl("label", "deployment/big", "-n", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+    cluster.apply_memcached(namespace, "after", {"size": 1})
+
+    wait_for(
+        lambda: asyncio.run(
+            read_stream(own_nats.url, subjects.wildcard(subjects.EVENTS, "memcached", namespace))
+        ),
+        timeout=60,
+        what="the event of the Memcached applied after the large Deployment",
+    )
+    records = wait_for(
+        lambda: asyncio.run(
+            read_stream(
+                own_nats.url,
+                subjects.subject(subjects.DEADLETTER, "watcher", ObjectKey(namespace, "big")),
+                stream=DEADLETTER_STREAM,
+            )
+        ),
+        timeout=30,
+        what="the dead-letter record of the large Deployment's change",
+    )
+    headers = records[0].headers
+    assert headers[DL_REASON] == "MessageTooLarge"
+    assert headers[DL_CONTROLLER] == "watcher"
+    assert headers[DL_SUBJECT] == subjects.subject(
+        subjects.EVENTS, "deployment", ObjectKey(namespace, "big")
+    )
+    assert headers["ce-name"] == "big" and int(headers[DL_BODY_TRUNCATED]) > 100_000
+    assert len(records[0].data) <= 1024
+    assert (
+        metric(port, "mcop_dead_lettered_total", controller="watcher", reason="MessageTooLarge")
+        >= 1
+    )
+    assert http_get(port, "/healthz")[0] == 200
