@@ -305,14 +305,17 @@ def test_a_change_too_large_for_the_server_is_dead_lettered_and_the_next_one_pub
     cluster.kubectl("create", "deployment", "big", "--image=pause", "-n", namespace)
     cluster.kubectl("annotate", "deployment/big", "-n", namespace, f"test/blob={'b' * 100_000}")
     cluster.kubectl("label", "deployment/big", "-n", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}")
-    cluster.apply_memcached(namespace, "after", {"size": 1})
+    # The next change of the same kind: the same informer must get past the large one.
+    cluster.kubectl("create", "deployment", "next", "--image=pause", "-n", namespace)
+    cluster.kubectl("label", "deployment/next", "-n", namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}")
 
+    next_key = ObjectKey(namespace, "next")
     wait_for(
         lambda: asyncio.run(
-            read_stream(own_nats.url, subjects.wildcard(subjects.EVENTS, "memcached", namespace))
+            read_stream(own_nats.url, subjects.subject(subjects.EVENTS, "deployment", next_key))
         ),
         timeout=60,
-        what="the event of the Memcached applied after the large Deployment",
+        what="the event of the Deployment changed after the large one",
     )
     records = wait_for(
         lambda: asyncio.run(
