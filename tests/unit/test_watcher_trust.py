@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from services.reconciler.desired import OWNER_ANNOTATION
@@ -17,6 +19,8 @@ from services.watcher.publisher import (
     NO_CONTROLLER,
     OWNER_MISMATCH,
     PERMISSION_DENIED,
+    Publisher,
+    _Message,
     find_owner,
     message_size,
     refusal,
@@ -169,3 +173,49 @@ def test_liveness_fails_when_the_nats_client_is_closed_for_good_or_work_stalls()
     nc.last_error = nats.errors.Error("nats: maximum control line exceeded")
     closed = healthz(nc, progress, 60)["nats"]
     assert closed is not None and "maximum control line exceeded" in closed
+
+
+class FlakyJetStream:
+    """Refuses every publish to ``broken`` (as a server that never confirms it would), stores
+    the rest; what a unit test needs of JetStreamContext.publish."""
+
+    def __init__(self, broken: str, *, dead_letters_fail: int = 0) -> None:
+        self.broken = broken
+        self.dead_letters_fail = dead_letters_fail
+        self.stored: list[tuple[str, dict[str, str]]] = []
+
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: dict[str, str], timeout: float
+    ) -> Any:
+        if subject == self.broken:
+            raise nats.errors.TimeoutError
+        if subject.startswith("mcop.deadletter.") and self.dead_letters_fail > 0:
+            self.dead_letters_fail -= 1
+            raise nats.errors.NoRespondersError
+        self.stored.append((subject, headers))
+        return SimpleNamespace(duplicate=False)
+
+
+async def test_a_message_that_keeps_failing_while_connected_is_dead_lettered_after_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_wait(_delay: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+    subject = "mcop.requests.reconcile.ns.cache"
+    js = FlakyJetStream(subject, dead_letters_fail=2)
+    progress = Progress()
+    publisher = Publisher(
+        cast(JetStreamContext, js), max_attempts=3, give_up_after=0.0, progress=progress
+    )
+    publisher._waiting(+1)
+    message = _Message(subject, b"", {"Mcop-Origin": "test"}, "", ObjectKey("ns", "cache"))
+    await publisher._store(message)
+    # Given up after 3 failures; the dead letter is retried until it is stored, the message
+    # is tried again in between, and only then the watcher moves on.
+    [(target, headers)] = js.stored
+    assert target == "mcop.deadletter.watcher.ns.cache"
+    assert headers["Mcop-Deadletter-Reason"] == "PublishFailed"
+    assert headers["Mcop-Deadletter-Subject"] == subject
+    assert progress.pending == 0
