@@ -1,10 +1,14 @@
 """The HTTP endpoints every service serves: /healthz, /readyz and /metrics.
 
-/healthz answers when the event loop does (a stuck loop cannot answer). /readyz runs the
-service's named readiness checks (NATS connected, API server reachable, streams present) and
-answers 200 only if all pass, listing each check's result either way, in the style of the
-API server's own /readyz?verbose; :func:`readiness_checks` builds the three every service of
-the pipeline has. /metrics is the Prometheus text format of the default registry.
+/healthz is liveness: it answers when the event loop does (a stuck loop cannot answer) and
+its liveness checks pass: the NATS client is not closed for good (nats-py does not reconnect
+after some server errors), and work that waits is making progress (shared/progress.py, within
+``--liveness-stall`` seconds); :func:`liveness_checks` builds them. A failing check answers
+503, so Kubernetes restarts the process. /readyz runs the service's named readiness checks
+(NATS connected, API server reachable, streams present) and answers 200 only if all pass,
+listing each check's result either way, in the style of the API server's own /readyz?verbose;
+:func:`readiness_checks` builds the three every service of the pipeline has. /metrics is the
+Prometheus text format of the default registry.
 """
 
 from __future__ import annotations
@@ -17,8 +21,35 @@ from nats.aio.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.kube import KubeClient
+from shared.progress import TRACKER, Progress
 
 Check = Callable[[], Awaitable[bool]]
+# A liveness check: why the process is not alive, or None when it is. Synchronous and cheap,
+# so that /healthz never waits on what may be stuck.
+LiveCheck = Callable[[], str | None]
+
+
+def liveness_checks(
+    *, nc: Client, stall: float, progress: Progress = TRACKER
+) -> dict[str, LiveCheck]:
+    """The NATS client is not closed for good, and work that waits progresses within
+    ``stall`` seconds (0 or less turns the progress check off)."""
+
+    def nats_open() -> str | None:
+        if not nc.is_closed:
+            return None
+        return f"the NATS connection is closed and will not reconnect ({nc.last_error!r})"
+
+    def making_progress() -> str | None:
+        stalled = progress.stalled_for()
+        if stall <= 0 or stalled <= stall:
+            return None
+        return (
+            f"{progress.pending} units of work waiting, no progress for {stalled:.0f}s "
+            f"(bound {stall:.0f}s)"
+        )
+
+    return {"nats": nats_open, "progress": making_progress}
 
 
 def readiness_checks(*, nc: Client, kube: KubeClient, streams: Iterable[str]) -> dict[str, Check]:
@@ -47,10 +78,18 @@ def readiness_checks(*, nc: Client, kube: KubeClient, streams: Iterable[str]) ->
 
 
 class HealthServer:
-    def __init__(self, *, port: int, checks: Mapping[str, Check], host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        *,
+        port: int,
+        checks: Mapping[str, Check],
+        liveness: Mapping[str, LiveCheck] | None = None,
+        host: str = "0.0.0.0",
+    ) -> None:
         self._port = port
         self._host = host
         self._checks = dict(checks)
+        self._liveness = dict(liveness or {})
         self._runner: web.AppRunner | None = None
 
     @property
@@ -58,7 +97,11 @@ class HealthServer:
         return self._port
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        failures = [(name, check()) for name, check in self._liveness.items()]
+        failed = [f"[-]{name} failed: {why}" for name, why in failures if why is not None]
+        if not failed:
+            return web.Response(text="ok\n")
+        return web.Response(text="\n".join([*failed, "healthz check failed"]) + "\n", status=503)
 
     async def _run_check(self, check: Check) -> bool:
         try:

@@ -7,7 +7,11 @@ inbox its NATS permissions let it subscribe to, so no other user can read them. 
 bundle file) makes the connection TLS, verifying the server against that CA only; a
 ``tls://`` URL without it verifies against the system's CAs. Connections reconnect forever
 with jittered waits and report state changes in the log; JetStream operations made while
-disconnected fail fast with a transient error rather than hanging.
+disconnected fail fast with a transient error rather than hanging. Some server errors (an
+authorization violation, a protocol violation such as an over-long control line) make nats-py
+close the connection for good instead of reconnecting: ``on_closed`` is awaited then, and the
+service decides what to do (shared/runtime.py stops it with a failure; /healthz fails
+meanwhile).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -48,7 +53,9 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect(name: str, url: str | None = None) -> Client:
+async def connect(
+    name: str, url: str | None = None, *, on_closed: Callable[[], Awaitable[None]] | None = None
+) -> Client:
     servers = (url or os.environ.get("NATS_URL") or DEFAULT_URL).split(",")
 
     async def on_error(err: Exception) -> None:
@@ -59,6 +66,11 @@ async def connect(name: str, url: str | None = None) -> Client:
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+
+    async def on_close() -> None:
+        log.info("nats connection closed")
+        if on_closed is not None:
+            await on_closed()
 
     kwargs: dict[str, object] = {"inbox_prefix": inbox_prefix(os.environ.get("NATS_USER"))}
     tls = tls_context(os.environ.get("NATS_CA"))
@@ -81,6 +93,7 @@ async def connect(name: str, url: str | None = None) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        closed_cb=on_close,
         pending_size=64 * 1024 * 1024,
         **kwargs,
     )

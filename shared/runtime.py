@@ -3,7 +3,8 @@
 Flags read their defaults from environment variables (so a Deployment's env and a command
 line are interchangeable). SIGTERM and SIGINT set a stop event; a service stops taking work,
 finishes what is in flight and returns, and the process exits within Kubernetes' default
-30 s grace period.
+30 s grace period. A process that cannot go on (its NATS connection was closed for good by
+the server) stops the same way and exits 1, so that whatever supervises it starts it again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared import logs, natsconn, telemetry
-from shared.http import HealthServer, readiness_checks
+from shared.http import HealthServer, liveness_checks, readiness_checks
 from shared.kube import KubeClient
 from shared.stream_admin import ENSURE_COMMAND, stream_problems
 
@@ -45,6 +46,35 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, health_port: int) -
         default=int(env("HEALTH_PORT", str(health_port))),
         help="port of /healthz, /readyz and /metrics; 0 picks a free one (env HEALTH_PORT)",
     )
+    parser.add_argument(
+        "--liveness-stall",
+        type=float,
+        default=float(env("LIVENESS_STALL_SECONDS", "120")),
+        help="seconds that work may wait without progress before /healthz fails; 0 turns "
+        "the check off (env LIVENESS_STALL_SECONDS)",
+    )
+
+
+class StopEvent(asyncio.Event):
+    """The event a service stops on: set by SIGTERM/SIGINT, or by :meth:`fail` when the
+    process cannot go on, which also makes it exit 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self.set()
+
+
+def fail(stop: asyncio.Event, reason: str) -> None:
+    """Stop the service because it cannot go on (exit 1 when ``stop`` is :func:`run`'s)."""
+    if isinstance(stop, StopEvent):
+        stop.fail(reason)
+    else:
+        stop.set()
 
 
 def worker_id(service: str) -> str:
@@ -60,6 +90,7 @@ class Connections:
     js: JetStreamContext
     kube: KubeClient
     health: HealthServer
+    closing: asyncio.Event
 
     @classmethod
     async def open(
@@ -74,7 +105,7 @@ class Connections:
         and /metrics, and wait until the admin step has created the streams, retrying while
         NATS is not there yet. Raises :class:`Stopped` when ``stop`` is set first (SIGTERM
         while NATS is unreachable or the streams are missing)."""
-        opening = asyncio.create_task(cls._open(service, args, streams=streams))
+        opening = asyncio.create_task(cls._open(service, args, streams=streams, stop=stop))
         if await _done_before(opening, stop):
             return opening.result()
         opening.cancel()
@@ -88,9 +119,21 @@ class Connections:
         args: argparse.Namespace,
         *,
         streams: tuple[str, ...],
+        stop: asyncio.Event,
     ) -> Connections:
         worker = worker_id(service)
-        nc = await natsconn.connect(worker, args.nats_url)
+        closing = asyncio.Event()
+
+        async def on_closed() -> None:
+            if closing.is_set():
+                return  # our own close
+            # nats-py gives up on a connection after some server errors; nothing in this
+            # process can publish or fetch any more, so stop and let a restart reconnect.
+            reason = f"the NATS connection was closed for good ({nc.last_error!r})"
+            log.error("%s; stopping %s", reason, service)
+            fail(stop, reason)
+
+        nc = await natsconn.connect(worker, args.nats_url, on_closed=on_closed)
         kube: KubeClient | None = None
         health: HealthServer | None = None
         try:
@@ -103,7 +146,11 @@ class Connections:
                 return nc.is_connected and not await stream_problems(js, streams)
 
             checks["streams"] = streams_as_needed
-            health = HealthServer(port=args.health_port, checks=checks)
+            health = HealthServer(
+                port=args.health_port,
+                checks=checks,
+                liveness=liveness_checks(nc=nc, stall=args.liveness_stall),
+            )
             await health.start()
             await _wait_for_streams(js, streams)
         except BaseException:
@@ -112,14 +159,17 @@ class Connections:
                 await health.stop()
             if kube is not None:
                 await kube.close()
+            closing.set()
             await nc.close()
             raise
-        return cls(worker, nc, js, kube, health)
+        return cls(worker, nc, js, kube, health, closing)
 
     async def close(self) -> None:
+        self.closing.set()
         await self.health.stop()
         await self.kube.close()
-        await self.nc.drain()
+        if not self.nc.is_closed:
+            await self.nc.drain()
 
 
 async def _wait_for_streams(js: JetStreamContext, streams: tuple[str, ...]) -> None:
@@ -171,8 +221,9 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     logs.setup(service)
     telemetry.setup(service)
 
+    stop = StopEvent()
+
     async def runner() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -194,4 +245,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         asyncio.run(runner())
     finally:
         telemetry.shutdown()
+    if stop.failure is not None:
+        log.error("%s stopped: %s", service, stop.failure)
+        return 1
     return 0

@@ -91,7 +91,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
-from shared import metrics
+from shared import metrics, progress
 from shared.backoff import backoff_delay, retry_delay
 from shared.errors import PermanentError, TransientError
 from shared.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX, REQUESTS_STREAM
@@ -523,6 +523,7 @@ class KeyedWorkQueue:
                     "fetching requests of %s again after %d failures", self.controller, failures
                 )
                 failures = 0
+            progress.TRACKER.progressed()  # liveness: requests are being taken
             for msg in msgs:
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
@@ -531,6 +532,7 @@ class KeyedWorkQueue:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slot_freed.set()
+        progress.TRACKER.progressed()
 
     async def _depth_loop(self) -> None:
         while not self._stopping.is_set():
@@ -538,6 +540,8 @@ class KeyedWorkQueue:
                 info = await self._js.consumer_info(REQUESTS_STREAM, self.durable)
                 depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
                 metrics.workqueue_depth.labels(self.controller).set(depth)
+                # Liveness: requests no worker has fetched yet are work waiting.
+                progress.TRACKER.waiting(self.durable, info.num_pending or 0)
             except Exception as err:
                 log.debug("could not read the depth of %s: %r", self.durable, err)
             await self._wait(self._stopping, within=self._depth_interval)

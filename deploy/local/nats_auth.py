@@ -166,11 +166,14 @@ def _observed_state() -> list[str]:
 USERS: tuple[User, ...] = (
     User(
         "watcher",
-        "publishes watched changes and reconcile/status requests; replays events at start-up",
+        "publishes watched changes and reconcile/status requests; replays events at start-up; "
+        "dead-letters what it cannot publish",
         Permissions(
             publish=(
                 _family(EVENTS),
                 _family(REQUESTS),
+                # services/watcher/publisher.py: a message the server would refuse.
+                _family(DEADLETTER, "watcher"),
                 *_stream_info(),
                 *_ordered_consumer(EVENTS_STREAM),
             ),

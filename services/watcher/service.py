@@ -95,7 +95,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         REQUESTS_PUBLISHED.labels(controller)
         metrics.workqueue_adds_total.labels(controller)
 
-    publisher = Publisher(js)
+    publisher = Publisher(js, nc=conn.nc, worker=conn.worker)
     skip = DeadLettered()
     informers: list[Informer] = []
     for kind, resource, selector in WATCHED:

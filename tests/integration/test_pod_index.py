@@ -46,6 +46,17 @@ def pod(
         "uid": f"uid-{ns}-{name}",
         "resourceVersion": str(next(_rv)),
         "annotations": {OWNER_ANNOTATION: owner},
+        # As the Deployment controller makes them: the watcher believes the annotation only
+        # for a pod of the ReplicaSet named after the owner's Deployment.
+        "labels": {"pod-template-hash": "5d8f9c7b6"},
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": f"{owner}-5d8f9c7b6",
+                "controller": True,
+            }
+        ],
     }
     if terminating:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"

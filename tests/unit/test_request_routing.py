@@ -7,8 +7,8 @@ from typing import Any, cast
 import pytest
 from nats.js import JetStreamContext
 
-from services.reconciler.desired import FIELD_MANAGER
-from services.watcher.publisher import RECONCILE, STATUS, Kind, Publisher
+from services.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from services.watcher.publisher import RECONCILE, STATUS, Kind, Publisher, find_owner
 from shared.subjects import ObjectKey
 
 pytestmark = pytest.mark.unit
@@ -25,7 +25,14 @@ def deployment(*, generation: int, writers: list[tuple[str, str]]) -> dict[str, 
             "name": "cache",
             "namespace": "ns",
             "generation": generation,
-            "ownerReferences": [{"kind": "Memcached", "name": "cache", "controller": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "cache.example.com/v1",
+                    "kind": "Memcached",
+                    "name": "cache",
+                    "controller": True,
+                }
+            ],
             "managedFields": [
                 {"manager": manager, "operation": "Apply", "time": time}
                 for manager, time in writers
@@ -39,8 +46,16 @@ def pod(name: str, *, ready: bool) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "namespace": "ns",
-            "annotations": {},
-            "ownerReferences": [{"kind": "Memcached", "name": "cache", "controller": True}],
+            "labels": {"pod-template-hash": "5d8f9c7b6"},
+            "annotations": {OWNER_ANNOTATION: "cache"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "cache-5d8f9c7b6",
+                    "controller": True,
+                }
+            ],
         },
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
@@ -49,7 +64,8 @@ def pod(name: str, *, ready: bool) -> dict[str, Any]:
 def routes(publisher: Publisher, kind: Kind, change: str, obj: dict[str, Any]) -> list[str]:
     meta = obj["metadata"]
     key = ObjectKey(meta["namespace"], meta["name"])
-    return [controller for controller, _ in publisher._requests(kind, change, key, obj)]
+    owner = find_owner(kind.name, obj).key if kind.owned else None
+    return [controller for controller, _ in publisher._requests(kind, change, key, obj, owner)]
 
 
 @pytest.fixture
@@ -75,7 +91,7 @@ def test_anyone_elses_deployment_edit_creation_or_a_deletion_asks_for_a_reconcil
     ours = (FIELD_MANAGER, "2026-01-01T00:00:00Z")
     kubectl = ("kubectl-edit", "2026-01-01T00:00:05Z")
     edited = deployment(generation=2, writers=[ours, kubectl])
-    publisher._requests(DEPLOYMENT, "modified", OWNER, deployment(generation=1, writers=[ours]))
+    routes(publisher, DEPLOYMENT, "modified", deployment(generation=1, writers=[ours]))
     assert routes(publisher, DEPLOYMENT, "modified", edited) == [RECONCILE, STATUS]
     theirs = deployment(generation=1, writers=[("someone", "2026-01-01T00:00:00Z")])
     assert routes(publisher, DEPLOYMENT, "added", theirs) == [RECONCILE, STATUS]

@@ -55,3 +55,57 @@ def test_wildcards() -> None:
     assert subjects.wildcard("requests", "reconcile", "prod") == "mcop.requests.reconcile.prod.*"
     assert ObjectKey.parse("ns/name") == ObjectKey("ns", "name")
     assert str(ObjectKey("ns", "name")) == "ns/name"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "name", ["a", "cache", "a.b-c", "0.0.0.0", "a" * 253, ".".join(["a"] * 127)]
+)
+def test_kubernetes_object_names_are_accepted(name: str) -> None:
+    assert subjects.is_object_name(name)
+    assert subjects.object_key("ns", name) == ObjectKey("ns", name)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "name", ["", "A", "a_b", "-a", "a-", "a..b", ".a", "a" * 254, "日本語", "a b", "x" * 5000]
+)
+def test_what_is_not_a_kubernetes_object_name_is_rejected(name: str) -> None:
+    assert not subjects.is_object_name(name)
+    with pytest.raises(subjects.InvalidObjectKey, match="not a valid object name"):
+        subjects.object_key("ns", name)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("namespace", ["", "a.b", "A", "a" * 64])
+def test_a_namespace_is_a_dns_label(namespace: str) -> None:
+    assert not subjects.is_namespace(namespace)
+    with pytest.raises(subjects.InvalidObjectKey, match="not a valid namespace"):
+        subjects.object_key(namespace, "cache")
+
+
+@pytest.mark.unit
+def test_the_longest_valid_keys_fit_well_within_the_servers_control_line() -> None:
+    # Dots escape to three characters each: the worst case of a valid name.
+    worst = ObjectKey("n" * 63, ".".join(["a"] * 127))
+    subj = subjects.subject(subjects.REQUESTS, "reconcile", worst)
+    assert len(subj) <= subjects.MAX_SUBJECT_LENGTH <= 4096 // 2
+    assert subjects.parse(subj).key == worst
+
+
+@pytest.mark.unit
+def test_an_over_long_name_raises_before_it_becomes_a_subject() -> None:
+    # The attack of issue 15: a 5,000-character owner name would make nats-server close the
+    # connection ("maximum control line exceeded").
+    with pytest.raises(subjects.SubjectTooLong, match=r"\(5000 characters\)"):
+        subjects.subject(subjects.REQUESTS, "reconcile", ObjectKey("ns", "x" * 5000))
+    # Escaping can triple a name that is short enough as text.
+    with pytest.raises(subjects.SubjectTooLong, match="escaped"):
+        subjects.encode_token("." * 300)
+    assert subjects.encode_token("a" * subjects.MAX_TOKEN_LENGTH)
+    with pytest.raises(subjects.SubjectTooLong):
+        subjects.encode_token("a" * (subjects.MAX_TOKEN_LENGTH + 1))
+    # Error messages quote a bounded, escaped excerpt, never the whole input.
+    with pytest.raises(subjects.SubjectTooLong) as err:
+        subjects.encode_token("\n" * 5000)
+    assert len(str(err.value)) < 300 and "\n" not in str(err.value)
