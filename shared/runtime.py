@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from shared import logs, natsconn, telemetry
 from shared.http import HealthServer, readiness_checks
 from shared.kube import KubeClient
-from shared.streams import ensure_streams
+from shared.streams import ensure_streams, parse_bytes
 
 log = logging.getLogger("memcached_operator")
 
@@ -50,6 +50,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, health_port: int) -
         type=int,
         default=int(env("STREAM_REPLICAS", "1")),
         help="JetStream replicas for the streams (3 on a 3-node cluster) (env STREAM_REPLICAS)",
+    )
+    parser.add_argument(
+        "--stream-max-bytes",
+        type=parse_bytes,
+        default=os.environ.get("STREAM_MAX_BYTES"),
+        help="bytes all the streams may hold together, e.g. 8GiB (the default), split across "
+        "them as shared/streams.py says; applied to a stream only when it has no limit yet, "
+        "and must fit the NATS server's max_file_store (env STREAM_MAX_BYTES)",
     )
 
 
@@ -124,6 +132,7 @@ class Connections:
                         replicas=args.stream_replicas,
                         events_max_age=events_max_age,
                         lease_ttl=lease_ttl,
+                        max_bytes=args.stream_max_bytes,
                     )
                     break
                 except (nats.errors.Error, TimeoutError) as err:
