@@ -149,6 +149,8 @@ USERS: tuple[User, ...] = (
                 *_ensure_streams(),
                 *_work_queue(RECONCILE),
                 *_observed_state(),
+                # Its newest outcome of a CR: an unchanged one is not stored again.
+                f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
             ),
             subscribe=(INBOX,),
             publish_deny=(_family(EVENTS),),
