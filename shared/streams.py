@@ -257,7 +257,8 @@ async def ensure_stream(
             continue
         if field.name in limits:
             if _unlimited(theirs) and not _unlimited(ours):
-                log.info("stream %s: adding the missing limit %s=%s", name, field.name, ours)
+                # Warned: bounding a stream that holds more drops its oldest messages.
+                log.warning("stream %s: adding the missing limit %s=%s", name, field.name, ours)
                 changes[field.name] = ours
             else:
                 log.warning(
