@@ -126,9 +126,7 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
         for i in range(2):
             service_procs.start("reconciler", name=f"reconciler-{i}")
         wait_for(
-            lambda: any(
-                "transient failure" in service_procs.log(f"reconciler-{i}") for i in range(2)
-            ),
+            lambda: any("retrying in" in service_procs.log(f"reconciler-{i}") for i in range(2)),
             timeout=60,
             what="the reconcilers retrying against the stopped API server",
         )
