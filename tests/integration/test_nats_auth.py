@@ -30,7 +30,7 @@ from shared.outcomes import Outcome
 from shared.replay import replay
 from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
 from shared.subjects import ObjectKey
-from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, TransientError, enqueue
+from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, enqueue
 from tests.conftest import Cluster
 from tests.support import Services, await_for, read_stream, wait_for
 
@@ -325,7 +325,7 @@ async def test_work_queue_paths_need_no_more_than_the_service_user(
                 return Result()  # a leftover request of an earlier test
             runs[request.key.name] = runs.get(request.key.name, 0) + 1
             if request.key.name == "failing":
-                raise TransientError("always fails")
+                raise RuntimeError("always fails")  # a transient error is never dead-lettered
             if request.key.name == "requeued":
                 if controller == "status":
                     outcome = await last_outcome(nc.jetstream(), request.key)
