@@ -26,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from shared.errors import PermanentError, TransientError
+from shared.errors import ClassifiedError, PermanentError, TransientError
 from shared.kubelib import Configuration, RESTClientObject
 from shared.kubelib import config as kube_config
 
@@ -78,8 +78,9 @@ POD = Resource("", "v1", "pods", "Pod")
 EVENT = Resource("events.k8s.io", "v1", "events", "Event")
 
 
-class ApiError(Exception):
-    """An error status from the API server, with its Status message."""
+class ApiError(ClassifiedError):
+    """An error status from the API server, with its Status message; :meth:`classify` says
+    whether it is worth retrying (the work queue asks, for any ApiError a handler lets through)."""
 
     def __init__(self, status: int, message: str, *, reason: str = "", retry_after: float | None):
         super().__init__(f"{status} {reason}: {message}".strip())
@@ -239,6 +240,11 @@ class KubeClient:
                 raise TransientError(f"{method} {path}: {type(err).__name__}: {err}") from err
             try:
                 raw = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as err:
+                # The connection broke half-way through the response (a server going away).
+                API_REQUESTS.labels(method, resource, "error").inc()
+                span.set_status(Status(StatusCode.ERROR, str(err)))
+                raise TransientError(f"{method} {path}: {type(err).__name__}: {err}") from err
             finally:
                 resp.release()
             API_REQUESTS.labels(method, resource, str(resp.status)).inc()

@@ -4,6 +4,11 @@ Outcomes go to ``mcop.outcomes.<controller>.<namespace>.<name>`` on the events s
 are part of the audit history too, and the newest one per CR is a direct get by subject away.
 The body is this model as camelCase JSON; the headers are CloudEvents attributes (type
 ``io.memcached-operator.reconcile.outcome``) plus the trace context of the reconcile.
+
+An outcome that would tell a reader nothing new (:meth:`Outcome.same_news`: the newest stored
+one already says the same about the same CR and generation, and the reconcile wrote nothing)
+is not stored again: resyncs and status writes reconcile every CR again and again, and the
+audit stream is bounded, so a copy per no-op would push real history out of it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,18 @@ class Outcome(BaseModel):
     @property
     def object_key(self) -> ObjectKey:
         return ObjectKey.parse(self.key)
+
+    def same_news(self, other: Outcome | None) -> bool:
+        """Whether ``other`` already says what this one says: the same CR (uid), generation,
+        result, reason and message. Time, duration and trace differ between any two."""
+        return other is not None and (
+            other.key,
+            other.uid,
+            other.generation,
+            other.result,
+            other.reason,
+            other.message,
+        ) == (self.key, self.uid, self.generation, self.result, self.reason, self.message)
 
     @property
     def failed(self) -> bool:

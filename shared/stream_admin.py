@@ -32,6 +32,7 @@ from shared.streams import (
     ensure_streams,
     events_config,
     leases_config,
+    parse_bytes,
     requests_config,
 )
 
@@ -111,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the lease bucket's TTL, the longest any lease may live; unset keeps an "
         f"existing bucket's, {DEFAULT_LEASE_TTL:.0f} for a new one (env LEASE_TTL)",
     )
+    parser.add_argument(
+        "--stream-max-bytes",
+        type=parse_bytes,
+        default=os.environ.get("STREAM_MAX_BYTES"),
+        help="bytes all the streams may hold together, e.g. 8GiB (the default), split across "
+        "them as shared/streams.py says; applied to a stream only when it has no limit yet, "
+        "and must fit the NATS server's max_file_store (env STREAM_MAX_BYTES)",
+    )
 
 
 def _optional_float(variable: str) -> float | None:
@@ -128,6 +137,7 @@ async def ensure(args: argparse.Namespace) -> int:
                 replicas=args.stream_replicas,
                 events_max_age=args.events_max_age,
                 lease_ttl=args.lease_ttl,
+                max_bytes=args.stream_max_bytes,
             )
         problems = await stream_problems(js)
     finally:

@@ -39,22 +39,40 @@ lease TTL. Like any TTL lease, it cannot protect against a holder stalled longer
 (the holder notices at its next refresh and cancels its handler); keep the TTL well above the
 longest event-loop stall.
 
-Failures and delivery counting. A handler raises :class:`TransientError` to be retried (nak with
-a capped exponential backoff with jitter, or the error's ``retry_after``) or
-:class:`PermanentError` to stop at once (the message is terminated and ``on_permanent_error``
-awaited; one marked ``dead_letter``, which blames the message rather than the object, is
-dead-lettered at once instead). Any other exception counts as transient. ``Request.delivery``
-counts the deliveries of this message that did not complete, so a request that crashes its
-worker every time also ends in the dead-letter stream: when ``max_deliveries`` is reached the
-request is published to ``mcop.deadletter.<controller>.<namespace>.<name>`` with its headers and
-body plus ``Mcop-Deadletter-*`` headers (reason, error, deliveries), ``on_dead_letter`` is
-awaited and the message terminated. Poison requests (a subject that does not parse, more than
-``max_request_bytes``, a body that is not a JSON object, a missing required header) go there at
-once (with the callback, unless the subject has no key to report on). A result with
-``requeue_after`` does not nak (that would count as a failed delivery): the queue publishes a
-copy of the request marked ``Mcop-Not-Before`` (only if no newer request is waiting, by an
-expected-last-sequence check) and acks the original; a worker that receives the copy early naks
-it with the remaining delay, which is the one redelivery not counted.
+Failures and delivery counting. A handler raises :class:`PermanentError` to stop at once (the
+message is terminated and ``on_permanent_error`` awaited; one marked ``dead_letter``, which
+blames the message rather than the object, is dead-lettered at once instead). A failure of the
+transient kind (:func:`shared.errors.as_transient`: a TransientError, an API 5xx, 429 or 409, a
+time-out, a broken connection to the API server or to NATS, a JetStream that is unavailable or
+full for now) is retried with a capped exponential backoff with jitter (or the error's
+``retry_after``) and does *not* count towards ``max_deliveries``: an API server down for three
+minutes is no fault of the request, and must not dead-letter every request in flight. JetStream
+counts every nak as a delivery, so such a retry is no nak: the queue publishes a copy of the
+request marked ``Mcop-Not-Before`` (the backoff), ``Mcop-Transient-Retries`` (the backoff's
+exponent) and ``Mcop-Failures`` (the attempts of earlier copies that did count, which JetStream
+forgets with the original), only while no newer request waits (an expected-last-sequence check;
+otherwise the newer one runs), and acks the original. The copy waits in the stream, not in a
+worker: it holds no worker slot and no lease, so a few objects whose API calls keep failing
+cannot starve the others (which is why the retry is not a loop inside the worker). Transient
+retries have no limit, as in controller-runtime; so that such a loop hiding a real bug stays
+visible, each one counts in ``mcop_workqueue_retries_total{kind="transient"}`` and logs a
+warning. Any other exception is a failure of the handler itself: nak with backoff
+(``kind="failure"``), and it counts. ``Request.delivery`` is the number of this attempt among
+those that count: the failed attempts carried in ``Mcop-Failures``, plus this message's
+deliveries that did not complete (a worker killed mid-run is redelivered after the ack wait), so
+a request that crashes its worker every time still ends in the dead-letter stream: when
+``max_deliveries`` is reached the request is published to
+``mcop.deadletter.<controller>.<namespace>.<name>`` with its headers and body plus
+``Mcop-Deadletter-*`` headers (reason, error, deliveries), ``on_dead_letter`` is awaited and the
+message terminated. (When even the copy cannot be published, NATS itself being unreachable, the
+queue falls back to a nak, which counts: once per request per NATS outage.) Poison requests (a
+subject that does not parse, more than ``max_request_bytes``, a body that is not a JSON object,
+a missing required header) go there at once (with the callback, unless the subject has no key to
+report on). A result with ``requeue_after`` does not nak either: the queue publishes a copy of
+the request marked ``Mcop-Not-Before`` (only if no newer request is waiting, by an
+expected-last-sequence check) and without the failure counts (a success starts afresh) and acks
+the original. The first delivery of a marked copy is always naked with the remaining delay (none
+if it is due), which is the one redelivery not counted.
 
 Yielding. A queue given ``yield_to`` (the status service's, given the reconciler's) polls that
 controller's consumer and, while more than ``yield_backlog`` of its requests wait for a worker,
@@ -90,10 +108,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
+from prometheus_client import Counter
 
 from shared import metrics, progress
 from shared.backoff import backoff_delay, retry_delay
-from shared.errors import PermanentError, TransientError
+from shared.errors import PermanentError, TransientError, as_transient
 from shared.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX, REQUESTS_STREAM
 from shared.subjects import DEADLETTER, PREFIX, REQUESTS, ObjectKey, encode_token, parse, subject
 
@@ -118,6 +137,8 @@ __all__ = [
 ORIGIN = "Mcop-Origin"
 # Headers the queue adds. Everything else on a request is the publisher's and passes through.
 NOT_BEFORE = "Mcop-Not-Before"
+FAILURES = "Mcop-Failures"
+TRANSIENT_RETRIES = "Mcop-Transient-Retries"
 DL_REASON = "Mcop-Deadletter-Reason"
 DL_ERROR = "Mcop-Deadletter-Error"
 DL_DELIVERIES = "Mcop-Deadletter-Deliveries"
@@ -141,14 +162,29 @@ _KV_OPERATION = "KV-Operation"
 _CONTROLLER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _MAX_HEADER_VALUE = 1000
 
+# Values of the kind label of mcop_workqueue_retries_total.
+TRANSIENT = "transient"
+FAILURE = "failure"
+# Beside workqueue_retries_total (controller-runtime's, which counts both kinds): a transient
+# retry loop has no limit, so it must show.
+retries_total = Counter(
+    "mcop_workqueue_retries_total",
+    "Retries of requests by kind: transient (an outage or time-out of the API server or NATS; "
+    "retried without limit and not counted towards max deliveries) or failure (the handler "
+    "failed; counted, dead-lettered at max deliveries)",
+    ["controller", "kind"],
+)
+
 
 @dataclass(frozen=True)
 class Request:
     """One request to reconcile ``key``, as the handler sees it.
 
     ``headers`` and ``body`` are what the publisher sent (``traceparent`` included; a copy
-    made for ``requeue_after`` also carries ``Mcop-Not-Before`` and JetStream's expectation
-    header). ``delivery`` is 1 on the first attempt and grows with each failed one.
+    made for ``requeue_after`` or a transient retry also carries the queue's ``Mcop-*``
+    headers). ``delivery`` is 1 on the first attempt and grows with each one that failed in a
+    way that counts towards ``max_deliveries`` (not a transient failure); ``retries`` is the
+    number of transient failures before this attempt.
     """
 
     key: ObjectKey
@@ -158,6 +194,7 @@ class Request:
     delivery: int
     published_at: datetime
     sequence: int
+    retries: int = 0
 
     def payload(self) -> dict[str, Any]:
         """The JSON body as a dict (empty when there is no body)."""
@@ -414,6 +451,8 @@ class KeyedWorkQueue:
         )
         metrics.max_concurrent_reconciles.labels(self.controller).set(self._concurrency)
         metrics.active_workers.labels(self.controller)  # exported as 0 from the start
+        for kind in (TRANSIENT, FAILURE):
+            retries_total.labels(self.controller, kind)
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
         self._depth_task = asyncio.create_task(self._depth_loop(), name=f"{self.durable}-depth")
         if self._yield_to is not None:
@@ -633,8 +672,10 @@ class KeyedWorkQueue:
             return
 
         not_before = _float_header(headers.get(NOT_BEFORE))
-        # One redelivery of a requeued copy is its deferral (see the module docstring).
-        delivery = max(1, meta.num_delivered - (1 if not_before is not None else 0))
+        # The first delivery of a marked copy is its deferral, whenever it arrives (so the
+        # count is exact); the counted failures of earlier copies come in a header.
+        deferrals = 1 if not_before is not None else 0
+        delivery = _count_header(headers.get(FAILURES)) + max(1, meta.num_delivered - deferrals)
         request = Request(
             key=key,
             controller=self.controller,
@@ -643,6 +684,7 @@ class KeyedWorkQueue:
             delivery=delivery,
             published_at=meta.timestamp,
             sequence=meta.sequence.stream,
+            retries=_count_header(headers.get(TRANSIENT_RETRIES)),
         )
         try:
             self._check_content(request)
@@ -653,13 +695,13 @@ class KeyedWorkQueue:
         if delivery > self._max_deliveries:
             crashed = PermanentError(
                 MAX_DELIVERIES_EXCEEDED,
-                f"delivered {meta.num_delivered} times without completing "
+                f"{delivery - 1} attempts failed or did not complete "
                 "(did its handling crash the worker?)",
             )
             await self._dead_letter(msg, request, crashed)
             return
-        if not_before is not None and not_before - time.time() > 0.001:
-            await self._settle(msg, "nak", delay=not_before - time.time())
+        if not_before is not None and meta.num_delivered == 1:
+            await self._settle(msg, "nak", delay=max(0.0, not_before - time.time()))
             return
         if self._stopping.is_set():
             await self._settle(msg, "nak")
@@ -670,7 +712,15 @@ class KeyedWorkQueue:
         # that check would cost every run a round trip to save a no-op run in a rare race. It
         # is made while waiting for the lease and once after it, when a newer request is
         # likely (it arrived while another run held the object).
-        held = await self._acquire(msg, request)
+        try:
+            held = await self._acquire(msg, request)
+        except Exception as err:
+            transient = as_transient(err)
+            if transient is None:
+                raise
+            # NATS failing under the lease: not the request's fault either.
+            await self._retry_transient(msg, request, transient)
+            return
         if held is None:
             return
         try:
@@ -820,7 +870,11 @@ class KeyedWorkQueue:
                     log.exception("on_permanent_error failed for %s", request.key)
         else:
             assert isinstance(outcome, Exception)
-            await self._failed(msg, request, outcome)
+            transient = as_transient(outcome)
+            if transient is not None:
+                await self._retry_transient(msg, request, transient)
+            else:
+                await self._failed(msg, request, outcome)
 
     async def _succeeded(self, msg: Msg, request: Request, result: Result) -> None:
         labels = self.controller
@@ -835,7 +889,9 @@ class KeyedWorkQueue:
 
     async def _requeue(self, msg: Msg, request: Request, after: float) -> None:
         headers = _publisher_headers(request.headers)
-        headers.pop(NOT_BEFORE, None)
+        # A success: the next run starts with a clean slate.
+        for name in (NOT_BEFORE, FAILURES, TRANSIENT_RETRIES):
+            headers.pop(name, None)
         if after > 0:
             headers[NOT_BEFORE] = f"{time.time() + after:.3f}"
         # Only while this request is still the newest: a newer one runs soon anyway, and this
@@ -850,28 +906,76 @@ class KeyedWorkQueue:
         metrics.workqueue_adds_total.labels(self.controller).inc()
 
     async def _failed(self, msg: Msg, request: Request, error: Exception) -> None:
+        """A failure of the handler itself: nak with backoff (counted), or dead-letter."""
         if request.delivery >= self._max_deliveries:
             await self._dead_letter(msg, request, error)
             return
-        retry_after = error.retry_after if isinstance(error, TransientError) else None
         delay = retry_delay(
             attempt=request.delivery,
             base=self._backoff_base,
             cap=self._backoff_cap,
-            retry_after=retry_after,
+            retry_after=None,
             jitter=random.random(),
         )
         log.warning(
-            "%s/%s: attempt %d failed, retrying in %.2fs: %s",
+            "%s/%s: attempt %d of %d failed, retrying in %.2fs: %r",
             self.controller,
             request.key,
             request.delivery,
+            self._max_deliveries,
             delay,
-            error if isinstance(error, TransientError) else repr(error),
-            exc_info=not isinstance(error, TransientError),
+            error,
+            exc_info=error,
         )
         metrics.workqueue_retries_total.labels(self.controller).inc()
+        retries_total.labels(self.controller, FAILURE).inc()
         await self._settle(msg, "nak", delay=delay)
+
+    async def _retry_transient(self, msg: Msg, request: Request, error: TransientError) -> None:
+        """A transient failure: run again after a backoff, not counted (see the module
+        docstring), by publishing a marked copy of the request and acking this one."""
+        retries = request.retries + 1
+        delay = retry_delay(
+            attempt=retries,
+            base=self._backoff_base,
+            cap=self._backoff_cap,
+            retry_after=error.retry_after,
+            jitter=random.random(),
+        )
+        log.warning(
+            "%s/%s: transient failure %d (not counted towards %d deliveries), retrying in "
+            "%.2fs: %s",
+            self.controller,
+            request.key,
+            retries,
+            self._max_deliveries,
+            delay,
+            error.message,
+        )
+        metrics.workqueue_retries_total.labels(self.controller).inc()
+        retries_total.labels(self.controller, TRANSIENT).inc()
+        headers = _publisher_headers(request.headers)
+        headers[NOT_BEFORE] = f"{time.time() + delay:.3f}"
+        headers[TRANSIENT_RETRIES] = str(retries)
+        # This attempt does not count; the ones before it did.
+        headers[FAILURES] = str(request.delivery - 1)
+        # Only while this request is still the newest: a newer one runs soon anyway.
+        headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(request.sequence)
+        try:
+            await self._js.publish(msg.subject, request.body, headers=headers)
+        except Exception as err:
+            if not (isinstance(err, APIError) and err.err_code in _WRONG_LAST_SEQUENCE):
+                log.warning(
+                    "%s/%s: could not publish the retry (%r); the redelivery will count",
+                    self.controller,
+                    request.key,
+                    err,
+                )
+                await self._settle(msg, "nak", delay=delay)
+                return
+        else:
+            metrics.workqueue_adds_total.labels(self.controller).inc()
+        await self._settle(msg, "ack")
 
     async def _keep_alive(self, msg: Msg, held: _Held, handler_task: asyncio.Task[Result]) -> None:
         """In-progress acks and lease refreshes while the handler runs."""
@@ -904,7 +1008,7 @@ class KeyedWorkQueue:
             {
                 DL_REASON: reason,
                 DL_ERROR: _header_value(text),
-                DL_DELIVERIES: str(meta.num_delivered),
+                DL_DELIVERIES: str(request.delivery if request else meta.num_delivered),
                 DL_SUBJECT: _header_value(msg.subject),
                 DL_SEQUENCE: str(meta.sequence.stream),
                 DL_CONTROLLER: self.controller,
@@ -926,9 +1030,9 @@ class KeyedWorkQueue:
             return
         metrics.dead_lettered_total.labels(self.controller, reason).inc()
         log.error(
-            "dead-lettered request %s after %d deliveries: %s: %s",
+            "dead-lettered request %s after %s deliveries: %s: %s",
             msg.subject,
-            meta.num_delivered,
+            headers[DL_DELIVERIES],
             reason,
             text,
         )
@@ -956,6 +1060,13 @@ class KeyedWorkQueue:
                 await msg.in_progress()
         except nats.errors.Error as err:
             log.debug("%s of %s failed: %r", how, msg.subject, err)
+
+
+def _count_header(value: str | None) -> int:
+    """A non-negative count the queue wrote into a header (0 when absent or unreadable)."""
+    if value is None or not value.isdigit() or len(value) > 9:
+        return 0
+    return int(value)
 
 
 def _float_header(value: str | None) -> float | None:

@@ -85,7 +85,8 @@ def write_config(
                 "jetstream {",
                 f'  store_dir: "{store}"',
                 "  max_memory_store: 256MB",
-                "  max_file_store: 4GB",
+                # Room for the streams' max_bytes (8 GiB by default), which NATS reserves.
+                "  max_file_store: 9GB",
                 "}",
                 *tls_block,
                 *include,

@@ -191,6 +191,8 @@ USERS: tuple[User, ...] = (
                 *_stream_info(),
                 *_work_queue(RECONCILE),
                 *_observed_state(),
+                # Its newest outcome of a CR: an unchanged one is not stored again.
+                f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
             ),
             subscribe=(_inbox("reconciler"),),
             publish_deny=(_family(EVENTS), *_NO_STREAM_ADMIN),

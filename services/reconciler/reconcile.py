@@ -11,7 +11,9 @@ permanent OwnershipConflict (see :meth:`MemcachedReconciler._write` for how that
 without reading every Deployment from the API server first). The streamed CR decides whether
 to write, the API server's copy what to write (see `verify.py`). Every finished reconcile publishes
 an outcome (for the status service and the audit stream) and asks the status service to
-refresh the CR, both carrying the reconcile's trace context.
+refresh the CR, both carrying the reconcile's trace context; an outcome that changes nothing
+(nothing was written and the stream's newest outcome of the CR says the same, see
+shared/outcomes.py) is not stored again, but the status refresh is still asked for, as before.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.reconciler import verify
 from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
 from shared import events, state, subjects, telemetry
+from shared.directget import StoredMsg
 from shared.errors import PermanentError, TransientError
 from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
 from shared.models import Memcached
@@ -44,6 +48,12 @@ tracer = trace.get_tracer("memcached-operator.reconciler")
 CONTROLLER = "reconcile"
 STATUS_CONTROLLER = "status"
 OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
+
+OUTCOMES_NOT_STORED = Counter(
+    "mcop_reconcile_outcomes_unchanged_total",
+    "Reconcile outcomes not stored on the events stream because the newest stored one already "
+    "said the same and nothing was written (the status refresh is still requested)",
+)
 
 
 def _ownership_conflict(namespace: str, name: str, live: dict[str, Any]) -> PermanentError:
@@ -115,15 +125,18 @@ class MemcachedReconciler:
         ) as span:
             started = time.monotonic()
             cr_obj: dict[str, Any] | None = None
+            previous: Outcome | None = None
             try:
-                # Both reads in one round trip to NATS.
+                # The three reads in one round trip to NATS.
                 seen = await state.snapshot(
                     self.js,
                     (
                         state.event_subject("memcached", request.key),
                         state.event_subject("deployment", request.key),
+                        outcome_subject(request.key),
                     ),
                 )
+                previous = stored_outcome(seen.message(outcome_subject(request.key)))
                 observed = seen.observed("memcached", request.key)
                 verified = observed is None
                 if observed is None:
@@ -148,7 +161,13 @@ class MemcachedReconciler:
                         "delivery": request.delivery,
                     },
                 )
-                await self._finish(request.key, cr_obj, "success", started=started)
+                await self._finish(
+                    request.key,
+                    cr_obj,
+                    "success",
+                    started=started,
+                    previous=None if written else previous,
+                )
                 return Result()
             except Gone:
                 span.set_attribute("reconcile.result", "gone")
@@ -164,6 +183,7 @@ class MemcachedReconciler:
                         started=started,
                         reason=err.reason,
                         message=err.message,
+                        previous=previous,
                     )
                 raise
             except ApiError as err:
@@ -177,6 +197,7 @@ class MemcachedReconciler:
                         started=started,
                         reason=classified.reason,
                         message=classified.message,
+                        previous=previous,
                     )
                 raise classified from err
             except TransientError as err:
@@ -270,37 +291,55 @@ class MemcachedReconciler:
         started: float,
         reason: str = "",
         message: str = "",
+        previous: Outcome | None = None,
     ) -> None:
+        """Publish the outcome, unless ``previous`` (the stream's newest, when this reconcile
+        wrote nothing) already says the same."""
         meta = cr_obj.get("metadata") or {}
-        await publish_outcome(
-            self.js,
-            Outcome(
-                key=f"{key.namespace}/{key.name}",
-                uid=str(meta.get("uid") or ""),
-                generation=int(meta.get("generation") or 0),
-                result=result,
-                reason=reason,
-                message=message,
-                duration_seconds=round(time.monotonic() - started, 6),
-                trace_id=telemetry.trace_id_of(trace.get_current_span()),
-                time=dt.datetime.now(dt.UTC),
-            ),
+        outcome = Outcome(
+            key=f"{key.namespace}/{key.name}",
+            uid=str(meta.get("uid") or ""),
+            generation=int(meta.get("generation") or 0),
+            result=result,
+            reason=reason,
+            message=message,
+            duration_seconds=round(time.monotonic() - started, 6),
+            trace_id=telemetry.trace_id_of(trace.get_current_span()),
+            time=dt.datetime.now(dt.UTC),
         )
+        await publish_outcome(self.js, outcome, store=not outcome.same_news(previous))
 
 
-async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
-    """Store the outcome on the events stream and ask the status service to fold it in."""
+def outcome_subject(key: ObjectKey) -> str:
+    """Where the outcomes of a CR are stored (the newest is a direct get away)."""
+    return subjects.subject(subjects.OUTCOMES, CONTROLLER, key)
+
+
+def stored_outcome(msg: StoredMsg | None) -> Outcome | None:
+    """The outcome a stored message holds (None for none, or one that does not parse)."""
+    if msg is None:
+        return None
+    try:
+        return Outcome.from_json(msg.data)
+    except ValueError:
+        return None
+
+
+async def publish_outcome(js: JetStreamContext, outcome: Outcome, *, store: bool = True) -> None:
+    """Store the outcome on the events stream (unless not ``store``: it would change nothing)
+    and ask the status service to fold it in."""
     key = outcome.object_key
-    subject = subjects.subject(subjects.OUTCOMES, CONTROLLER, key)
+    subject = outcome_subject(key)
     with tracer.start_as_current_span(
         f"send {subjects.PREFIX}.{subjects.OUTCOMES}.{CONTROLLER}",
         kind=SpanKind.PRODUCER,
         attributes={
             **telemetry.messaging_attributes("send", subject),
             # The outcome and the status request, both with this span's context.
-            "messaging.batch.message_count": 2,
+            "messaging.batch.message_count": 2 if store else 1,
             "k8s.object.key": outcome.key,
             "reconcile.result": outcome.result,
+            "reconcile.outcome_stored": store,
         },
     ) as span:
         trace_headers: dict[str, str] = {}
@@ -324,7 +363,10 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome) -> None:
         headers[events.MSG_ID] = attrs["id"]
         headers.update(trace_headers)
         span.set_attribute("messaging.message.id", attrs["id"])
-        await js.publish(subject, outcome.to_json(), headers=headers)
+        if store:
+            await js.publish(subject, outcome.to_json(), headers=headers)
+        else:
+            OUTCOMES_NOT_STORED.inc()
         await enqueue(
             js,
             controller=STATUS_CONTROLLER,

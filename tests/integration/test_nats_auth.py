@@ -54,7 +54,7 @@ from shared.streams import (
     ensure_streams,
 )
 from shared.subjects import ObjectKey
-from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, TransientError, enqueue
+from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, enqueue
 from tests.conftest import Cluster, free_port
 from tests.support import Services, await_for, read_stream, services, wait_for
 
@@ -353,7 +353,7 @@ async def test_work_queue_paths_need_no_more_than_the_service_user(
                 return Result()  # a leftover request of an earlier test
             runs[request.key.name] = runs.get(request.key.name, 0) + 1
             if request.key.name == "failing":
-                raise TransientError("always fails")
+                raise RuntimeError("always fails")  # a transient error is never dead-lettered
             if request.key.name == "requeued":
                 if controller == "status":
                     outcome = await last_outcome(nc.jetstream(), request.key)

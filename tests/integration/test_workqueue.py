@@ -117,6 +117,29 @@ async def dead_letters(js: JetStreamContext, controller: str) -> list[Msg]:
         await psub.unsubscribe()
 
 
+async def dead_letters_eventually(
+    js: JetStreamContext, controller: str, *, within: float = 10.0
+) -> list[Msg]:
+    """The dead letters once there are some (the callback runs before the record is read)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = await dead_letters(js, controller)
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+async def drained(js: JetStreamContext, controller: str, *, within: float = 5.0) -> bool:
+    """Whether no request of ``controller`` is left in the stream (within a moment: an ack
+    follows the end of a run)."""
+    deadline = time.monotonic() + within
+    while await pending_subjects(js, controller):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 async def pending_subjects(js: JetStreamContext, controller: str) -> dict[str, int]:
     info = await js.stream_info(REQUESTS_STREAM, subjects_filter=f"mcop.requests.{controller}.>")
     return dict(info.state.subjects or {})
@@ -133,6 +156,7 @@ class Run:
     delivery: int
     started: float
     ended: float | None = None
+    retries: int = 0
 
 
 @dataclass
@@ -147,6 +171,7 @@ class Recorder:
 
     async def __call__(self, request: Request) -> Result:
         run = Run(request.key, request.payload().get("n"), request.delivery, time.monotonic())
+        run.retries = request.retries
         self.runs.append(run)
         self.active[request.key] += 1
         self.max_active[request.key] = max(self.max_active[request.key], self.active[request.key])
@@ -457,31 +482,130 @@ async def test_runs_of_one_key_never_overlap_across_processes(
 # -- d. retries and permanent errors ----------------------------------------------------------
 
 
-async def test_transient_errors_are_retried_with_growing_backoff(
+async def test_transient_errors_are_retried_with_growing_backoff_without_spending_deliveries(
     nc: Client, controller: str, queues: Any
 ) -> None:
+    """More transient failures than max_deliveries: none is counted, the request is retried
+    with a growing delay until it succeeds, and nothing is dead-lettered."""
+    js = nc.jetstream()
     k = ObjectKey("default", "flaky")
 
     def fail(request: Request) -> BaseException | None:
-        return TransientError("apiserver: 503") if request.delivery <= 3 else None
+        return TransientError("apiserver: 503") if request.retries < 3 else None
 
     recorder = Recorder(fail=fail)
-    await queues(recorder, controller=controller, backoff_base=0.4, backoff_cap=10.0)
-    await enqueue(nc.jetstream(), controller=controller, key=k)
+    await queues(
+        recorder, controller=controller, backoff_base=0.4, backoff_cap=10.0, max_deliveries=2
+    )
+    await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
     await eventually(lambda: len(recorder.runs) == 4 and recorder.runs[-1].ended is not None)
 
     runs = recorder.of(k)
-    assert [r.delivery for r in runs] == [1, 2, 3, 4]
+    assert [(r.delivery, r.retries) for r in runs] == [(1, 0), (1, 1), (1, 2), (1, 3)]
     gaps = [b.started - a.started for a, b in itertools.pairwise(runs)]
     # Each wait is at least half its ceiling: 0.4, 0.8, 1.6 seconds.
     for gap, minimum in zip(gaps, [0.2, 0.4, 0.8], strict=True):
         assert gap >= minimum, gaps
     assert metric("workqueue_retries_total", name=controller) == 3
+    assert metric("mcop_workqueue_retries_total", controller=controller, kind="transient") == 3
+    assert metric("mcop_workqueue_retries_total", controller=controller, kind="failure") == 0
     assert metric("controller_runtime_reconcile_total", controller=controller, result="error") == 3
     assert (
         metric("controller_runtime_reconcile_total", controller=controller, result="success") == 1
     )
     assert metric("controller_runtime_reconcile_errors_total", controller=controller) == 3
+    assert await drained(js, controller)
+    assert await dead_letters(js, controller) == []
+
+
+async def test_api_and_nats_outages_are_transient_and_other_api_errors_count(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """What the clients raise for an outage (API 5xx and 429, a time-out, a closed NATS
+    connection, JetStream unavailable) is retried without counting, even with max_deliveries=1;
+    an API error that is the request's own (422) counts and is dead-lettered."""
+    import nats.errors
+    from nats.js.errors import ServiceUnavailableError
+
+    from shared.kube import ApiError
+
+    js = nc.jetstream()
+    outage, invalid = ObjectKey("default", "outage"), ObjectKey("default", "invalid")
+    outage_errors: list[BaseException] = [
+        ApiError(503, "the server is currently unable to handle the request", retry_after=None),
+        ApiError(429, "too many requests", retry_after=0.1),
+        ApiError(500, "etcdserver: request timed out", retry_after=None),
+        TransientError("GET /apis: ClientConnectorError: connection refused"),
+        TimeoutError(),
+        nats.errors.ConnectionClosedError(),
+        ServiceUnavailableError(code=503, err_code=10077, description="maximum bytes exceeded"),
+    ]
+
+    def fail(request: Request) -> BaseException | None:
+        if request.key == invalid:
+            return ApiError(422, "spec.replicas: Invalid value", retry_after=None)
+        return outage_errors[request.retries] if request.retries < len(outage_errors) else None
+
+    recorder = Recorder(fail=fail)
+    await queues(recorder, controller=controller, backoff_base=0.02, max_deliveries=1)
+    await enqueue(js, controller=controller, key=outage)
+    await enqueue(js, controller=controller, key=invalid)
+    n = len(outage_errors) + 1
+    await eventually(lambda: len(recorder.of(outage)) == n and recorder.of(outage)[-1].ended)
+    await eventually(lambda: len(recorder.of(invalid)) == 1)
+
+    assert [r.delivery for r in recorder.of(outage)] == [1] * n
+    (letter,) = await dead_letters_eventually(js, controller)
+    assert letter.subject == subject(DEADLETTER, controller, invalid)
+    assert letter.headers is not None
+    assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
+    assert "spec.replicas: Invalid value" in letter.headers[DL_ERROR]
+    kinds = {
+        kind: metric("mcop_workqueue_retries_total", controller=controller, kind=kind)
+        for kind in ("transient", "failure")
+    }
+    assert kinds == {"transient": len(outage_errors), "failure": 0}
+
+
+async def test_failures_of_the_handler_still_count_across_transient_retries(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """A handler that fails for real every other time, with transient failures in between, is
+    dead-lettered after max_deliveries real failures: the retry copies carry the count."""
+    js = nc.jetstream()
+    k = ObjectKey("default", "buggy")
+
+    def fail(request: Request) -> BaseException | None:
+        if len(recorder.of(k)) % 2 == 0:
+            return TransientError("apiserver: 503")
+        return RuntimeError("handler bug")
+
+    dead: list[Request] = []
+
+    async def on_dead_letter(request: Request, error: Exception) -> None:
+        dead.append(request)
+
+    recorder = Recorder(fail=fail)
+    await queues(
+        recorder,
+        controller=controller,
+        backoff_base=0.02,
+        max_deliveries=3,
+        on_dead_letter=on_dead_letter,
+    )
+    await enqueue(js, controller=controller, key=k)
+    await eventually(lambda: bool(dead), what="the dead-letter callback")
+
+    # bug, outage, bug, outage, bug: the third bug is the last.
+    runs = recorder.of(k)
+    assert [(r.delivery, r.retries) for r in runs] == [(1, 0), (2, 0), (2, 1), (3, 1), (3, 2)]
+    (letter,) = await dead_letters_eventually(js, controller)
+    assert letter.headers is not None
+    assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
+    assert letter.headers[DL_DELIVERIES] == "3"
+    assert "handler bug" in letter.headers[DL_ERROR]
+    await asyncio.sleep(0.5)
+    assert len(recorder.of(k)) == 5
 
 
 async def test_retry_after_given_by_the_error_is_honoured(
@@ -568,7 +692,7 @@ async def test_request_failing_every_delivery_is_dead_lettered_and_the_worker_ca
         dead.append((request, error))
 
     def fail(request: Request) -> BaseException | None:
-        return TransientError("apiserver: 503") if request.key == broken else None
+        return RuntimeError("handler bug: 42") if request.key == broken else None
 
     recorder = Recorder(fail=fail)
     await queues(
@@ -584,7 +708,7 @@ async def test_request_failing_every_delivery_is_dead_lettered_and_the_worker_ca
 
     assert [r.delivery for r in recorder.of(broken)] == [1, 2, 3]
     request, error = dead[0]
-    assert request.key == broken and isinstance(error, TransientError)
+    assert request.key == broken and isinstance(error, RuntimeError)
     (letter,) = await dead_letters(js, controller)
     assert letter.subject == subject(DEADLETTER, controller, broken)
     assert letter.data == body(7)
@@ -592,9 +716,10 @@ async def test_request_failing_every_delivery_is_dead_lettered_and_the_worker_ca
     assert letter.headers["traceparent"] == TRACEPARENT
     assert letter.headers["x-origin"] == "test"
     assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
-    assert "apiserver: 503" in letter.headers[DL_ERROR]
+    assert "handler bug: 42" in letter.headers[DL_ERROR]
     assert letter.headers[DL_DELIVERIES] == "3"
     assert metric("mcop_dead_lettered_total", controller=controller, reason=MAX_DELIVERIES_EXCEEDED)
+    assert metric("mcop_workqueue_retries_total", controller=controller, kind="failure") == 2
 
     await enqueue(js, controller=controller, key=fine)
     await eventually(lambda: bool(recorder.of(fine)), what="the worker handling the next key")
@@ -680,6 +805,31 @@ async def test_request_of_a_killed_worker_is_redelivered_to_another(
         await asyncio.sleep(0.1)
     assert await pending_subjects(js, controller) == {}
     assert await dead_letters(js, controller) == []
+
+
+async def test_a_request_that_crashes_its_worker_every_time_is_dead_lettered(
+    nc: Client, controller: str, workers: Workers
+) -> None:
+    """A delivery that never completes (the worker dies in it) counts, although the handler
+    never raised anything: after max_deliveries crashes the next worker dead-letters it
+    instead of running it, and handles the next request."""
+    js = nc.jetstream()
+    k, fine = ObjectKey("default", "deadly"), ObjectKey("default", "fine")
+    await enqueue(js, controller=controller, key=k, body=body(1))
+    for i in (1, 2):
+        proc = workers.start(f"victim-{i}", "--crash", "--max-deliveries", "2")
+        assert await asyncio.to_thread(proc.wait, 30) == 3
+        assert workers.has("start", f"victim-{i}", str(k))
+    workers.start("survivor", "--max-deliveries", "2", "--sleep", "0")
+    (letter,) = await dead_letters_eventually(js, controller, within=30)
+    assert letter.subject == subject(DEADLETTER, controller, k)
+    assert letter.headers is not None
+    assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
+    assert letter.headers[DL_DELIVERIES] == "3"
+    assert "did not complete" in letter.headers[DL_ERROR]
+    assert not workers.has("start", "survivor", str(k))
+    await enqueue(js, controller=controller, key=fine, body=body(2))
+    await eventually(lambda: workers.has("end", "survivor", str(fine)), what="the next request")
 
 
 async def test_long_run_keeps_its_message_and_its_lease(

@@ -4,7 +4,9 @@ Every run appends ``start <key> <worker> <delivery> <n>`` and, unless killed, ``
 the log file given as an argument (``n`` is the request body's ``n``). Each line is one write to
 a file opened with O_APPEND, so the lines of several processes interleave in the order they
 happened: a test can check that the runs of one key never overlap anywhere in the fleet.
-SIGTERM stops the queue the way the services do, and the process exits 0.
+SIGTERM stops the queue the way the services do, and the process exits 0. With ``--crash`` the
+process dies (exit 3, nothing settled) in every run it starts, the way a handler that crashes
+its worker would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--ack-wait", type=float, default=2.0)
     parser.add_argument("--lease-ttl", type=float, default=2.0)
+    parser.add_argument("--max-deliveries", type=int, default=10)
+    parser.add_argument("--crash", action="store_true", help="die in every run")
     asyncio.run(run(parser.parse_args()))
 
 
@@ -43,6 +47,8 @@ async def run(args: argparse.Namespace) -> None:
     async def handler(request: Request) -> Result:
         n = request.payload().get("n", "-")
         record("start", request.key, request.delivery, n)
+        if args.crash:
+            os._exit(3)
         await asyncio.sleep(args.sleep + random.random() * args.jitter)
         record("end", request.key, request.delivery, n)
         return Result()
@@ -54,6 +60,7 @@ async def run(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         ack_wait=args.ack_wait,
         lease_ttl=args.lease_ttl,
+        max_deliveries=args.max_deliveries,
         worker_id=args.worker,
     )
     stop = asyncio.Event()

@@ -1,0 +1,185 @@
+"""Bounded streams against a real nats-server: every stream has a byte limit and the discard
+policy shared/streams.py chose for it, a full stream behaves as that policy says, and
+ensure_stream adds missing limits without undoing the ones an operator set by hand.
+
+The policy tests use copies of the real configurations under their own names and subjects, with
+a few KiB instead of GiB, so they fill up at once and leave the session's streams alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import ServiceUnavailableError
+
+from shared.errors import as_transient
+from shared.streams import (
+    DEADLETTER_STREAM,
+    DEFAULT_MAX_BYTES,
+    EVENTS_STREAM,
+    LEASES_STREAM,
+    REQUESTS_STREAM,
+    GiB,
+    StreamLimitsError,
+    deadletter_config,
+    ensure_stream,
+    events_config,
+    requests_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def scratch(nc: Client) -> AsyncIterator[Callable[[api.StreamConfig], api.StreamConfig]]:
+    """Rename a configuration to a stream of the test's own (deleted afterwards)."""
+    js = nc.jetstream()
+    made: list[str] = []
+
+    def rename(config: api.StreamConfig) -> api.StreamConfig:
+        tag = uuid.uuid4().hex[:8]
+        made.append(f"T_{tag}")
+        return dataclasses.replace(config, name=f"T_{tag}", subjects=[f"t-{tag}.>"])
+
+    yield rename
+    for name in made:
+        try:
+            await js.delete_stream(name)
+        except Exception:
+            pass
+
+
+def subject_of(config: api.StreamConfig, i: int) -> str:
+    assert config.subjects is not None
+    return config.subjects[0].replace(">", f"ns.obj-{i}")
+
+
+async def first_and_last(js: JetStreamContext, name: str) -> tuple[int, int]:
+    state = (await js.stream_info(name)).state
+    return state.first_seq, state.last_seq
+
+
+async def test_every_stream_is_bounded_with_the_discard_policy_its_docstring_gives(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    found = {}
+    for name in (EVENTS_STREAM, REQUESTS_STREAM, DEADLETTER_STREAM, LEASES_STREAM):
+        config = (await js.stream_info(name)).config
+        found[name] = (config.max_bytes, config.discard)
+    assert found == {
+        EVENTS_STREAM: (6 * GiB, api.DiscardPolicy.OLD),
+        REQUESTS_STREAM: (1 * GiB, api.DiscardPolicy.NEW),
+        DEADLETTER_STREAM: (768 * 1024**2, api.DiscardPolicy.OLD),
+        LEASES_STREAM: (256 * 1024**2, api.DiscardPolicy.NEW),
+    }
+    assert sum(limit for limit, _ in found.values()) == DEFAULT_MAX_BYTES
+
+
+async def test_a_full_events_stream_drops_its_oldest_records_first(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    js = nc.jetstream()
+    config = scratch(events_config(max_bytes=4096))
+    await ensure_stream(js, config)
+    for i in range(200):
+        await js.publish(subject_of(config, i), b"x" * 100)  # never refused
+    first, last = await first_and_last(js, str(config.name))
+    assert first > 1 and last == 200
+    newest = await js.get_last_msg(str(config.name), subject_of(config, 199))
+    assert newest.seq == 200
+
+
+async def test_a_full_dead_letter_stream_never_refuses_a_dead_letter(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    js = nc.jetstream()
+    config = scratch(deadletter_config(max_bytes=4096))
+    await ensure_stream(js, config)
+    for i in range(200):
+        await js.publish(subject_of(config, i), b"x" * 100)
+    first, last = await first_and_last(js, str(config.name))
+    assert first > 1 and last == 200
+
+
+async def test_a_full_requests_stream_refuses_new_objects_but_never_drops_a_pending_request(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    js = nc.jetstream()
+    config = scratch(requests_config(max_bytes=4096))
+    await ensure_stream(js, config)
+    refused: Exception | None = None
+    accepted = 0
+    for i in range(200):
+        try:
+            await js.publish(subject_of(config, i), b"{}", headers={"Mcop-Origin": "test"})
+            accepted += 1
+        except ServiceUnavailableError as err:
+            refused = err
+            break
+    assert refused is not None, "a full requests stream accepted every request"
+    assert "maximum bytes exceeded" in str(refused)
+    # The publisher's retry is a transient one (the queue drains, then there is room).
+    assert as_transient(refused) is not None
+    # Every pending request is still there, the first one too.
+    info = await js.stream_info(str(config.name), subjects_filter=">")
+    assert info.state.messages == accepted
+    assert subject_of(config, 0) in (info.state.subjects or {})
+    # Once a worker has taken (and acked) one, there is room again.
+    consumer = await js.pull_subscribe(subject_of(config, 0), stream=str(config.name))
+    (taken,) = await consumer.fetch(1, timeout=5)
+    await taken.ack_sync()
+    await js.publish(subject_of(config, accepted), b"{}", headers={"Mcop-Origin": "test"})
+
+
+async def test_ensure_stream_adds_missing_limits_and_never_changes_hand_set_ones(
+    nc: Client,
+    scratch: Callable[[api.StreamConfig], api.StreamConfig],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    js = nc.jetstream()
+    ours = scratch(events_config(max_bytes=64 * 1024**2))
+    name = str(ours.name)
+    # A stream from before the limits existed: no max_bytes.
+    await js.add_stream(dataclasses.replace(ours, max_bytes=None))
+    assert (await js.stream_info(name)).config.max_bytes == -1
+
+    await ensure_stream(js, ours)
+    assert (await js.stream_info(name)).config.max_bytes == 64 * 1024**2
+
+    # The operator raises the byte limit, shortens the age, caps consumers (a field this code
+    # does not set) and, by mistake, flips the discard policy.
+    hand = dataclasses.replace(
+        (await js.stream_info(name)).config,
+        max_bytes=128 * 1024**2,
+        max_age=3600.0,
+        max_consumers=5,
+        discard=api.DiscardPolicy.NEW,
+    )
+    await js.update_stream(hand)
+    with caplog.at_level(logging.INFO, logger="shared.streams"):
+        await ensure_stream(js, ours)
+        # A smaller limit of ours does not lower the operator's either.
+        await ensure_stream(js, dataclasses.replace(ours, max_bytes=1024**2))
+
+    after = (await js.stream_info(name)).config
+    assert (after.max_bytes, after.max_age, after.max_consumers) == (128 * 1024**2, 3600.0, 5)
+    assert after.discard == api.DiscardPolicy.OLD  # ours: the oldest records go first
+    kept = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{name} keeps max_bytes=134217728" in line for line in kept), kept
+    assert any(f"{name} keeps max_age=3600.0" in line for line in kept), kept
+
+
+async def test_streams_that_do_not_fit_the_server_store_fail_with_a_clear_error(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    js = nc.jetstream()
+    config = scratch(deadletter_config(max_bytes=1024 * GiB))
+    with pytest.raises(StreamLimitsError, match="STREAM_MAX_BYTES"):
+        await ensure_stream(js, config)
