@@ -18,6 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from deploy.local import nats_auth
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
+from shared.kube import MEMCACHED, KubeClient
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
 
@@ -121,3 +122,41 @@ def services(state_dir: Path, env: Mapping[str, str]) -> Iterator[Services]:
         yield svc
     finally:
         svc.stop_all()
+
+
+def memcached_manifest(
+    name: str, namespace: str, size: int = 1, image: str | None = None
+) -> dict[str, Any]:
+    """A Memcached as a user would write it."""
+    spec: dict[str, Any] = {"size": size}
+    if image:
+        spec["image"] = image
+    return {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+async def create_many(
+    kubeconfig: str, objs: list[dict[str, Any]], *, concurrency: int = 32
+) -> None:
+    """Create Memcacheds through the API, ``concurrency`` at a time (a burst, as a bench or a
+    CI job makes one)."""
+    kube = await KubeClient.connect(kubeconfig)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(obj: dict[str, Any]) -> None:
+        async with sem:
+            await kube.request(
+                "POST",
+                MEMCACHED.path(obj["metadata"]["namespace"]),
+                body=obj,
+                resource="memcacheds",
+            )
+
+    try:
+        await asyncio.gather(*(one(o) for o in objs))
+    finally:
+        await kube.close()

@@ -21,45 +21,16 @@ from nats.js.errors import NotFoundError
 
 from services.reconciler.desired import desired_deployment, matches
 from shared import subjects
-from shared.kube import MEMCACHED, KubeClient
 from shared.models import Memcached
 from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM
 from tests.conftest import Cluster
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 
 OUTAGE = float(os.environ.get("MCOP_TEST_APISERVER_OUTAGE", "180"))
 CRS = 100
 APISERVER = "kube-apiserver"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(OUTAGE + 900)]
-
-
-def memcached(name: str, namespace: str) -> dict:  # type: ignore[type-arg]
-    return {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"size": 1},
-    }
-
-
-async def create_all(cluster: Cluster, namespace: str, n: int) -> None:
-    kube = await KubeClient.connect(cluster.kubeconfig)
-    sem = asyncio.Semaphore(16)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await kube.request(
-                "POST",
-                MEMCACHED.path(namespace),
-                body=memcached(f"mc-{i:03d}", namespace),
-                resource="memcacheds",
-            )
-
-    try:
-        await asyncio.gather(*(one(i) for i in range(n)))
-    finally:
-        await kube.close()
 
 
 async def pending_requests(cluster: Cluster, namespace: str) -> int:
@@ -111,7 +82,13 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
 ) -> None:
     service_procs.start("watcher", "--namespaces", namespace, name="watcher")
     service_procs.start("status", name="status")
-    asyncio.run(create_all(cluster, namespace, CRS))
+    asyncio.run(
+        create_many(
+            cluster.kubeconfig,
+            [memcached_manifest(f"mc-{i:03d}", namespace) for i in range(CRS)],
+            concurrency=16,
+        )
+    )
     wait_for(
         lambda: asyncio.run(pending_requests(cluster, namespace)) == CRS,
         timeout=60,

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -144,62 +145,51 @@ def _wait_letter(cluster: Cluster, namespace: str, count: int) -> Any:
     )
 
 
-def test_forged_namespace_in_the_body_is_dead_lettered_and_writes_nothing(
+def _other_namespace(body: dict[str, Any]) -> None:
+    body["metadata"]["namespace"] = "kube-system"
+
+
+def _other_spec(body: dict[str, Any]) -> None:
+    pass  # only the image changes: same namespace, uid and resourceVersion
+
+
+def _other_uid(body: dict[str, Any]) -> None:
+    body["metadata"]["uid"] = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(
+    ("forge", "error", "what"),
+    [
+        (_other_namespace, "carries the object kube-system/victim", "key"),
+        (_other_spec, "differs from the API server's object in spec", "content"),
+        (_other_uid, "claims uid", "uid"),
+    ],
+    ids=["namespace", "spec", "uid"],
+)
+def test_a_forged_event_is_dead_lettered_and_writes_nothing(
     cluster: Cluster,
     service_procs: Services,
     namespace: str,
     victim: dict[str, Any],
     ports: dict[str, int],
+    forge: Callable[[dict[str, Any]], None],
+    error: str,
+    what: str,
 ) -> None:
     key = ObjectKey(namespace, VICTIM)
     headers, body = asyncio.run(_newest_event(cluster, key))
-    body["metadata"]["namespace"] = "kube-system"
+    forge(body)
     body["spec"]["image"] = FORGED_IMAGE
     asyncio.run(_forge_event(cluster, key, headers, body))
     letter = _wait_letter(cluster, namespace, 1)
     assert letter.headers["Mcop-Deadletter-Reason"] == "ForgedEvent"
-    assert "kube-system/victim" in letter.headers["Mcop-Deadletter-Error"]
+    assert error in letter.headers["Mcop-Deadletter-Error"]
     assert _deployment(cluster, "kube-system") is None
     _assert_untouched(cluster, namespace, victim)
-    assert _distrusted(ports["reconciler"], "reconcile", "key") == 1
+    assert _distrusted(ports["reconciler"], "reconcile", what) == 1
     # No condition on the victim: the message was at fault, not the CR.
     cr = cluster.kubectl_json("get", "mc", "-n", namespace, VICTIM)
     assert "Forged" not in json.dumps(cr.get("status") or {})
-
-
-def test_forged_spec_at_the_real_resource_version_is_dead_lettered(
-    cluster: Cluster,
-    service_procs: Services,
-    namespace: str,
-    victim: dict[str, Any],
-    ports: dict[str, int],
-) -> None:
-    key = ObjectKey(namespace, VICTIM)
-    headers, body = asyncio.run(_newest_event(cluster, key))
-    body["spec"]["image"] = FORGED_IMAGE  # same namespace, uid and resourceVersion
-    asyncio.run(_forge_event(cluster, key, headers, body))
-    letter = _wait_letter(cluster, namespace, 1)
-    assert letter.headers["Mcop-Deadletter-Reason"] == "ForgedEvent"
-    assert "differs from the API server's object in spec" in letter.headers["Mcop-Deadletter-Error"]
-    _assert_untouched(cluster, namespace, victim)
-
-
-def test_forged_uid_is_dead_lettered(
-    cluster: Cluster,
-    service_procs: Services,
-    namespace: str,
-    victim: dict[str, Any],
-    ports: dict[str, int],
-) -> None:
-    key = ObjectKey(namespace, VICTIM)
-    headers, body = asyncio.run(_newest_event(cluster, key))
-    body["metadata"]["uid"] = str(uuid.uuid4())
-    body["spec"]["image"] = FORGED_IMAGE
-    asyncio.run(_forge_event(cluster, key, headers, body))
-    letter = _wait_letter(cluster, namespace, 1)
-    assert letter.headers["Mcop-Deadletter-Reason"] == "ForgedEvent"
-    assert "claims uid" in letter.headers["Mcop-Deadletter-Error"]
-    _assert_untouched(cluster, namespace, victim)
 
 
 def test_forged_uid_with_matching_headers_writes_only_what_the_api_says(

@@ -21,46 +21,17 @@ from nats.js.api import StreamInfo
 
 from services.reconciler.desired import desired_deployment, matches
 from shared import subjects
-from shared.kube import MEMCACHED, KubeClient
 from shared.models import Memcached
 from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
 from shared.subjects import ObjectKey
 from shared.workqueue import ORIGIN, enqueue
 from tests.conftest import Cluster
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 
 N = int(os.environ.get("MCOP_TEST_BOUNDED_CRS", "2000"))
 EVENTS_LIMIT = 512 * 1024
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
-
-
-def memcached(name: str, namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"size": 1},
-    }
-
-
-async def create_all(cluster: Cluster, namespace: str, n: int) -> None:
-    kube = await KubeClient.connect(cluster.kubeconfig)
-    sem = asyncio.Semaphore(32)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await kube.request(
-                "POST",
-                MEMCACHED.path(namespace),
-                body=memcached(f"mc-{i:04d}", namespace),
-                resource="memcacheds",
-            )
-
-    try:
-        await asyncio.gather(*(one(i) for i in range(n)))
-    finally:
-        await kube.close()
 
 
 async def events_info(cluster: Cluster, *, max_bytes: int | None = None) -> StreamInfo:
@@ -108,7 +79,13 @@ def test_a_small_events_stream_keeps_converging_2000_crs_and_drops_its_oldest_re
         for i in range(2):
             service_procs.start("reconciler", "--concurrency", "16", name=f"reconciler-{i}")
         service_procs.start("status", name="status")
-        asyncio.run(create_all(cluster, namespace, N))
+        asyncio.run(
+            create_many(
+                cluster.kubeconfig,
+                [memcached_manifest(f"mc-{i:04d}", namespace) for i in range(N)],
+                concurrency=32,
+            )
+        )
         wait_for(
             lambda: converged(cluster, namespace, N),
             timeout=900,

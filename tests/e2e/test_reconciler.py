@@ -23,42 +23,11 @@ from shared.models import Memcached
 from shared.outcomes import Outcome
 from shared.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 
 pytestmark = pytest.mark.e2e
 
 FAST = {"ACK_WAIT": "4", "LEASE_TTL": "4"}
-
-
-def cr(name: str, namespace: str, size: int = 1, image: str | None = None) -> dict:  # type: ignore[type-arg]
-    spec: dict = {"size": size}  # type: ignore[type-arg]
-    if image:
-        spec["image"] = image
-    return {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
-
-
-async def create_many(cluster: Cluster, objs: list[dict]) -> None:  # type: ignore[type-arg]
-    kube = await KubeClient.connect(cluster.kubeconfig)
-    sem = asyncio.Semaphore(32)
-
-    async def one(obj: dict) -> None:  # type: ignore[type-arg]
-        async with sem:
-            await kube.request(
-                "POST",
-                MEMCACHED.path(obj["metadata"]["namespace"]),
-                body=obj,
-                resource="memcacheds",
-            )
-
-    try:
-        await asyncio.gather(*(one(o) for o in objs))
-    finally:
-        await kube.close()
 
 
 def start_pipeline(services: Services, namespace: str, *, workers: int, **env: str) -> list[str]:
@@ -113,7 +82,12 @@ def test_four_workers_converge_300_crs_without_overlap(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
     start_pipeline(service_procs, namespace, workers=4)
-    asyncio.run(create_many(cluster, [cr(f"mc-{i:03d}", namespace, 1 + i % 3) for i in range(300)]))
+    asyncio.run(
+        create_many(
+            cluster.kubeconfig,
+            [memcached_manifest(f"mc-{i:03d}", namespace, 1 + i % 3) for i in range(300)],
+        )
+    )
     wait_for(
         lambda: converged(cluster, namespace, 300), timeout=240, what="300 correct Deployments"
     )
@@ -135,7 +109,7 @@ def test_rapid_spec_changes_coalesce(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
     start_pipeline(service_procs, namespace, workers=2)
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr("hot", namespace)))
+    cluster.kubectl("apply", "-f", "-", input_=json.dumps(memcached_manifest("hot", namespace)))
     wait_for(lambda: converged(cluster, namespace, 1), timeout=60, what="first convergence")
 
     async def burst() -> None:
@@ -187,8 +161,8 @@ def test_sigkill_workers_during_200_cr_run(
     # CRs arrive in waves while a random worker is SIGKILLed (and restarted) every ~2 s, so
     # kills land in the middle of reconciles, not after the run.
     for wave in range(5):
-        objs = [cr(f"k-{wave}-{i:02d}", namespace, 2) for i in range(40)]
-        asyncio.run(create_many(cluster, objs))
+        objs = [memcached_manifest(f"k-{wave}-{i:02d}", namespace, 2) for i in range(40)]
+        asyncio.run(create_many(cluster.kubeconfig, objs))
         for _ in range(2):
             time.sleep(rng.uniform(0.2, 1.0))
             victim = rng.choice(workers)
@@ -206,7 +180,9 @@ def test_drift_is_corrected_and_deleting_the_cr_collects_the_deployment(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
     start_pipeline(service_procs, namespace, workers=1)
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr("drift", namespace, 2)))
+    cluster.kubectl(
+        "apply", "-f", "-", input_=json.dumps(memcached_manifest("drift", namespace, 2))
+    )
     wait_for(lambda: converged(cluster, namespace, 1), timeout=60, what="convergence")
     uid = cluster.kubectl_json("get", "deployment", "-n", namespace, "drift")["metadata"]["uid"]
 
@@ -281,5 +257,5 @@ def test_poison_requests_are_dead_lettered_and_the_worker_carries_on(
         assert reason in log, f"{reason} not explained in the worker's log"
     # The worker is still up and still works.
     assert service_procs.supervisor.running("reconciler-0") is not None
-    cluster.kubectl("apply", "-f", "-", input_=json.dumps(cr("after", namespace)))
+    cluster.kubectl("apply", "-f", "-", input_=json.dumps(memcached_manifest("after", namespace)))
     wait_for(lambda: converged(cluster, namespace, 1), timeout=60, what="a normal CR to converge")
