@@ -99,6 +99,7 @@ STATUS = "status"
 ACK_TIMEOUT = 5.0
 # The Deployment controller's label on the pods of one ReplicaSet, whose name it ends.
 POD_TEMPLATE_HASH = "pod-template-hash"
+MAX_NAME_LENGTH = 253  # a DNS subdomain, as object names are
 
 # Why a claimed owner is not believed (label of mcop_watcher_owner_rejected_total).
 INVALID_NAMESPACE = "InvalidNamespace"
@@ -159,6 +160,16 @@ def _group(api_version: object) -> str:
     return text.rpartition("/")[0] if "/" in text else ""
 
 
+def replica_set_name(deployment: str, template_hash: str) -> str:
+    """The name the Deployment controller gives a Deployment's ReplicaSet: the Deployment's
+    name cut to fit 253 characters with ``-<pod-template-hash>`` (generateReplicaSetName in
+    kubernetes/pkg/controller/deployment/sync.go)."""
+    room = MAX_NAME_LENGTH - 1 - len(template_hash)
+    if len(deployment) > room > 0:
+        deployment = deployment[:room]
+    return f"{deployment}-{template_hash}"
+
+
 def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     """The owning Memcached of a Deployment (``kind`` "deployment") or a Pod ("pod").
 
@@ -166,8 +177,8 @@ def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     definition of owner references); the reconciler's owner annotation, when present, must
     name the same CR. A Pod's controller is a ReplicaSet, so its owner is the annotation the
     reconciler puts in the pod template, believed only if the pod's controller is the
-    ReplicaSet the Deployment controller named ``<deployment>-<pod-template-hash>`` (the
-    Deployment is named after the CR). Anything else an object says about its owner, in a
+    ReplicaSet the Deployment controller named after the Deployment (:func:`replica_set_name`;
+    the Deployment is named after the CR). Anything else an object says about its owner, in a
     namespace anyone may write to, is rejected with a reason and never becomes a subject.
     """
     meta = obj.get("metadata") or {}
@@ -204,7 +215,7 @@ def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     if kind == "pod" and (ref_kind, ref_group) == ("ReplicaSet", "apps") and claimed is not None:
         labels = meta.get("labels") or {}
         template_hash = labels.get(POD_TEMPLATE_HASH) if isinstance(labels, Mapping) else None
-        if not template_hash or ref_name != f"{claimed}-{template_hash}":
+        if not template_hash or ref_name != replica_set_name(claimed, str(template_hash)):
             return Owner(
                 None,
                 OWNER_MISMATCH,

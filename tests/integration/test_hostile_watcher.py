@@ -22,7 +22,7 @@ from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
 from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from shared import events, subjects
-from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM
+from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM, ensure_streams
 from shared.subjects import ObjectKey
 from shared.workqueue import DL_BODY_TRUNCATED, DL_CONTROLLER, DL_REASON, DL_SUBJECT, ORIGIN
 from tests.conftest import Cluster, free_port
@@ -230,7 +230,16 @@ class OwnNats:
         return rec.pid
 
     def start(self, extra: str = "") -> None:
+        """Start it and make the streams, as the admin step does on every cluster."""
         local_nats.start(self.supervisor, port=self.port, monitor_port=free_port(), extra=extra)
+        asyncio.run(self._ensure_streams())
+
+    async def _ensure_streams(self) -> None:
+        nc = await nats.connect(self.url)
+        try:
+            await ensure_streams(nc.jetstream())
+        finally:
+            await nc.close()
 
 
 @pytest.fixture

@@ -110,6 +110,15 @@ def test_a_pod_is_owned_through_its_replica_set_named_after_the_deployment() -> 
     assert find_owner("pod", pod()).key == ObjectKey("ns", "cache")
 
 
+def test_a_pod_of_a_253_character_memcached_is_owned_through_the_shortened_replica_set() -> None:
+    # The Deployment controller cuts the Deployment's name so that "-<hash>" fits 253.
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    rs = name[: 253 - 1 - len("5d8f9c7b6")] + "-5d8f9c7b6"
+    assert len(rs) == 253
+    assert find_owner("pod", pod(annotation=name, rs=rs)).key == ObjectKey("ns", name)
+    assert find_owner("pod", pod(annotation="e" + name[1:], rs=rs)).key is None
+
+
 @pytest.mark.parametrize(
     ("obj", "reason"),
     [
