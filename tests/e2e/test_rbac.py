@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +116,21 @@ async def _request_unseen(cluster: Cluster, key: ObjectKey) -> None:
         await nc.close()
 
 
-def test_each_role_grants_exactly_what_its_service_calls(
-    cluster: Cluster, service_procs: Services, namespace: str
-) -> None:
+@pytest.fixture
+def roles(cluster: Cluster) -> Iterator[None]:
+    """deploy/base's ServiceAccounts, ClusterRoles and bindings, applied as they are; removed
+    afterwards (and waited for: other tests apply the same manifests)."""
+    docs = yaml.safe_dump_all(_rbac_documents())
     cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    cluster.kubectl("apply", "-f", "-", input_=yaml.safe_dump_all(_rbac_documents()))
+    cluster.kubectl("apply", "-f", "-", input_=docs)
+    yield
+    cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input_=docs, check=False)
+    cluster.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--timeout=120s", check=False)
+
+
+def test_each_role_grants_exactly_what_its_service_calls(
+    cluster: Cluster, service_procs: Services, namespace: str, roles: None
+) -> None:
     for service in SERVICES:
         kubeconfig = str(service_kubeconfig(cluster.layout, service))
         args = ("--namespaces", namespace) if service == "watcher" else ()

@@ -59,7 +59,9 @@ def accounts(cluster: Cluster) -> Iterator[list[dict[str, Any]]]:
         if doc["kind"].startswith("Cluster"):
             cluster.kubectl("delete", doc["kind"], doc["metadata"]["name"], check=False)
     for namespace in (NAMESPACE, "observability"):
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        # Waited for: the next test that applies the manifests must not meet a namespace
+        # that is still terminating (it refuses new content).
+        cluster.kubectl("delete", "namespace", namespace, "--timeout=120s", check=False)
     cluster.kubectl("delete", "-f", str(FIXTURE_CRDS), "--wait=false", check=False)
 
 
