@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("services.watcher.audit", "replay or follow the event stream"),
     "demo": ("deploy.local.demo", "run the whole system locally and apply the samples"),
     "streams": ("shared.stream_admin", "create (ensure) or check the streams, as the NATS admin"),
+    "rbac": (
+        "deploy.rbac",
+        "print namespaced Roles for an operator that watches a fixed set of namespaces",
+    ),
     "nats-credentials": (
         "deploy.nats_credentials",
         "print the NATS Secrets for a cluster: fresh passwords and the server's bcrypt hashes",

@@ -29,6 +29,7 @@ from deploy.local.cluster import (
     service_account_user,
     service_kubeconfig,
 )
+from deploy.rbac import namespaced_roles
 from shared.subjects import ObjectKey
 from shared.workqueue import ORIGIN, enqueue
 from tests.conftest import Cluster
@@ -116,11 +117,17 @@ async def _request_unseen(cluster: Cluster, key: ObjectKey) -> None:
         await nc.close()
 
 
-@pytest.fixture
-def roles(cluster: Cluster) -> Iterator[None]:
-    """deploy/base's ServiceAccounts, ClusterRoles and bindings, applied as they are; removed
-    afterwards (and waited for: other tests apply the same manifests)."""
-    docs = yaml.safe_dump_all(_rbac_documents())
+@pytest.fixture(params=["cluster", "namespaced"])
+def roles(cluster: Cluster, namespace: str, request: pytest.FixtureRequest) -> Iterator[None]:
+    """deploy/base's ServiceAccounts, ClusterRoles and bindings, applied as they are, or the
+    same ServiceAccounts with the Roles `memcached-operator rbac --namespaces <ns>` makes for
+    an operator that watches only the test's namespace; removed afterwards (and waited for:
+    other tests apply the same manifests)."""
+    objects = _rbac_documents()
+    if request.param == "namespaced":
+        objects = [d for d in objects if d["kind"] == "ServiceAccount"]
+        objects += namespaced_roles([namespace], operator_namespace=OPERATOR_NAMESPACE)
+    docs = yaml.safe_dump_all(objects)
     cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input_=docs)
     yield

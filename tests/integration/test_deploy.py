@@ -298,3 +298,30 @@ def test_services_converge_with_only_their_own_rights(
         for name, log in logs.items():
             assert "forbidden" not in log.lower(), f"{name}: {log[-3000:]}"
             assert "permissions violation" not in log.lower(), f"{name}: {log[-3000:]}"
+
+
+def test_the_namespaced_example_has_roles_in_its_namespaces_and_no_cluster_roles(
+    cluster: Cluster,
+) -> None:
+    docs = build(cluster, "overlays/namespaced-example")
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Role"
+    }
+    bound = {
+        (d["metadata"]["namespace"], d["subjects"][0]["name"])
+        for d in docs
+        if d["kind"] == "RoleBinding"
+    }
+    assert roles == {
+        (ns, f"memcached-operator-{s}") for ns in ("team-a", "team-b") for s in SERVICES
+    }
+    assert bound == {(ns, s) for ns in ("team-a", "team-b") for s in SERVICES}
+    watcher = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "watcher"
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in watcher["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["WATCH_NAMESPACES"] == "team-a,team-b"
