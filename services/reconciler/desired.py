@@ -25,6 +25,12 @@ FIELD_MANAGER = "memcached-operator"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# The memcache user of the official memcached images (alpine and debian both create it with
+# this uid and gid). Pod Security `restricted` needs runAsNonRoot, which the kubelet can only
+# check against a numeric user; an image without this user still runs as it (memcached needs no
+# home directory or passwd entry).
+RUN_AS_USER = 11211
+
 # The owning CR's full name on the Deployment and its pods: the instance label may be a
 # shortened hash of a long name, and pods are owned by a ReplicaSet, so this is how the watcher
 # maps a pod back to its Memcached without another API call.
@@ -74,6 +80,29 @@ def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod's securityContext: non-root, RuntimeDefault seccomp (Pod Security `restricted`)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """The memcached container's securityContext: no privilege escalation, no capabilities, a
+    read-only root filesystem (memcached keeps everything in memory and writes no files)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def desired_deployment(
     cr: Memcached, *, cr_uid: str | None = None, progress_deadline_seconds: int | None = None
 ) -> dict[str, Any]:
@@ -97,6 +126,7 @@ def desired_deployment(
         "ports": [{"name": "memcached", "containerPort": PORT, "protocol": "TCP"}],
         # Always present, if empty, so that matches() notices resources removed from the CR.
         "resources": cr.spec.resources.to_api() if cr.spec.resources is not None else {},
+        "securityContext": container_security_context(),
     }
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -116,7 +146,12 @@ def desired_deployment(
                     "labels": dict(selector),
                     "annotations": {OWNER_ANNOTATION: cr.name},
                 },
-                "spec": {"containers": [container]},
+                "spec": {
+                    "containers": [container],
+                    "securityContext": pod_security_context(),
+                    # memcached never talks to the API server: no token in its pods.
+                    "automountServiceAccountToken": False,
+                },
             },
         },
     }

@@ -91,7 +91,6 @@ def as_served(desired: dict[str, Any]) -> dict[str, Any]:
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,
             "dnsPolicy": "ClusterFirst",
-            "securityContext": {},
             "schedulerName": "default-scheduler",
         }
     )
@@ -128,6 +127,22 @@ def test_deployment_shape() -> None:
     assert served["ports"] == [{"name": "memcached", "containerPort": 11211, "protocol": "TCP"}]
     assert served["resources"] == {}
     assert "status" not in desired
+
+
+@pytest.mark.unit
+def test_pods_meet_pod_security_restricted() -> None:
+    pod = desired_deployment(memcached())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 11211
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for served in pod["containers"]:
+        context = served["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] != 0
 
 
 @pytest.mark.unit
@@ -278,6 +293,18 @@ def rename_container(live: dict[str, Any]) -> None:
     container(live)["name"] = "cache"
 
 
+def allow_escalation(live: dict[str, Any]) -> None:
+    container(live)["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+def run_as_root(live: dict[str, Any]) -> None:
+    live["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
+
+
+def mount_token(live: dict[str, Any]) -> None:
+    live["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "edit",
@@ -292,6 +319,9 @@ def rename_container(live: dict[str, Any]) -> None:
         drop_label,
         drop_owner,
         rename_container,
+        allow_escalation,
+        run_as_root,
+        mount_token,
     ],
 )
 def test_edits_of_owned_fields_do_not_match(edit: Any) -> None:
