@@ -116,6 +116,22 @@ IMAGE_PATTERN = rf"^({_REGISTRY}/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*(:{_TAG
 # sha256 digest fit.
 IMAGE_MAX_LENGTH = 512
 
+# memcached's own settings. -m is in MiB ("megabytes" in memcached's help, 1024 * 1024 bytes);
+# a TiB of cache per pod is far beyond any node, and bounds the derived value too.
+MEBIBYTE = 1 << 20
+MEMORY_MB_MAX = 1 << 20
+# memcached sets RLIMIT_NOFILE to -c; as a non-root user it cannot raise it above the hard
+# limit of the container runtime (1048576 or 524288 usually), and 64 Ki connections per pod is
+# already far more than one memcached serves well.
+MAX_CONNECTIONS_MIN = 16
+MAX_CONNECTIONS_MAX = 65536
+DEFAULT_MAX_CONNECTIONS = 1024
+# memcached 1.6 refuses an -I that is not a multiple of its slab chunk size (512 KiB by
+# default), below it, or above 1 GiB; and one above half of -m.
+ITEM_SIZE_STEP = 512 * 1024
+ITEM_SIZE_MAX = 1 << 30
+DEFAULT_MAX_ITEM_SIZE = 1 << 20
+
 # Pod names in status.nodes: the ready pods of at most 1000 replicas, with room for the pods a
 # rolling update surges (25 % by default) on top.
 NODES_MAX = 2000
@@ -283,7 +299,49 @@ class ResourceRequirements(
         return self
 
 
-class MemcachedSpec(_Model):
+def _item_size_message() -> str:
+    return "maxItemSize must be at most half of memoryMB (memcached refuses to start otherwise)"
+
+
+def _item_fits_memory_rule() -> dict[str, str]:
+    """The CEL twin of MemcachedSpec._item_fits_memory."""
+    return {
+        "rule": (
+            "!has(self.memoryMB) || !has(self.maxItemSize)"
+            f" || self.maxItemSize * 2 <= self.memoryMB * {MEBIBYTE}"
+        ),
+        "message": _item_size_message(),
+    }
+
+
+def _memory_above_limit_message() -> str:
+    return "memoryMB must not exceed resources.limits.memory"
+
+
+def _memory_within_limit_rule() -> dict[str, str]:
+    """The CEL twin of MemcachedSpec._memory_within_limit."""
+    limit = "string(self.resources.limits['memory'])"
+    pattern = _cel_string(QUANTITY_PATTERN)
+    return {
+        # As in _limit_not_below_request_rule: the pattern before quantity().
+        "rule": (
+            "!has(self.memoryMB) || !has(self.resources) || !has(self.resources.limits)"
+            " || !('memory' in self.resources.limits)"
+            f" || !{limit}.matches({pattern}) || !isQuantity({limit})"
+            # Past its maximum memoryMB is reported by the schema; here it would overflow.
+            f" || self.memoryMB > {MEMORY_MB_MAX}"
+            f" || !quantity({limit}).sub(self.memoryMB * {MEBIBYTE}).isLessThan(quantity('0'))"
+        ),
+        "message": _memory_above_limit_message(),
+    }
+
+
+class MemcachedSpec(
+    _Model,
+    json_schema_extra={
+        "x-kubernetes-validations": [_item_fits_memory_rule(), _memory_within_limit_rule()]
+    },
+):
     """Desired state of a Memcached deployment."""
 
     size: int = Field(
@@ -308,6 +366,36 @@ class MemcachedSpec(_Model):
     resources: ResourceRequirements | None = Field(
         default=None, description="Compute resources of the memcached container."
     )
+    memory_mb: int | None = Field(
+        default=None,
+        alias="memoryMB",
+        ge=1,
+        le=MEMORY_MB_MAX,
+        description=(
+            "Cache memory of each pod in MiB (memcached -m), at most the memory limit. Unset: "
+            "the memory limit less an overhead of 10 % (at least 16 MiB) for connections, the "
+            "hash table and the process itself; 64 without a memory limit."
+        ),
+        json_schema_extra={"format": "int32"},
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=MAX_CONNECTIONS_MIN,
+        le=MAX_CONNECTIONS_MAX,
+        description="Simultaneous client connections each pod accepts (memcached -c).",
+        json_schema_extra={"format": "int32"},
+    )
+    max_item_size: int = Field(
+        default=DEFAULT_MAX_ITEM_SIZE,
+        ge=ITEM_SIZE_STEP,
+        le=ITEM_SIZE_MAX,
+        multiple_of=ITEM_SIZE_STEP,
+        description=(
+            "Largest item in bytes (memcached -I): a multiple of 512 KiB up to 1 GiB, and at "
+            "most half of the cache memory."
+        ),
+        json_schema_extra={"format": "int32"},
+    )
 
     # Before the pattern, which rejects blanks too, so that both sides give the same message.
     @field_validator("image", mode="before")
@@ -316,6 +404,23 @@ class MemcachedSpec(_Model):
         if isinstance(value, str) and value and not value.strip():
             raise ValueError("image must not be blank")
         return value
+
+    @model_validator(mode="after")
+    def _item_fits_memory(self) -> Self:
+        if self.memory_mb is not None and self.max_item_size * 2 > self.memory_mb * MEBIBYTE:
+            raise ValueError(_item_size_message())
+        return self
+
+    @model_validator(mode="after")
+    def _memory_within_limit(self) -> Self:
+        limit = (self.resources.limits or {}).get("memory") if self.resources else None
+        if (
+            self.memory_mb is not None
+            and limit is not None
+            and parse_quantity(limit) < self.memory_mb * MEBIBYTE
+        ):
+            raise ValueError(_memory_above_limit_message())
+        return self
 
 
 PodName = Annotated[

@@ -9,14 +9,29 @@ one more module of this shape, not a change to the reconcile loop.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Any
 
-from shared.models import API_VERSION, KIND, Memcached, parse_quantity
+from shared.models import (
+    API_VERSION,
+    KIND,
+    MEBIBYTE,
+    MEMORY_MB_MAX,
+    Memcached,
+    MemcachedSpec,
+    parse_quantity,
+)
 
 CONTAINER_NAME = "memcached"
 PORT = 11211
-COMMAND = ["memcached", "-m=64", "-o", "modern", "-v"]
+# Cache memory without a memory limit or memoryMB: memcached's own default.
+DEFAULT_MEMORY_MB = 64
+# What a memcached process needs beyond -m (which counts item memory only): connection
+# buffers, the hash table (which grows with the item count), threads and the binary. Taken
+# from the memory limit when -m is derived from it: 10 %, and at least 16 MiB.
+OVERHEAD_FRACTION = 0.1
+OVERHEAD_MIN_MB = 16
 MANAGED_BY = "memcached-operator"
 # The field manager of the reconciler's server-side applies; the watcher recognises the
 # Deployment changes our own applies made by it.
@@ -80,6 +95,45 @@ def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
     }
 
 
+def cache_memory_mb(spec: MemcachedSpec) -> int:
+    """memcached's -m for ``spec``: memoryMB if set (admission keeps it within the limit);
+    otherwise the memory limit less the overhead, or 64 without a limit.
+
+    A derived value is raised to twice the item size, the least memcached starts with (so a
+    tiny limit gives a cache that may outgrow it, as -m=64 always could before), and capped at
+    MEMORY_MB_MAX, so a limit of exabytes cannot reach memcached as an absurd -m.
+    """
+    if spec.memory_mb is not None:
+        return spec.memory_mb
+    limit = (spec.resources.limits or {}).get("memory") if spec.resources else None
+    if limit is None:
+        derived = DEFAULT_MEMORY_MB
+    else:
+        limit_mb = math.floor(parse_quantity(limit) / MEBIBYTE)
+        derived = limit_mb - max(OVERHEAD_MIN_MB, math.ceil(limit_mb * OVERHEAD_FRACTION))
+    least = math.ceil(2 * spec.max_item_size / MEBIBYTE)
+    return min(max(derived, least), MEMORY_MB_MAX)
+
+
+def memcached_command(spec: MemcachedSpec) -> list[str]:
+    """The memcached command line: every value from a bounded, validated spec field, never
+    free-form text. Options and values are separate arguments: memcached's getopt reads
+    "-m=64" as the value "=64", which is 0."""
+    return [
+        "memcached",
+        "-m",
+        str(cache_memory_mb(spec)),
+        "-c",
+        str(spec.max_connections),
+        "-I",
+        # A multiple of 512 KiB (admission checks it), so always a whole number of KiB.
+        f"{spec.max_item_size // 1024}k",
+        "-o",
+        "modern",
+        "-v",
+    ]
+
+
 def pod_security_context() -> dict[str, Any]:
     """The pod's securityContext: non-root, RuntimeDefault seccomp (Pod Security `restricted`)."""
     return {
@@ -120,7 +174,7 @@ def desired_deployment(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": cr.spec.image,
-        "command": list(COMMAND),
+        "command": memcached_command(cr.spec),
         # protocol is the server default, but it is a key of the ports list, so naming it
         # keeps server-side apply from depending on that default being filled in first.
         "ports": [{"name": "memcached", "containerPort": PORT, "protocol": "TCP"}],

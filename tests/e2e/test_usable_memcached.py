@@ -70,6 +70,16 @@ RESTRICTED_SPECS: list[tuple[str, dict[str, Any]]] = [
             },
         },
     ),
+    (
+        "tuned",
+        {
+            "size": 1,
+            "memoryMB": 96,
+            "maxConnections": 4096,
+            "maxItemSize": 2 << 20,
+            "resources": {"limits": {"memory": "128Mi"}},
+        },
+    ),
 ]
 
 

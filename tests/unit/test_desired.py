@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from services.reconciler.desired import (
+    cache_memory_mb,
     desired_deployment,
     label_value,
     matches,
@@ -123,7 +124,18 @@ def test_deployment_shape() -> None:
     served = container(desired)
     assert served["name"] == "memcached"
     assert served["image"] == "memcached:1.6.39"
-    assert served["command"] == ["memcached", "-m=64", "-o", "modern", "-v"]
+    assert served["command"] == [
+        "memcached",
+        "-m",
+        "64",
+        "-c",
+        "1024",
+        "-I",
+        "1024k",
+        "-o",
+        "modern",
+        "-v",
+    ]
     assert served["ports"] == [{"name": "memcached", "containerPort": 11211, "protocol": "TCP"}]
     assert served["resources"] == {}
     assert "status" not in desired
@@ -143,6 +155,62 @@ def test_pods_meet_pod_security_restricted() -> None:
         assert context["readOnlyRootFilesystem"] is True
         assert context["runAsNonRoot"] is True
         assert context["runAsUser"] != 0
+
+
+def memory_limit(value: int | str, **spec: Any) -> dict[str, Any]:
+    return {"resources": {"limits": {"memory": value}}, **spec}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("spec", "mb"),
+    [
+        ({}, 64),
+        # Requests alone say nothing of what the pod may use.
+        ({"resources": {"requests": {"memory": "1Gi"}}}, 64),
+        # 10 % overhead, at least 16 MiB.
+        (memory_limit("1Gi"), 1024 - 103),
+        (memory_limit("128Mi"), 128 - 16),
+        (memory_limit("160Mi"), 160 - 16),
+        (memory_limit("170Mi"), 170 - 17),
+        (memory_limit(1000 * 1000 * 1000), 953 - 96),
+        # A fraction of a MiB does not count.
+        (memory_limit("1.5Mi", maxItemSize=512 * 1024), 1),
+        # Too little for memcached to start: raised to twice the item size.
+        (memory_limit("16Mi"), 2),
+        (memory_limit("16Mi", maxItemSize=3 << 19), 3),
+        ({"maxItemSize": 64 << 20}, 128),
+        # A limit of exabytes is capped, not passed on.
+        (memory_limit("7Ei"), 1 << 20),
+        # memoryMB wins, at most the limit.
+        ({"memoryMB": 100}, 100),
+        (memory_limit("128Mi", memoryMB=128), 128),
+        (memory_limit("1Gi", memoryMB=2), 2),
+    ],
+)
+def test_cache_memory_comes_from_the_limit_or_memory_mb(spec: dict[str, Any], mb: int) -> None:
+    parsed = memcached(spec={"size": 1, **spec})
+    assert cache_memory_mb(parsed.spec) == mb
+    command = container(desired_deployment(parsed))["command"]
+    assert command[command.index("-m") + 1] == str(mb)
+
+
+@pytest.mark.unit
+def test_connections_and_item_size_come_from_the_spec() -> None:
+    spec = {"size": 1, "maxConnections": 4096, "maxItemSize": 5 << 19, "memoryMB": 512}
+    command = container(desired_deployment(memcached(spec=spec)))["command"]
+    assert command == [
+        "memcached",
+        "-m",
+        "512",
+        "-c",
+        "4096",
+        "-I",
+        "2560k",
+        "-o",
+        "modern",
+        "-v",
+    ]
 
 
 @pytest.mark.unit

@@ -224,6 +224,12 @@ ACCEPTED_AT_THE_BOUNDS = [
     resources(requests={"example.com/gpu": 1, "ephemeral-storage": "1e9"}),
     resources(requests={f"example.com/r{i}": "1" for i in range(RESOURCES_MAX)}),
     resources(requests={"e" * 253 + "/" + "n" * 63: "1"}),
+    {"memoryMB": 1, "maxItemSize": 512 * 1024},
+    {"memoryMB": 1 << 20, "maxItemSize": 1 << 30},
+    {"maxConnections": 16},
+    {"maxConnections": 65536},
+    {"memoryMB": 128, **resources(limits={"memory": "128Mi"})},
+    {"memoryMB": 2, **resources(limits={"memory": 2 << 20})},
 ]
 
 
@@ -289,6 +295,23 @@ REJECTED_PAST_THE_BOUNDS = [
         resources(requests={f"example.com/r{i}": "1" for i in range(RESOURCES_MAX + 1)}),
         ("resources", "requests"),
         "at most 16 items",
+    ),
+    ({"memoryMB": 0}, ("memoryMB",), "greater than or equal to 1"),
+    ({"memoryMB": (1 << 20) + 1}, ("memoryMB",), "less than or equal to 1048576"),
+    ({"maxConnections": 15}, ("maxConnections",), "greater than or equal to 16"),
+    ({"maxConnections": 65537}, ("maxConnections",), "less than or equal to 65536"),
+    ({"maxItemSize": 0}, ("maxItemSize",), "greater than or equal to 524288"),
+    ({"maxItemSize": (1 << 30) + 524288}, ("maxItemSize",), "less than or equal to 1073741824"),
+    ({"maxItemSize": 1 << 20 | 1024}, ("maxItemSize",), "multiple of 524288"),
+    (
+        {"memoryMB": 1, "maxItemSize": 1 << 20},
+        (),
+        "maxItemSize must be at most half of memoryMB",
+    ),
+    (
+        {"memoryMB": 129, **resources(limits={"memory": "128Mi"})},
+        (),
+        "memoryMB must not exceed resources.limits.memory",
     ),
 ]
 
