@@ -40,6 +40,8 @@ FIELD_MANAGER = "memcached-operator"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+TOPOLOGY_KEY = "kubernetes.io/hostname"
+
 # The memcache user of the official memcached images (alpine and debian both create it with
 # this uid and gid). Pod Security `restricted` needs runAsNonRoot, which the kubelet can only
 # check against a numeric user; an image without this user still runs as it (memcached needs no
@@ -195,6 +197,12 @@ def desired_deployment(
         "spec": {
             "replicas": cr.spec.size,
             "selector": {"matchLabels": dict(selector)},
+            # One cache node down at a time, and never more pods than replicas: each pod that
+            # goes empties its share of the cache, so a rollout should cost one share at most.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+            },
             "template": {
                 "metadata": {
                     "labels": dict(selector),
@@ -202,6 +210,16 @@ def desired_deployment(
                 },
                 "spec": {
                     "containers": [container],
+                    # Pods spread over nodes, so one node lost is one share of the cache lost;
+                    # ScheduleAnyway: a cluster with fewer nodes than replicas still runs them.
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": TOPOLOGY_KEY,
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": dict(selector)},
+                        }
+                    ],
                     "securityContext": pod_security_context(),
                     # memcached never talks to the API server: no token in its pods.
                     "automountServiceAccountToken": False,

@@ -159,8 +159,13 @@ def _group(api_version: object) -> str:
     return text.rpartition("/")[0] if "/" in text else ""
 
 
+# The kinds the reconciler applies, each controlled by its Memcached directly.
+CONTROLLED_BY_CR = frozenset({"deployment", "pdb"})
+
+
 def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
-    """The owning Memcached of a Deployment (``kind`` "deployment") or a Pod ("pod").
+    """The owning Memcached of a Deployment (``kind`` "deployment"), another object the
+    reconciler applies (CONTROLLED_BY_CR) or a Pod ("pod").
 
     A Deployment's owner is its controller reference to a Memcached (same namespace, by
     definition of owner references); the reconciler's owner annotation, when present, must
@@ -192,7 +197,7 @@ def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     ref_group = _group(controller.get("apiVersion"))
     if not isinstance(ref_name, str) or not subjects.is_object_name(ref_name):
         return Owner(None, INVALID_OWNER_NAME, f"controller name {subjects.shown(str(ref_name))}")
-    if kind == "deployment" and (ref_kind, ref_group) == (KIND, GROUP):
+    if kind in CONTROLLED_BY_CR and (ref_kind, ref_group) == (KIND, GROUP):
         if claimed is not None and claimed != ref_name:
             return Owner(
                 None,
@@ -595,8 +600,12 @@ class Publisher:
             if not self._readiness_changed(change, key, owner, obj):
                 return []
             return [(STATUS, owner)] if self._counted_by_deployment(owner) else []
-        self._note_counted(change, owner, obj)
-        out = [(STATUS, owner)] if self._status_inputs_changed(change, key, obj) else []
+        out: list[tuple[str, ObjectKey]] = []
+        if kind.name == "deployment":
+            # Only the Deployment's changes show in the owner's status.
+            self._note_counted(change, owner, obj)
+            if self._status_inputs_changed(change, key, obj):
+                out.append((STATUS, owner))
         if self._spec_changed(kind, change, key, obj) and not (
             change != "deleted" and events.last_spec_writer(obj) == FIELD_MANAGER
         ):

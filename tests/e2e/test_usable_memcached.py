@@ -3,6 +3,7 @@ application can use, checked on the session's real API server, controller-manage
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -106,3 +107,138 @@ def test_a_namespace_enforcing_restricted_admits_every_pod(
         if e.get("reason") == "FailedCreate"
     ]
     assert refused == [], [e.get("message") for e in refused]
+
+
+def test_pods_spread_over_the_nodes(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    nodes = [n["metadata"]["name"] for n in cluster.kubectl_json("get", "nodes")["items"]]
+    assert len(nodes) >= 2, nodes
+    pipeline(service_procs, namespace)
+    size = 2 * len(nodes)
+    cluster.apply_memcached(namespace, "spread", {"size": size})
+    available_or_degraded(cluster, namespace, "spread")
+    placed = pods(cluster, namespace, "spread")
+    per_node = {node: 0 for node in nodes}
+    for pod in placed:
+        per_node[pod["spec"]["nodeName"]] += 1
+        # The scheduler's default spreading would do this much too; the constraint is what
+        # keeps it when the defaults are off or other pods weigh on the nodes.
+        (spread,) = pod["spec"]["topologySpreadConstraints"]
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert sorted(per_node.values()) == [2] * len(nodes), per_node
+    deployment = cluster.kubectl_json("get", "deployment", "-n", namespace, "spread")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def get_or_none(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl(
+        "get", kind, "-n", namespace, name, "-o", "json", "--show-managed-fields", check=False
+    )
+    if proc.returncode != 0:
+        assert "NotFound" in proc.stderr, proc.stderr
+        return None
+    return dict(json.loads(proc.stdout))
+
+
+def owned_by_cr(obj: dict[str, Any], mc: dict[str, Any]) -> bool:
+    return any(
+        ref.get("controller") and ref.get("uid") == mc["metadata"]["uid"]
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+def test_a_disruption_budget_guards_two_or_more_pods_and_follows_the_size(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    pipeline(service_procs, namespace)
+    cluster.apply_memcached(namespace, "guarded", {"size": 3})
+    mc = available_or_degraded(cluster, namespace, "guarded")
+    pdb = wait_for(
+        lambda: get_or_none(cluster, namespace, "pdb", "guarded"),
+        timeout=30,
+        what="the PodDisruptionBudget",
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == {"matchLabels": pdb["metadata"]["labels"]}
+    assert owned_by_cr(pdb, mc)
+    managers = {
+        f["manager"]: f["operation"]
+        for f in pdb["metadata"]["managedFields"]
+        if f.get("subresource") != "status"  # the disruption controller's
+    }
+    assert managers == {"memcached-operator": "Apply"}, managers
+
+    # Deleted by someone: re-created.
+    cluster.kubectl("delete", "pdb", "-n", namespace, "guarded")
+    recreated = wait_for(
+        lambda: get_or_none(cluster, namespace, "pdb", "guarded"),
+        timeout=30,
+        what="the deleted PodDisruptionBudget to be re-created",
+    )
+    assert recreated["metadata"]["uid"] != pdb["metadata"]["uid"]
+    # Drifted: put back.
+    cluster.kubectl(
+        "patch", "pdb", "-n", namespace, "guarded", "--type=merge", "-p",
+        '{"spec": {"maxUnavailable": 3}}',
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            (get_or_none(cluster, namespace, "pdb", "guarded") or {})
+            .get("spec", {})
+            .get("maxUnavailable")
+            == 1
+        ),
+        timeout=30,
+        what="the drifted PodDisruptionBudget to be corrected",
+    )
+    # Below two pods a budget of one disruption would allow them all: deleted.
+    cluster.apply_memcached(namespace, "guarded", {"size": 1})
+    wait_for(
+        lambda: get_or_none(cluster, namespace, "pdb", "guarded") is None,
+        timeout=30,
+        what="the PodDisruptionBudget of a one-pod CR to be deleted",
+    )
+    cluster.apply_memcached(namespace, "guarded", {"size": 2})
+    wait_for(
+        lambda: get_or_none(cluster, namespace, "pdb", "guarded"),
+        timeout=30,
+        what="the PodDisruptionBudget back at two pods",
+    )
+    # Deleting the CR collects it with the Deployment.
+    cluster.kubectl("delete", "mc", "-n", namespace, "guarded")
+    wait_for(
+        lambda: (
+            get_or_none(cluster, namespace, "pdb", "guarded") is None
+            and get_or_none(cluster, namespace, "deployment", "guarded") is None
+        ),
+        timeout=60,
+        what="the garbage collector to remove the owned objects",
+    )
+
+
+def test_a_foreign_disruption_budget_is_an_ownership_conflict_and_left_alone(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    pipeline(service_procs, namespace)
+    cluster.kubectl(
+        "create", "poddisruptionbudget", "taken", "-n", namespace,
+        "--selector=app=other", "--min-available=1",
+    )  # fmt: skip
+    cluster.apply_memcached(namespace, "taken", {"size": 2})
+    mc = wait_for(
+        lambda: (
+            (m := get_mc(cluster, namespace, "taken"))
+            and condition(m, "Degraded").get("status") == "True"
+            and m
+        ),
+        timeout=60,
+        what="Degraded=True",
+    )
+    degraded = condition(mc, "Degraded")
+    assert degraded["reason"] == "OwnershipConflict"
+    assert "PodDisruptionBudget" in degraded["message"], degraded
+    pdb = get_or_none(cluster, namespace, "pdb", "taken")
+    assert pdb is not None
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {"app": "other"}}}
+    assert not pdb["metadata"].get("ownerReferences")

@@ -75,16 +75,7 @@ def as_served(desired: dict[str, Any]) -> dict[str, Any]:
     )
     live["metadata"]["labels"]["team"] = "a"
     spec = live["spec"]
-    spec.update(
-        {
-            "revisionHistoryLimit": 10,
-            "progressDeadlineSeconds": 600,
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
-            },
-        }
-    )
+    spec.update({"revisionHistoryLimit": 10, "progressDeadlineSeconds": 600})
     spec["template"]["metadata"]["creationTimestamp"] = None
     pod = spec["template"]["spec"]
     pod.update(
@@ -211,6 +202,19 @@ def test_connections_and_item_size_come_from_the_spec() -> None:
         "modern",
         "-v",
     ]
+
+
+@pytest.mark.unit
+def test_rollouts_take_one_pod_at_a_time_and_pods_spread_over_nodes() -> None:
+    desired = desired_deployment(memcached())
+    assert desired["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    (spread,) = desired["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"] == {"matchLabels": desired["spec"]["selector"]["matchLabels"]}
 
 
 @pytest.mark.unit
@@ -373,6 +377,14 @@ def mount_token(live: dict[str, Any]) -> None:
     live["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
 
 
+def surge(live: dict[str, Any]) -> None:
+    live["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = "25%"
+
+
+def drop_spread(live: dict[str, Any]) -> None:
+    del live["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "edit",
@@ -390,6 +402,8 @@ def mount_token(live: dict[str, Any]) -> None:
         allow_escalation,
         run_as_root,
         mount_token,
+        surge,
+        drop_spread,
     ],
 )
 def test_edits_of_owned_fields_do_not_match(edit: Any) -> None:
