@@ -1,4 +1,4 @@
-"""The objects a Memcached owns beside its Deployment: its PodDisruptionBudget and its Service.
+"""The objects a Memcached owns beside its Deployment: its PodDisruptionBudget and Service.
 
 Pure functions of the same shape as ``desired.py``: the server-side-apply body of each, or
 None when the CR should not have one (a PodDisruptionBudget below two replicas, where
@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.reconciler.desired import OWNER_ANNOTATION, labels, owner_reference
+from services.reconciler.desired import OWNER_ANNOTATION, PORT, labels, owner_reference
 from shared.models import Memcached
 
 # A PodDisruptionBudget protects a pool of at least this many pods.
 PDB_MIN_SIZE = 2
+# The port's name in the Service: memcached's IANA service name, which SRV lookups use
+# (_memcache._tcp.<name>.<namespace>.svc).
+PORT_NAME = "memcache"
 
 
 def _metadata(cr: Memcached, uid: str) -> dict[str, Any]:
@@ -46,4 +49,22 @@ def desired_pdb(cr: Memcached, *, cr_uid: str | None = None) -> dict[str, Any] |
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(cr, _uid(cr, cr_uid)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(cr)}},
+    }
+
+
+def desired_service(cr: Memcached, *, cr_uid: str | None = None) -> dict[str, Any]:
+    """The headless v1 Service for ``cr``: no cluster IP, so ``<name>.<namespace>.svc``
+    resolves to the address of every ready pod, one A record each — the pool a memcached
+    client shards keys over (a load-balancing virtual IP would defeat the client's
+    hashing)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(cr, _uid(cr, cr_uid)),
+        "spec": {
+            "clusterIP": "None",
+            "type": "ClusterIP",
+            "selector": labels(cr),
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT, "protocol": "TCP"}],
+        },
     }

@@ -32,12 +32,12 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.reconciler import verify
-from services.reconciler.companions import desired_pdb
+from services.reconciler.companions import desired_pdb, desired_service
 from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
 from shared import events, state, subjects, telemetry
 from shared.directget import StoredMsg
 from shared.errors import PermanentError, TransientError
-from shared.kube import DEPLOYMENT, MEMCACHED, PDB, ApiError, KubeClient, Resource
+from shared.kube import DEPLOYMENT, MEMCACHED, PDB, SERVICE, ApiError, KubeClient, Resource
 from shared.models import Memcached
 from shared.outcomes import Outcome, OutcomeResult
 from shared.subjects import ObjectKey
@@ -76,7 +76,11 @@ def _ownership_conflict(
 # The objects a Memcached owns: the event-stream kind each is streamed as (by the watcher,
 # when labelled managed-by this operator), and where it lives in the API. All are named after
 # the CR, so each is one subject of the stream per CR.
-OWNED: tuple[tuple[str, Resource], ...] = (("deployment", DEPLOYMENT), ("pdb", PDB))
+OWNED: tuple[tuple[str, Resource], ...] = (
+    ("deployment", DEPLOYMENT),
+    ("pdb", PDB),
+    ("service", SERVICE),
+)
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,7 @@ class MemcachedReconciler:
                     cr, progress_deadline_seconds=self.progress_deadline_seconds
                 ),
                 "pdb": desired_pdb(cr),
+                "service": desired_service(cr),
             }
             plan: list[_Write | _Delete] = []
             for kind, resource in OWNED:

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="only objects (or owners' outcomes) with this name")
     parser.add_argument(
         "--kind",
-        choices=["memcached", "deployment", "pod", "pdb", "reconcile"],
+        choices=["memcached", "deployment", "pod", "pdb", "service", "reconcile"],
         help="only this kind",
     )
     parser.add_argument(

@@ -31,6 +31,7 @@ cannot be published is dead-lettered so that the next one can be (:class:`Publis
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -160,7 +161,7 @@ def _group(api_version: object) -> str:
 
 
 # The kinds the reconciler applies, each controlled by its Memcached directly.
-CONTROLLED_BY_CR = frozenset({"deployment", "pdb"})
+CONTROLLED_BY_CR = frozenset({"deployment", "pdb", "service"})
 
 
 def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
@@ -240,6 +241,13 @@ def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner | None = None) -
 
 def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
+def _spec_fingerprint(obj: Mapping[str, Any]) -> int:
+    """What stands in for metadata.generation of a kind without one (a Service): its spec
+    and labels, so that their drift is noticed and nothing else is."""
+    meta = obj.get("metadata") or {}
+    return hash(json.dumps([obj.get("spec"), meta.get("labels")], sort_keys=True, default=str))
 
 
 def message_size(headers: Mapping[str, str], body: bytes) -> int:
@@ -579,7 +587,7 @@ class Publisher:
         metadata.generation (status writes and metadata-only edits keep the generation, as
         controller-runtime's GenerationChangedPredicate relies on)."""
         gen_key = (kind.name, key)
-        generation = _generation(obj)
+        generation = _generation(obj) if kind.name != "service" else _spec_fingerprint(obj)
         previous = self._generations.get(gen_key)
         if change == "deleted":
             self._generations.pop(gen_key, None)

@@ -242,3 +242,88 @@ def test_a_foreign_disruption_budget_is_an_ownership_conflict_and_left_alone(
     assert pdb is not None
     assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {"app": "other"}}}
     assert not pdb["metadata"].get("ownerReferences")
+
+
+def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    pipeline(service_procs, namespace)
+    cluster.apply_memcached(namespace, "pool", {"size": 2})
+    mc = available_or_degraded(cluster, namespace, "pool")
+    service = wait_for(
+        lambda: get_or_none(cluster, namespace, "service", "pool"),
+        timeout=30,
+        what="the Service",
+    )
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"] == [
+        {"name": "memcache", "port": 11211, "targetPort": 11211, "protocol": "TCP"}
+    ]
+    selected = cluster.kubectl_json(
+        "get",
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items()),
+    )["items"]
+    assert {p["metadata"]["name"] for p in selected} == {
+        p["metadata"]["name"] for p in pods(cluster, namespace, "pool")
+    }
+    assert len(selected) == 2
+    assert owned_by_cr(service, mc)
+
+    cluster.kubectl(
+        "patch", "service", "-n", namespace, "pool", "--type=merge", "-p",
+        '{"spec": {"selector": {"app.kubernetes.io/instance": "elsewhere"}}}',
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            (get_or_none(cluster, namespace, "service", "pool") or {})
+            .get("spec", {})
+            .get("selector")
+            == service["spec"]["selector"]
+        ),
+        timeout=30,
+        what="the drifted Service selector to be corrected",
+    )
+    cluster.kubectl("delete", "service", "-n", namespace, "pool")
+    recreated = wait_for(
+        lambda: get_or_none(cluster, namespace, "service", "pool"),
+        timeout=30,
+        what="the deleted Service to be re-created",
+    )
+    assert recreated["metadata"]["uid"] != service["metadata"]["uid"]
+    cluster.kubectl("delete", "mc", "-n", namespace, "pool")
+    wait_for(
+        lambda: get_or_none(cluster, namespace, "service", "pool") is None,
+        timeout=60,
+        what="the garbage collector to remove the Service",
+    )
+
+
+def test_a_foreign_service_is_an_ownership_conflict_and_never_overwritten(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    pipeline(service_procs, namespace)
+    cluster.kubectl("create", "service", "clusterip", "taken", "-n", namespace, "--tcp=80")
+    before = get_or_none(cluster, namespace, "service", "taken")
+    assert before is not None
+    cluster.apply_memcached(namespace, "taken", {"size": 1})
+    mc = wait_for(
+        lambda: (
+            (m := get_mc(cluster, namespace, "taken"))
+            and condition(m, "Degraded").get("status") == "True"
+            and m
+        ),
+        timeout=60,
+        what="Degraded=True",
+    )
+    degraded = condition(mc, "Degraded")
+    assert degraded["reason"] == "OwnershipConflict"
+    assert f"Service {namespace}/taken already exists" in degraded["message"], degraded
+    after = get_or_none(cluster, namespace, "service", "taken")
+    assert after is not None
+    assert after["spec"] == before["spec"]
+    assert after["metadata"].get("labels") == before["metadata"].get("labels")
+    assert not after["metadata"].get("ownerReferences")

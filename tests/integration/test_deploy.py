@@ -173,11 +173,16 @@ PDBS = "poddisruptionbudgets.policy"
 # What each service's code calls (tests/e2e/test_rbac.py derives it from the audit log of a run
 # and keeps the roles to it); the "can-i" view of the same, plus what each must not do.
 NEEDS = {
-    "watcher": [(v, r) for r in (MEMCACHEDS, DEPLOYMENTS, "pods", PDBS) for v in ("list", "watch")],
+    "watcher": [
+        (v, r)
+        for r in (MEMCACHEDS, DEPLOYMENTS, "pods", PDBS, "services")
+        for v in ("list", "watch")
+    ],
     "reconciler": [
         ("get", MEMCACHEDS),
         *[(v, DEPLOYMENTS) for v in ("get", "create", "patch")],
         *[(v, PDBS) for v in ("get", "create", "patch", "delete")],
+        *[(v, "services") for v in ("get", "create", "patch")],
     ],
     "status": [
         ("get", MEMCACHEDS),
@@ -195,11 +200,13 @@ FORBIDDEN = {
         ("create", "events.events.k8s.io"),
         ("update", MEMCACHEDS),
         *[(v, PDBS) for v in ("get", "patch", "delete")],
+        *[(v, "services") for v in ("get", "patch", "delete")],
     ],
     "reconciler": [
         *[(v, MEMCACHEDS) for v in ("list", "watch", "delete", "update", "patch")],
         *[(v, DEPLOYMENTS) for v in ("list", "watch", "update", "delete")],
         *[(v, PDBS) for v in ("list", "watch", "update")],
+        *[(v, "services") for v in ("list", "watch", "update", "delete")],
         ("patch", STATUS),
         ("list", "pods"),
         ("create", "events.events.k8s.io"),
@@ -210,6 +217,7 @@ FORBIDDEN = {
         *[(v, DEPLOYMENTS) for v in ("get", "list", "watch", "create", "patch")],
         *[(v, "pods") for v in ("get", "watch", "delete")],
         *[(v, PDBS) for v in ("list", "patch", "delete")],
+        *[(v, "services") for v in ("get", "list", "patch")],
         *[(v, "events") for v in ("create", "patch")],
         ("patch", "events.events.k8s.io"),
     ],
