@@ -136,6 +136,10 @@ DEFAULT_MAX_ITEM_SIZE = 1 << 20
 # rolling update surges (25 % by default) on top.
 NODES_MAX = 2000
 POD_NAME_MAX_LENGTH = 253
+# host:port of a ready pod in status.endpoints: an IPv6 address (45 characters at most) in
+# brackets and a port.
+ENDPOINT_MAX_LENGTH = 53
+ENDPOINT_PATTERN = r"^([0-9.]{7,15}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$"
 # Ours are Available, Progressing and Degraded; the rest is room for other writers'.
 CONDITIONS_MAX = 32
 # W3C trace ids: 16 bytes in lowercase hex.
@@ -426,6 +430,9 @@ class MemcachedSpec(
 PodName = Annotated[
     str, StringConstraints(max_length=POD_NAME_MAX_LENGTH, pattern=rf"^{_DNS_SUBDOMAIN}$")
 ]
+Endpoint = Annotated[
+    str, StringConstraints(max_length=ENDPOINT_MAX_LENGTH, pattern=ENDPOINT_PATTERN)
+]
 
 
 def _date_time_not_too_long(value: Any) -> Any:
@@ -485,6 +492,21 @@ class MemcachedStatus(_Model):
         default_factory=list,
         max_length=NODES_MAX,
         description="Names of the pods running memcached.",
+    )
+    endpoints: list[Endpoint] = Field(
+        default_factory=list,
+        max_length=NODES_MAX,
+        description=(
+            "host:port of each ready memcached pod (its pod IP and port 11211), the server "
+            "list of a client that shards keys over the pool; the headless Service of the "
+            "same name resolves to the same addresses."
+        ),
+    )
+    endpoint_count: int = Field(
+        default=0,
+        ge=0,
+        description="Number of endpoints.",
+        json_schema_extra={"format": "int32"},
     )
     ready_replicas: int = Field(
         default=0,

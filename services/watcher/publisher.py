@@ -55,7 +55,7 @@ from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
 from shared.kube import JsonObject
 from shared.models import GROUP, KIND
-from shared.pods import pod_ready
+from shared.pods import pod_ip, pod_ready
 from shared.progress import TRACKER, Progress
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
@@ -236,6 +236,9 @@ def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner | None = None) -
     out = {events.OWNER_ATTR: owner.key.name if owner.key is not None else ""}
     if kind.name == "pod":
         out[events.READY_ATTR] = "true" if pod_ready(obj) else "false"
+        ip = pod_ip(obj)
+        if ip:
+            out[events.IP_ATTR] = ip
     return out
 
 

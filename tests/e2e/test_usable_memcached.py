@@ -272,6 +272,22 @@ def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
     }
     assert len(selected) == 2
     assert owned_by_cr(service, mc)
+    # The pool a client shards over, from the CR: each ready pod's IP and port.
+    mc = wait_for(
+        lambda: (
+            (m := get_mc(cluster, namespace, "pool"))
+            and len(m["status"].get("endpoints") or []) == 2
+            and m
+        ),
+        timeout=30,
+        what="two endpoints in the status",
+    )
+    assert mc["status"]["endpoints"] == sorted(f"{p['status']['podIP']}:11211" for p in selected)
+    assert mc["status"]["endpointCount"] == 2
+    out = cluster.kubectl("get", "mc", "-n", namespace, "pool").stdout
+    header, row = out.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "SIZE", "READY", "AVAILABLE", "ENDPOINTS"], out
+    assert row.split()[4] == "2", out
 
     cluster.kubectl(
         "patch", "service", "-n", namespace, "pool", "--type=merge", "-p",

@@ -136,6 +136,8 @@ def test_status_has_no_defaults_and_conditions_are_a_map() -> None:
     properties = status["properties"]
     assert set(properties) == {
         "nodes",
+        "endpoints",
+        "endpointCount",
         "readyReplicas",
         "observedGeneration",
         "conditions",
@@ -168,6 +170,7 @@ def test_printer_columns() -> None:
     assert columns == {
         "Size": ("integer", ".spec.size"),
         "Ready": ("integer", ".status.readyReplicas"),
+        "Endpoints": ("integer", ".status.endpointCount"),
         "Available": ("string", '.status.conditions[?(@.type=="Available")].status'),
         "Age": ("date", ".metadata.creationTimestamp"),
     }
@@ -256,7 +259,7 @@ def test_every_string_list_and_map_is_bounded() -> None:
         if is_map(node):
             assert "maxProperties" in node, path
             assert node.get("x-kubernetes-validations"), f"{path}: keys unchecked"
-    assert checked == 12
+    assert checked == 13
 
 
 @pytest.mark.unit

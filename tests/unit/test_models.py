@@ -345,6 +345,8 @@ def condition(**overrides: Any) -> dict[str, Any]:
 def test_status_round_trips_in_api_shape() -> None:
     status = {
         "nodes": ["cache-7d9f-abcde", "cache-7d9f-fghij"],
+        "endpoints": ["10.0.0.7:11211", "[fd00::7]:11211"],
+        "endpointCount": 2,
         "readyReplicas": 2,
         "observedGeneration": 2,
         "conditions": [condition()],
@@ -363,6 +365,8 @@ def test_status_round_trips_in_api_shape() -> None:
 def test_status_omits_unset_trace_id() -> None:
     assert MemcachedStatus().to_api() == {
         "nodes": [],
+        "endpoints": [],
+        "endpointCount": 0,
         "readyReplicas": 0,
         "observedGeneration": 0,
         "conditions": [],
