@@ -451,9 +451,12 @@ def test_samples_are_valid(path: str, size: int) -> None:
 @pytest.mark.unit
 def test_sample_with_resources_has_requests_and_limits() -> None:
     obj = yaml.safe_load((ROOT / "deploy/samples/memcached-with-resources.yaml").read_text())
-    resources = Memcached.from_api(obj).spec.resources
+    spec = Memcached.from_api(obj).spec
+    resources = spec.resources
     assert resources is not None
     assert resources.requests and resources.limits
+    assert spec.max_connections == 2048
+    assert spec.max_item_size == 2 << 20
 
 
 @pytest.mark.unit
