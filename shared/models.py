@@ -38,6 +38,7 @@ PLURAL = "memcacheds"
 SINGULAR = "memcached"
 SHORT_NAMES = ("mc",)
 DEFAULT_IMAGE = "memcached:1.6.38-alpine"
+DEFAULT_EXPORTER_IMAGE = "quay.io/prometheus/memcached-exporter:v0.15.0"
 
 # Bounds on input, checked by the API server before any CEL rule runs, so that no object can
 # make validation (kube-apiserver's, or the services' parse_quantity) expensive. Only some schema
@@ -340,6 +341,22 @@ def _memory_within_limit_rule() -> dict[str, str]:
     }
 
 
+class Monitoring(_Model):
+    """A Prometheus exporter beside each memcached."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Run memcached-exporter (port 9150) in each pod, with scrape annotations.",
+    )
+    image: str = Field(
+        default=DEFAULT_EXPORTER_IMAGE,
+        min_length=1,
+        max_length=IMAGE_MAX_LENGTH,
+        pattern=IMAGE_PATTERN,
+        description="Container image of memcached-exporter: [registry[:port]/]path[:tag][@digest].",
+    )
+
+
 class MemcachedSpec(
     _Model,
     json_schema_extra={
@@ -381,6 +398,9 @@ class MemcachedSpec(
             "hash table and the process itself; 64 without a memory limit."
         ),
         json_schema_extra={"format": "int32"},
+    )
+    monitoring: Monitoring | None = Field(
+        default=None, description="Prometheus metrics of each memcached."
     )
     max_connections: int = Field(
         default=DEFAULT_MAX_CONNECTIONS,

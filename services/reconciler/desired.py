@@ -24,6 +24,18 @@ from shared.models import (
 )
 
 CONTAINER_NAME = "memcached"
+EXPORTER_NAME = "memcached-exporter"
+EXPORTER_PORT = 9150
+# The exporter's own needs are small and fixed: bounded so that it cannot starve memcached.
+EXPORTER_RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"cpu": "100m", "memory": "32Mi"},
+}
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(EXPORTER_PORT),
+    "prometheus.io/path": "/metrics",
+}
 PORT = 11211
 # Cache memory without a memory limit or memoryMB: memcached's own default.
 DEFAULT_MEMORY_MB = 64
@@ -184,6 +196,20 @@ def desired_deployment(
         "resources": cr.spec.resources.to_api() if cr.spec.resources is not None else {},
         "securityContext": container_security_context(),
     }
+    template_annotations = {OWNER_ANNOTATION: cr.name}
+    containers = [container]
+    if cr.spec.monitoring is not None and cr.spec.monitoring.enabled:
+        template_annotations.update(SCRAPE_ANNOTATIONS)
+        containers.append(
+            {
+                "name": EXPORTER_NAME,
+                "image": cr.spec.monitoring.image,
+                "args": [f"--memcached.address=localhost:{PORT}"],
+                "ports": [{"name": "metrics", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+                "resources": {k: dict(v) for k, v in EXPORTER_RESOURCES.items()},
+                "securityContext": container_security_context(),
+            }
+        )
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -206,10 +232,10 @@ def desired_deployment(
             "template": {
                 "metadata": {
                     "labels": dict(selector),
-                    "annotations": {OWNER_ANNOTATION: cr.name},
+                    "annotations": template_annotations,
                 },
                 "spec": {
-                    "containers": [container],
+                    "containers": containers,
                     # Pods spread over nodes, so one node lost is one share of the cache lost;
                     # ScheduleAnyway: a cluster with fewer nodes than replicas still runs them.
                     "topologySpreadConstraints": [
@@ -281,14 +307,32 @@ def _contains(live: Any, desired: Any) -> bool:
     return type(live) is type(desired) and live == desired
 
 
+def _leftovers(live: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether ``live`` still has a container or annotation that only this operator adds and
+    ``desired`` no longer has (the exporter of a CR whose monitoring was turned off): other
+    writers' extra entries are no difference, but ours must go, and an apply removes them."""
+    template = (live.get("spec") or {}).get("template")
+    wanted = (desired.get("spec") or {}).get("template")
+    if not isinstance(template, dict) or not isinstance(wanted, dict):
+        return False
+    names = {c.get("name") for c in (template.get("spec") or {}).get("containers") or []}
+    wanted_names = {c.get("name") for c in (wanted.get("spec") or {}).get("containers") or []}
+    if EXPORTER_NAME in names - wanted_names:
+        return True
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    wanted_annotations = (wanted.get("metadata") or {}).get("annotations") or {}
+    return any(key in annotations for key in SCRAPE_ANNOTATIONS.keys() - wanted_annotations)
+
+
 def matches(live: dict[str, Any], desired: dict[str, Any]) -> bool:
     """True when ``live`` already has every field of ``desired``, so applying is a no-op.
 
     Fields only the live object has (server defaults such as protocol or
-    terminationMessagePath, status, managedFields, other writers' labels) are ignored;
-    container resources compare exactly, with quantities by value.
+    terminationMessagePath, status, managedFields, other writers' labels) are ignored, except
+    the exporter container and scrape annotations, which only this operator adds; container
+    resources compare exactly, with quantities by value.
     """
-    return _contains(live, desired)
+    return _contains(live, desired) and not _leftovers(live, desired)
 
 
 def owned_by(live: dict[str, Any], cr_uid: str) -> bool:

@@ -71,6 +71,7 @@ RESTRICTED_SPECS: list[tuple[str, dict[str, Any]]] = [
             },
         },
     ),
+    ("monitored", {"size": 2, "monitoring": {"enabled": True}}),
     (
         "tuned",
         {
@@ -107,6 +108,19 @@ def test_a_namespace_enforcing_restricted_admits_every_pod(
         if e.get("reason") == "FailedCreate"
     ]
     assert refused == [], [e.get("message") for e in refused]
+
+    # Monitoring turned off: the exporter and its annotations go (matches() notices them).
+    cluster.apply_memcached(namespace, "monitored", {"size": 2})
+
+    def unmonitored() -> bool:
+        template = cluster.kubectl_json("get", "deployment", "-n", namespace, "monitored")["spec"][
+            "template"
+        ]
+        names = [c["name"] for c in template["spec"]["containers"]]
+        annotations = template["metadata"].get("annotations") or {}
+        return names == ["memcached"] and "prometheus.io/scrape" not in annotations
+
+    wait_for(unmonitored, timeout=30, what="the exporter to be removed")
 
 
 def test_pods_spread_over_the_nodes(

@@ -536,6 +536,16 @@ REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str | list[str]]] = [
         f"spec: Invalid value: {ITEM_ABOVE_HALF}",
     ),
     (
+        "exporter-image-513",
+        {"monitoring": {"enabled": True, "image": "i" * 513}},
+        "spec.monitoring.image: Too long: may not be more than 512 bytes",
+    ),
+    (
+        "exporter-image-upper",
+        {"monitoring": {"image": "Exporter"}},
+        pattern_error("spec.monitoring.image", "Exporter", IMAGE_PATTERN),
+    ),
+    (
         "memory-mb-above-limit",
         {"memoryMB": 129, **limits(memory="128Mi")},
         "spec: Invalid value: memoryMB must not exceed resources.limits.memory",
@@ -581,6 +591,7 @@ ACCEPTED_AT_THE_BOUNDS: list[tuple[str, dict[str, Any]]] = [
     ("keys-16", {"resources": {"requests": {f"example.com/r{i}": "1" for i in range(16)}}}),
     ("key-317", limits(**{"e" * 253 + "/" + "n" * 63: "1"})),
     ("memory-mb-1", {"memoryMB": 1, "maxItemSize": 524288}),
+    ("exporter-image-512", {"monitoring": {"enabled": True, "image": "i" * 512}}),
     ("memory-mb-max-item-max", {"memoryMB": 1048576, "maxItemSize": 1073741824}),
     ("connections-16", {"maxConnections": 16}),
     ("connections-65536", {"maxConnections": 65536}),

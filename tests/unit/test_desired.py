@@ -448,3 +448,37 @@ def test_owned_by_with_other_non_controller_owners() -> None:
     live["metadata"]["ownerReferences"].insert(0, other)
     assert owned_by(live, UID)
     assert not owned_by(live, "other")
+
+
+MONITORED = {"size": 2, "monitoring": {"enabled": True}}
+
+
+@pytest.mark.unit
+def test_monitoring_adds_a_restricted_bounded_exporter_and_scrape_annotations() -> None:
+    desired = desired_deployment(memcached(spec=MONITORED))
+    template = desired["spec"]["template"]
+    exporter = template["spec"]["containers"][1]
+    assert exporter["name"] == "memcached-exporter"
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9150, "protocol": "TCP"}]
+    assert exporter["args"] == ["--memcached.address=localhost:11211"]
+    assert exporter["resources"]["limits"] == {"cpu": "100m", "memory": "32Mi"}
+    assert exporter["securityContext"]["allowPrivilegeEscalation"] is False
+    assert exporter["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9150"
+    assert matches(copy.deepcopy(desired), desired)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("off", [{"size": 2}, {"size": 2, "monitoring": {"enabled": False}}])
+def test_turning_monitoring_off_does_not_match_the_monitored_deployment(
+    off: dict[str, Any],
+) -> None:
+    live = copy.deepcopy(desired_deployment(memcached(spec=MONITORED)))
+    assert not matches(live, desired_deployment(memcached(spec=off)))
+    # An exporter someone else's sidecar injection added under another name is no difference.
+    unmonitored = desired_deployment(memcached(spec=off))
+    live = copy.deepcopy(unmonitored)
+    live["spec"]["template"]["spec"]["containers"].append({"name": "istio-proxy"})
+    assert matches(live, unmonitored)

@@ -230,6 +230,7 @@ ACCEPTED_AT_THE_BOUNDS = [
     {"maxConnections": 65536},
     {"memoryMB": 128, **resources(limits={"memory": "128Mi"})},
     {"memoryMB": 2, **resources(limits={"memory": 2 << 20})},
+    {"monitoring": {"enabled": True, "image": "i" * IMAGE_MAX_LENGTH}},
 ]
 
 
@@ -297,6 +298,12 @@ REJECTED_PAST_THE_BOUNDS = [
         "at most 16 items",
     ),
     ({"memoryMB": 0}, ("memoryMB",), "greater than or equal to 1"),
+    (
+        {"monitoring": {"image": "i" * (IMAGE_MAX_LENGTH + 1)}},
+        ("monitoring", "image"),
+        "at most 512 characters",
+    ),
+    ({"monitoring": {"image": "Exporter"}}, ("monitoring", "image"), "pattern"),
     ({"memoryMB": (1 << 20) + 1}, ("memoryMB",), "less than or equal to 1048576"),
     ({"maxConnections": 15}, ("maxConnections",), "greater than or equal to 16"),
     ({"maxConnections": 65537}, ("maxConnections",), "less than or equal to 65536"),
