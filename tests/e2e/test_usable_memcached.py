@@ -4,6 +4,8 @@ application can use, checked on the session's real API server, controller-manage
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from tests.conftest import Cluster
 from tests.support import Services, wait_for
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pipeline(services: Services, namespace: str, **env: str) -> None:
@@ -298,6 +301,11 @@ def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
     )
     assert mc["status"]["endpoints"] == sorted(f"{p['status']['podIP']}:11211" for p in selected)
     assert mc["status"]["endpointCount"] == 2
+    # The client snippet of deploy/samples/memcached_client.py, on the status just read.
+    client = runpy.run_path(str(REPO / "deploy/samples/memcached_client.py"))
+    assert client["servers_from_status"](mc) == [
+        (e.rpartition(":")[0], 11211) for e in mc["status"]["endpoints"]
+    ]
     out = cluster.kubectl("get", "mc", "-n", namespace, "pool").stdout
     header, row = out.splitlines()[:2]
     assert header.split()[:5] == ["NAME", "SIZE", "READY", "AVAILABLE", "ENDPOINTS"], out

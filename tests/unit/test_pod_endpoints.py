@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import runpy
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -16,6 +18,7 @@ from shared.subjects import ObjectKey
 pytestmark = pytest.mark.unit
 
 OWNER = ObjectKey("ns", "cache")
+SNIPPET = "deploy/samples/memcached_client.py"
 
 
 @pytest.mark.parametrize(
@@ -89,3 +92,10 @@ def test_the_status_carries_endpoints_and_their_count() -> None:
     )
     assert status["endpoints"] == ["10.0.0.2:11211"]
     assert status["endpointCount"] == 1
+
+
+def test_the_client_snippet_reads_ipv4_and_ipv6_endpoints() -> None:
+    snippet = runpy.run_path(str(Path(__file__).resolve().parents[2] / SNIPPET))
+    mc = {"status": {"endpoints": ["10.0.0.2:11211", "[fd00::7]:11211"]}}
+    assert snippet["servers_from_status"](mc) == [("10.0.0.2", 11211), ("fd00::7", 11211)]
+    assert snippet["servers_from_status"]({}) == []
