@@ -365,3 +365,31 @@ def test_a_foreign_service_is_an_ownership_conflict_and_never_overwritten(
     assert after["spec"] == before["spec"]
     assert after["metadata"].get("labels") == before["metadata"].get("labels")
     assert not after["metadata"].get("ownerReferences")
+
+
+def memcached_command(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    deployment = cluster.kubectl_json("get", "deployment", "-n", namespace, name)
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["command"])
+
+
+def test_memory_connections_and_item_size_reach_memcached_and_changes_converge(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    pipeline(service_procs, namespace)
+    limit = {"resources": {"limits": {"memory": "256Mi"}}}
+    cluster.apply_memcached(namespace, "sized", {"size": 1, **limit})
+    available_or_degraded(cluster, namespace, "sized")
+    # 256 MiB less 10 % (26 MiB), the default 1024 connections and 1 MiB items.
+    assert memcached_command(cluster, namespace, "sized")[1:7] == [
+        "-m", "230", "-c", "1024", "-I", "1024k",
+    ]  # fmt: skip
+    tuned = {"memoryMB": 200, "maxConnections": 512, "maxItemSize": 4 << 20}
+    cluster.apply_memcached(namespace, "sized", {"size": 1, **limit, **tuned})
+    wait_for(
+        lambda: (
+            memcached_command(cluster, namespace, "sized")[1:7]
+            == ["-m", "200", "-c", "512", "-I", "4096k"]
+        ),
+        timeout=30,
+        what="the new settings in the memcached command",
+    )
