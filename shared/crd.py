@@ -78,6 +78,12 @@ _PRINTER_COLUMNS = [
         "jsonPath": '.status.conditions[?(@.type=="Available")].status',
         "description": "Whether the Available condition is True",
     },
+    {
+        "name": "Endpoints",
+        "type": "integer",
+        "jsonPath": ".status.endpointCount",
+        "description": "Number of ready memcached pods a client can connect to",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

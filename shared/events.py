@@ -30,9 +30,10 @@ SOURCE = "/memcached-operator/watcher"
 CHANGES = ("added", "modified", "deleted")
 MSG_ID = "Nats-Msg-Id"
 # Extension attributes of owned objects' events (header ce-<name>): the owning Memcached's
-# name, and for pods "true"/"false" for readiness.
+# name, and for pods "true"/"false" for readiness and the pod's IP (once it has one).
 OWNER_ATTR = "owner"
 READY_ATTR = "ready"
+IP_ATTR = "podip"
 
 # Printable ASCII except space, '"' and '%' stays as is; everything else is escaped.
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')

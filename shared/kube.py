@@ -75,6 +75,8 @@ class Resource:
 MEMCACHED = Resource("cache.example.com", "v1", "memcacheds", "Memcached")
 DEPLOYMENT = Resource("apps", "v1", "deployments", "Deployment")
 POD = Resource("", "v1", "pods", "Pod")
+SERVICE = Resource("", "v1", "services", "Service")
+PDB = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 EVENT = Resource("events.k8s.io", "v1", "events", "Event")
 
 
@@ -285,6 +287,27 @@ class KubeClient:
             content_type="application/apply-patch+yaml",
             resource=res.plural,
         )
+
+    async def delete(self, res: Resource, namespace: str, name: str, *, uid: str) -> bool:
+        """Delete one object, only if it is still the one with ``uid`` (a precondition, so a
+        re-created object of the same name is never deleted by mistake). False: already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                res.path(namespace, name),
+                body={
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "preconditions": {"uid": uid},
+                    "propagationPolicy": "Background",
+                },
+                resource=res.plural,
+            )
+        except ApiError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
 
     async def patch_status(
         self,

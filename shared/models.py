@@ -38,6 +38,7 @@ PLURAL = "memcacheds"
 SINGULAR = "memcached"
 SHORT_NAMES = ("mc",)
 DEFAULT_IMAGE = "memcached:1.6.38-alpine"
+DEFAULT_EXPORTER_IMAGE = "quay.io/prometheus/memcached-exporter:v0.15.0"
 
 # Bounds on input, checked by the API server before any CEL rule runs, so that no object can
 # make validation (kube-apiserver's, or the services' parse_quantity) expensive. Only some schema
@@ -116,10 +117,30 @@ IMAGE_PATTERN = rf"^({_REGISTRY}/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*(:{_TAG
 # sha256 digest fit.
 IMAGE_MAX_LENGTH = 512
 
+# memcached's own settings. -m is in MiB ("megabytes" in memcached's help, 1024 * 1024 bytes);
+# a TiB of cache per pod is far beyond any node, and bounds the derived value too.
+MEBIBYTE = 1 << 20
+MEMORY_MB_MAX = 1 << 20
+# memcached sets RLIMIT_NOFILE to -c; as a non-root user it cannot raise it above the hard
+# limit of the container runtime (1048576 or 524288 usually), and 64 Ki connections per pod is
+# already far more than one memcached serves well.
+MAX_CONNECTIONS_MIN = 16
+MAX_CONNECTIONS_MAX = 65536
+DEFAULT_MAX_CONNECTIONS = 1024
+# memcached 1.6 refuses an -I that is not a multiple of its slab chunk size (512 KiB by
+# default), below it, or above 1 GiB; and one above half of -m.
+ITEM_SIZE_STEP = 512 * 1024
+ITEM_SIZE_MAX = 1 << 30
+DEFAULT_MAX_ITEM_SIZE = 1 << 20
+
 # Pod names in status.nodes: the ready pods of at most 1000 replicas, with room for the pods a
 # rolling update surges (25 % by default) on top.
 NODES_MAX = 2000
 POD_NAME_MAX_LENGTH = 253
+# host:port of a ready pod in status.endpoints: an IPv6 address (45 characters at most) in
+# brackets and a port.
+ENDPOINT_MAX_LENGTH = 53
+ENDPOINT_PATTERN = r"^([0-9.]{7,15}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$"
 # Ours are Available, Progressing and Degraded; the rest is room for other writers'.
 CONDITIONS_MAX = 32
 # W3C trace ids: 16 bytes in lowercase hex.
@@ -283,7 +304,65 @@ class ResourceRequirements(
         return self
 
 
-class MemcachedSpec(_Model):
+def _item_size_message() -> str:
+    return "maxItemSize must be at most half of memoryMB (memcached refuses to start otherwise)"
+
+
+def _item_fits_memory_rule() -> dict[str, str]:
+    """The CEL twin of MemcachedSpec._item_fits_memory."""
+    return {
+        "rule": (
+            "!has(self.memoryMB) || !has(self.maxItemSize)"
+            f" || self.maxItemSize * 2 <= self.memoryMB * {MEBIBYTE}"
+        ),
+        "message": _item_size_message(),
+    }
+
+
+def _memory_above_limit_message() -> str:
+    return "memoryMB must not exceed resources.limits.memory"
+
+
+def _memory_within_limit_rule() -> dict[str, str]:
+    """The CEL twin of MemcachedSpec._memory_within_limit."""
+    limit = "string(self.resources.limits['memory'])"
+    pattern = _cel_string(QUANTITY_PATTERN)
+    return {
+        # As in _limit_not_below_request_rule: the pattern before quantity().
+        "rule": (
+            "!has(self.memoryMB) || !has(self.resources) || !has(self.resources.limits)"
+            " || !('memory' in self.resources.limits)"
+            f" || !{limit}.matches({pattern}) || !isQuantity({limit})"
+            # Past its maximum memoryMB is reported by the schema; here it would overflow.
+            f" || self.memoryMB > {MEMORY_MB_MAX}"
+            f" || !quantity({limit}).sub(self.memoryMB * {MEBIBYTE}).isLessThan(quantity('0'))"
+        ),
+        "message": _memory_above_limit_message(),
+    }
+
+
+class Monitoring(_Model):
+    """A Prometheus exporter beside each memcached."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Run memcached-exporter (port 9150) in each pod, with scrape annotations.",
+    )
+    image: str = Field(
+        default=DEFAULT_EXPORTER_IMAGE,
+        min_length=1,
+        max_length=IMAGE_MAX_LENGTH,
+        pattern=IMAGE_PATTERN,
+        description="Container image of memcached-exporter: [registry[:port]/]path[:tag][@digest].",
+    )
+
+
+class MemcachedSpec(
+    _Model,
+    json_schema_extra={
+        "x-kubernetes-validations": [_item_fits_memory_rule(), _memory_within_limit_rule()]
+    },
+):
     """Desired state of a Memcached deployment."""
 
     size: int = Field(
@@ -308,6 +387,39 @@ class MemcachedSpec(_Model):
     resources: ResourceRequirements | None = Field(
         default=None, description="Compute resources of the memcached container."
     )
+    memory_mb: int | None = Field(
+        default=None,
+        alias="memoryMB",
+        ge=1,
+        le=MEMORY_MB_MAX,
+        description=(
+            "Cache memory of each pod in MiB (memcached -m), at most the memory limit. Unset: "
+            "the memory limit less an overhead of 10 % (at least 16 MiB) for connections, the "
+            "hash table and the process itself; 64 without a memory limit."
+        ),
+        json_schema_extra={"format": "int32"},
+    )
+    monitoring: Monitoring | None = Field(
+        default=None, description="Prometheus metrics of each memcached."
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=MAX_CONNECTIONS_MIN,
+        le=MAX_CONNECTIONS_MAX,
+        description="Simultaneous client connections each pod accepts (memcached -c).",
+        json_schema_extra={"format": "int32"},
+    )
+    max_item_size: int = Field(
+        default=DEFAULT_MAX_ITEM_SIZE,
+        ge=ITEM_SIZE_STEP,
+        le=ITEM_SIZE_MAX,
+        multiple_of=ITEM_SIZE_STEP,
+        description=(
+            "Largest item in bytes (memcached -I): a multiple of 512 KiB up to 1 GiB, and at "
+            "most half of the cache memory."
+        ),
+        json_schema_extra={"format": "int32"},
+    )
 
     # Before the pattern, which rejects blanks too, so that both sides give the same message.
     @field_validator("image", mode="before")
@@ -317,9 +429,29 @@ class MemcachedSpec(_Model):
             raise ValueError("image must not be blank")
         return value
 
+    @model_validator(mode="after")
+    def _item_fits_memory(self) -> Self:
+        if self.memory_mb is not None and self.max_item_size * 2 > self.memory_mb * MEBIBYTE:
+            raise ValueError(_item_size_message())
+        return self
+
+    @model_validator(mode="after")
+    def _memory_within_limit(self) -> Self:
+        limit = (self.resources.limits or {}).get("memory") if self.resources else None
+        if (
+            self.memory_mb is not None
+            and limit is not None
+            and parse_quantity(limit) < self.memory_mb * MEBIBYTE
+        ):
+            raise ValueError(_memory_above_limit_message())
+        return self
+
 
 PodName = Annotated[
     str, StringConstraints(max_length=POD_NAME_MAX_LENGTH, pattern=rf"^{_DNS_SUBDOMAIN}$")
+]
+Endpoint = Annotated[
+    str, StringConstraints(max_length=ENDPOINT_MAX_LENGTH, pattern=ENDPOINT_PATTERN)
 ]
 
 
@@ -380,6 +512,21 @@ class MemcachedStatus(_Model):
         default_factory=list,
         max_length=NODES_MAX,
         description="Names of the pods running memcached.",
+    )
+    endpoints: list[Endpoint] = Field(
+        default_factory=list,
+        max_length=NODES_MAX,
+        description=(
+            "host:port of each ready memcached pod (its pod IP and port 11211), the server "
+            "list of a client that shards keys over the pool; the headless Service of the "
+            "same name resolves to the same addresses."
+        ),
+    )
+    endpoint_count: int = Field(
+        default=0,
+        ge=0,
+        description="Number of endpoints.",
+        json_schema_extra={"format": "int32"},
     )
     ready_replicas: int = Field(
         default=0,

@@ -113,6 +113,14 @@ def show(layout: Layout) -> None:
     items = json.loads(
         local_cluster.kubectl(layout, "get", "mc", "-n", DEMO_NAMESPACE, "-o", "json")
     )["items"]
+    print("\nhow an application connects (status.endpoints, or DNS of the headless Service):")
+    for item in items:
+        name = item["metadata"]["name"]
+        endpoints = (item.get("status") or {}).get("endpoints") or []
+        print(
+            f"  {name}: servers {','.join(endpoints) or '-'}"
+            f" | dns {name}.{DEMO_NAMESPACE}.svc port 11211"
+        )
     traces = [(i.get("status") or {}).get("lastTraceId") for i in items]
     trace_id = next((t for t in traces if t), "")
     print(f"\ntrace id of the last reconcile of {items[0]['metadata']['name']}: {trace_id or '-'}")

@@ -9,14 +9,41 @@ one more module of this shape, not a change to the reconcile loop.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Any
 
-from shared.models import API_VERSION, KIND, Memcached, parse_quantity
+from shared.models import (
+    API_VERSION,
+    KIND,
+    MEBIBYTE,
+    MEMORY_MB_MAX,
+    Memcached,
+    MemcachedSpec,
+    parse_quantity,
+)
 
 CONTAINER_NAME = "memcached"
+EXPORTER_NAME = "memcached-exporter"
+EXPORTER_PORT = 9150
+# The exporter's own needs are small and fixed: bounded so that it cannot starve memcached.
+EXPORTER_RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"cpu": "100m", "memory": "32Mi"},
+}
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(EXPORTER_PORT),
+    "prometheus.io/path": "/metrics",
+}
 PORT = 11211
-COMMAND = ["memcached", "-m=64", "-o", "modern", "-v"]
+# Cache memory without a memory limit or memoryMB: memcached's own default.
+DEFAULT_MEMORY_MB = 64
+# What a memcached process needs beyond -m (which counts item memory only): connection
+# buffers, the hash table (which grows with the item count), threads and the binary. Taken
+# from the memory limit when -m is derived from it: 10 %, and at least 16 MiB.
+OVERHEAD_FRACTION = 0.1
+OVERHEAD_MIN_MB = 16
 MANAGED_BY = "memcached-operator"
 # The field manager of the reconciler's server-side applies; the watcher recognises the
 # Deployment changes our own applies made by it.
@@ -25,6 +52,14 @@ FIELD_MANAGER = "memcached-operator"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+TOPOLOGY_KEY = "kubernetes.io/hostname"
+
+# The memcache user of the official memcached images (alpine and debian both create it with
+# this uid and gid). Pod Security `restricted` needs runAsNonRoot, which the kubelet can only
+# check against a numeric user; an image without this user still runs as it (memcached needs no
+# home directory or passwd entry).
+RUN_AS_USER = 11211
+
 # The owning CR's full name on the Deployment and its pods: the instance label may be a
 # shortened hash of a long name, and pods are owned by a ReplicaSet, so this is how the watcher
 # maps a pod back to its Memcached without another API call.
@@ -74,6 +109,68 @@ def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
     }
 
 
+def cache_memory_mb(spec: MemcachedSpec) -> int:
+    """memcached's -m for ``spec``: memoryMB if set (admission keeps it within the limit);
+    otherwise the memory limit less the overhead, or 64 without a limit.
+
+    A derived value is raised to twice the item size, the least memcached starts with (so a
+    tiny limit gives a cache that may outgrow it, as -m=64 always could before), and capped at
+    MEMORY_MB_MAX, so a limit of exabytes cannot reach memcached as an absurd -m.
+    """
+    if spec.memory_mb is not None:
+        return spec.memory_mb
+    limit = (spec.resources.limits or {}).get("memory") if spec.resources else None
+    if limit is None:
+        derived = DEFAULT_MEMORY_MB
+    else:
+        limit_mb = math.floor(parse_quantity(limit) / MEBIBYTE)
+        derived = limit_mb - max(OVERHEAD_MIN_MB, math.ceil(limit_mb * OVERHEAD_FRACTION))
+    least = math.ceil(2 * spec.max_item_size / MEBIBYTE)
+    return min(max(derived, least), MEMORY_MB_MAX)
+
+
+def memcached_command(spec: MemcachedSpec) -> list[str]:
+    """The memcached command line: every value from a bounded, validated spec field, never
+    free-form text. Options and values are separate arguments: memcached's getopt reads
+    "-m=64" as the value "=64", which is 0."""
+    return [
+        "memcached",
+        "-m",
+        str(cache_memory_mb(spec)),
+        "-c",
+        str(spec.max_connections),
+        "-I",
+        # A multiple of 512 KiB (admission checks it), so always a whole number of KiB.
+        f"{spec.max_item_size // 1024}k",
+        "-o",
+        "modern",
+        "-v",
+    ]
+
+
+def pod_security_context() -> dict[str, Any]:
+    """The pod's securityContext: non-root, RuntimeDefault seccomp (Pod Security `restricted`)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """The memcached container's securityContext: no privilege escalation, no capabilities, a
+    read-only root filesystem (memcached keeps everything in memory and writes no files)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def desired_deployment(
     cr: Memcached, *, cr_uid: str | None = None, progress_deadline_seconds: int | None = None
 ) -> dict[str, Any]:
@@ -91,13 +188,28 @@ def desired_deployment(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": cr.spec.image,
-        "command": list(COMMAND),
+        "command": memcached_command(cr.spec),
         # protocol is the server default, but it is a key of the ports list, so naming it
         # keeps server-side apply from depending on that default being filled in first.
         "ports": [{"name": "memcached", "containerPort": PORT, "protocol": "TCP"}],
         # Always present, if empty, so that matches() notices resources removed from the CR.
         "resources": cr.spec.resources.to_api() if cr.spec.resources is not None else {},
+        "securityContext": container_security_context(),
     }
+    template_annotations = {OWNER_ANNOTATION: cr.name}
+    containers = [container]
+    if cr.spec.monitoring is not None and cr.spec.monitoring.enabled:
+        template_annotations.update(SCRAPE_ANNOTATIONS)
+        containers.append(
+            {
+                "name": EXPORTER_NAME,
+                "image": cr.spec.monitoring.image,
+                "args": [f"--memcached.address=localhost:{PORT}"],
+                "ports": [{"name": "metrics", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+                "resources": {k: dict(v) for k, v in EXPORTER_RESOURCES.items()},
+                "securityContext": container_security_context(),
+            }
+        )
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -111,12 +223,33 @@ def desired_deployment(
         "spec": {
             "replicas": cr.spec.size,
             "selector": {"matchLabels": dict(selector)},
+            # One cache node down at a time, and never more pods than replicas: each pod that
+            # goes empties its share of the cache, so a rollout should cost one share at most.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+            },
             "template": {
                 "metadata": {
                     "labels": dict(selector),
-                    "annotations": {OWNER_ANNOTATION: cr.name},
+                    "annotations": template_annotations,
                 },
-                "spec": {"containers": [container]},
+                "spec": {
+                    "containers": containers,
+                    # Pods spread over nodes, so one node lost is one share of the cache lost;
+                    # ScheduleAnyway: a cluster with fewer nodes than replicas still runs them.
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": TOPOLOGY_KEY,
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": dict(selector)},
+                        }
+                    ],
+                    "securityContext": pod_security_context(),
+                    # memcached never talks to the API server: no token in its pods.
+                    "automountServiceAccountToken": False,
+                },
             },
         },
     }
@@ -174,14 +307,32 @@ def _contains(live: Any, desired: Any) -> bool:
     return type(live) is type(desired) and live == desired
 
 
+def _leftovers(live: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether ``live`` still has a container or annotation that only this operator adds and
+    ``desired`` no longer has (the exporter of a CR whose monitoring was turned off): other
+    writers' extra entries are no difference, but ours must go, and an apply removes them."""
+    template = (live.get("spec") or {}).get("template")
+    wanted = (desired.get("spec") or {}).get("template")
+    if not isinstance(template, dict) or not isinstance(wanted, dict):
+        return False
+    names = {c.get("name") for c in (template.get("spec") or {}).get("containers") or []}
+    wanted_names = {c.get("name") for c in (wanted.get("spec") or {}).get("containers") or []}
+    if EXPORTER_NAME in names - wanted_names:
+        return True
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    wanted_annotations = (wanted.get("metadata") or {}).get("annotations") or {}
+    return any(key in annotations for key in SCRAPE_ANNOTATIONS.keys() - wanted_annotations)
+
+
 def matches(live: dict[str, Any], desired: dict[str, Any]) -> bool:
     """True when ``live`` already has every field of ``desired``, so applying is a no-op.
 
     Fields only the live object has (server defaults such as protocol or
-    terminationMessagePath, status, managedFields, other writers' labels) are ignored;
-    container resources compare exactly, with quantities by value.
+    terminationMessagePath, status, managedFields, other writers' labels) are ignored, except
+    the exporter container and scrape annotations, which only this operator adds; container
+    resources compare exactly, with quantities by value.
     """
-    return _contains(live, desired)
+    return _contains(live, desired) and not _leftovers(live, desired)
 
 
 def owned_by(live: dict[str, Any], cr_uid: str) -> bool:

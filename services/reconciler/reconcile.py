@@ -32,11 +32,12 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.reconciler import verify
+from services.reconciler.companions import desired_pdb, desired_service
 from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
 from shared import events, state, subjects, telemetry
 from shared.directget import StoredMsg
 from shared.errors import PermanentError, TransientError
-from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, KubeClient
+from shared.kube import DEPLOYMENT, MEMCACHED, PDB, SERVICE, ApiError, KubeClient, Resource
 from shared.models import Memcached
 from shared.outcomes import Outcome, OutcomeResult
 from shared.subjects import ObjectKey
@@ -56,7 +57,9 @@ OUTCOMES_NOT_STORED = Counter(
 )
 
 
-def _ownership_conflict(namespace: str, name: str, live: dict[str, Any]) -> PermanentError:
+def _ownership_conflict(
+    resource: Resource, namespace: str, name: str, live: dict[str, Any]
+) -> PermanentError:
     owners = [
         f"{r.get('kind')}/{r.get('name')}"
         for r in (live.get("metadata") or {}).get("ownerReferences") or []
@@ -65,18 +68,38 @@ def _ownership_conflict(namespace: str, name: str, live: dict[str, Any]) -> Perm
     by = f"controlled by {owners[0]}" if owners else "not controlled by it"
     return PermanentError(
         "OwnershipConflict",
-        f"Deployment {namespace}/{name} already exists and is {by}; "
-        "rename the Memcached or delete that Deployment",
+        f"{resource.kind} {namespace}/{name} already exists and is {by}; "
+        f"rename the Memcached or delete that {resource.kind}",
     )
+
+
+# The objects a Memcached owns: the event-stream kind each is streamed as (by the watcher,
+# when labelled managed-by this operator), and where it lives in the API. All are named after
+# the CR, so each is one subject of the stream per CR.
+OWNED: tuple[tuple[str, Resource], ...] = (
+    ("deployment", DEPLOYMENT),
+    ("pdb", PDB),
+    ("service", SERVICE),
+)
 
 
 @dataclass(frozen=True)
 class _Write:
-    """A Deployment to apply: its desired state, the owning CR's uid, and whether with force."""
+    """An owned object to apply: its desired state, the owning CR's uid, and whether with
+    force."""
 
+    resource: Resource
     desired: dict[str, Any]
     uid: str
     force: bool
+
+
+@dataclass(frozen=True)
+class _Delete:
+    """An owned object the CR no longer wants, by the uid the stream shows it with."""
+
+    resource: Resource
+    uid: str
 
 
 class Gone(Exception):
@@ -127,12 +150,12 @@ class MemcachedReconciler:
             cr_obj: dict[str, Any] | None = None
             previous: Outcome | None = None
             try:
-                # The three reads in one round trip to NATS.
+                # All the reads in one round trip to NATS.
                 seen = await state.snapshot(
                     self.js,
                     (
                         state.event_subject("memcached", request.key),
-                        state.event_subject("deployment", request.key),
+                        *(state.event_subject(kind, request.key) for kind, _ in OWNED),
                         outcome_subject(request.key),
                     ),
                 )
@@ -149,10 +172,15 @@ class MemcachedReconciler:
                 if cr_obj is None:
                     span.set_attribute("reconcile.result", "gone")
                     return Result()
-                streamed = seen.object("deployment", request.key)
+                streamed = {kind: seen.object(kind, request.key) for kind, _ in OWNED}
                 cr_obj, plan = await self._plan(request.key, cr_obj, streamed, verified=verified)
-                written = plan is not None and await self._write(request.key, plan)
-                span.set_attribute("reconcile.deployment_written", written)
+                written = False
+                for action in plan:
+                    if isinstance(action, _Write):
+                        written = await self._write(request.key, action) or written
+                    else:
+                        written = await self._delete(request.key, action) or written
+                span.set_attribute("reconcile.written", written)
                 log.debug(
                     "reconciled",
                     extra={
@@ -208,13 +236,13 @@ class MemcachedReconciler:
         self,
         key: ObjectKey,
         cr_obj: dict[str, Any],
-        streamed: dict[str, Any] | None,
+        streamed: dict[str, dict[str, Any] | None],
         *,
         verified: bool,
-    ) -> tuple[dict[str, Any], _Write | None]:
-        """The CR as finally believed, and the write that converges its Deployment (None when
-        the live one already matches). ``streamed`` is the Deployment as the event stream shows
-        it (only managed Deployments are streamed: None may also be a foreign one);
+    ) -> tuple[dict[str, Any], list[_Write | _Delete]]:
+        """The CR as finally believed, and the writes that converge its owned objects (none
+        when every live one already matches). ``streamed``: each owned kind as the event
+        stream shows it (only managed objects are streamed: None may also be a foreign one);
         ``verified``: ``cr_obj`` came from the API server, not the stream.
 
         Whether to write is decided from the stream; what to write only from the API server's
@@ -230,49 +258,74 @@ class MemcachedReconciler:
                     cr_obj, verified = await self._from_api(key, cr_obj), True
                     continue
                 raise PermanentError("InvalidSpec", _validation_message(err)) from err
-            desired = desired_deployment(
-                cr, progress_deadline_seconds=self.progress_deadline_seconds
-            )
             uid = cr.uid or ""
-            ours = streamed is not None and owned_by(streamed, uid)
-            if ours and streamed is not None and matches(streamed, desired):
-                return cr_obj, None
-            if verified:
-                return cr_obj, _Write(desired=desired, uid=uid, force=ours)
+            wanted = {
+                "deployment": desired_deployment(
+                    cr, progress_deadline_seconds=self.progress_deadline_seconds
+                ),
+                "pdb": desired_pdb(cr),
+                "service": desired_service(cr),
+            }
+            plan: list[_Write | _Delete] = []
+            for kind, resource in OWNED:
+                desired, live = wanted[kind], streamed.get(kind)
+                ours = live is not None and owned_by(live, uid)
+                if desired is None:
+                    live_uid = str(((live or {}).get("metadata") or {}).get("uid") or "")
+                    if ours and live_uid:
+                        plan.append(_Delete(resource=resource, uid=live_uid))
+                elif not (ours and live is not None and matches(live, desired)):
+                    plan.append(_Write(resource=resource, desired=desired, uid=uid, force=ours))
+            if not plan or verified:
+                return cr_obj, plan
             cr_obj, verified = await self._from_api(key, cr_obj), True
 
     async def _write(self, key: ObjectKey, write: _Write) -> bool:
-        """Apply the desired Deployment, never outside the request's namespace.
+        """Apply one desired owned object, never outside the request's namespace.
 
-        A Deployment the stream shows as this CR's is applied with force (taking back fields
+        An object the stream shows as this CR's is applied with force (taking back fields
         someone else changed). Any other case — the stream has none (a new CR, or a foreign
-        Deployment the watcher does not stream) or one owned by someone else — is applied
-        *without* force first: it creates a missing Deployment in one request, and a foreign
+        object the watcher does not stream) or one owned by someone else — is applied
+        *without* force first: it creates a missing object in one request, and a foreign
         one makes the API server refuse (409 for fields another manager owns, 422 for a second
-        controller reference), after which the live object is read and the refusal reported as
-        OwnershipConflict. So the common path costs one request, and nothing is ever taken over.
+        controller reference or an immutable field), after which the live object is read and
+        the refusal reported as OwnershipConflict. So the common path costs one request, and
+        nothing is ever taken over.
         """
-        desired = write.desired
+        desired, resource = write.desired, write.resource
         meta = desired["metadata"]
         if ObjectKey(str(meta.get("namespace") or ""), str(meta.get("name") or "")) != key:
-            raise verify.ForgedMessage("key", f"the Deployment for {key} would not be {key}")
+            raise verify.ForgedMessage("key", f"the {resource.kind} for {key} would not be {key}")
         stamp = telemetry.traceparent()
         if stamp:
             # After the comparison: the trace of the last write is no reason to write again.
             meta["annotations"][telemetry.TRACEPARENT_ANNOTATION] = stamp
         try:
-            await self.kube.apply(
-                DEPLOYMENT, desired, field_manager=FIELD_MANAGER, force=write.force
-            )
+            await self.kube.apply(resource, desired, field_manager=FIELD_MANAGER, force=write.force)
         except ApiError as err:
             if write.force or err.status not in (409, 422):
                 raise
-            live = await self.kube.get(DEPLOYMENT, key.namespace, key.name)
+            live = await self.kube.get(resource, key.namespace, key.name)
             if live is None or owned_by(live, write.uid):
                 raise  # a race with a deletion or a conflict of our own: retried
-            raise _ownership_conflict(key.namespace, key.name, live) from err
-        log.info("applied deployment", extra={"key": str(key)})
+            raise _ownership_conflict(resource, key.namespace, key.name, live) from err
+        log.info("applied %s", resource.kind.lower(), extra={"key": str(key)})
         return True
+
+    async def _delete(self, key: ObjectKey, delete: _Delete) -> bool:
+        """Delete an owned object the CR no longer wants: by the request's key (never another
+        name or namespace) and only while it is the object the stream showed as this CR's."""
+        try:
+            deleted = await self.kube.delete(
+                delete.resource, key.namespace, key.name, uid=delete.uid
+            )
+        except ApiError as err:
+            if err.status == 409:
+                return False  # re-created since (the precondition failed): not ours to delete
+            raise
+        if deleted:
+            log.info("deleted %s", delete.resource.kind.lower(), extra={"key": str(key)})
+        return deleted
 
     async def _from_api(self, key: ObjectKey, streamed: dict[str, Any]) -> dict[str, Any]:
         """The CR from the API server, checked against the streamed copy; a CR deleted since

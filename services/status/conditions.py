@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from services.reconciler.desired import OWNER_ANNOTATION, owned_by
 from shared.models import NODES_MAX, TRACE_ID_PATTERN, Condition, MemcachedStatus
 from shared.outcomes import Outcome
-from shared.pods import pod_ready
+from shared.pods import endpoint, pod_ip, pod_ready
 
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
@@ -139,6 +139,13 @@ def _fit_reason(reason: str, fallback: str) -> str:
 
 def _fit_message(message: str) -> str:
     return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 3] + "..."
+
+
+def ready_endpoints(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
+    """Sorted ``host:port`` of the pods :func:`ready_nodes` names that have an IP."""
+    names = set(ready_nodes(cr, pods))
+    ips = (pod_ip(pod) for pod in pods if (pod.get("metadata") or {}).get("name") in names)
+    return sorted({endpoint(ip) for ip in ips if ip})
 
 
 def ready_nodes(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
@@ -455,6 +462,7 @@ def fold_status(
     nodes: list[str],
     outcome: Outcome | None,
     now: datetime,
+    endpoints: list[str] | None = None,
 ) -> dict[str, Any]:
     """The CR's new ``status`` in API shape, from its Deployment, the names of its ready pods
     (:func:`ready_nodes` picks them from a pod list) and its last outcome.
@@ -527,6 +535,8 @@ def fold_status(
         trace_id = None
     status = MemcachedStatus(
         nodes=sorted(nodes)[:NODES_MAX],
+        endpoints=sorted(endpoints or [])[:NODES_MAX],
+        endpoint_count=min(len(endpoints or []), NODES_MAX),
         ready_replicas=view.ready if view is not None else 0,
         observed_generation=generation,
         conditions=conditions,

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from services.reconciler.desired import OWNER_ANNOTATION
 from shared import events, subjects
-from shared.pods import pod_ready
+from shared.pods import endpoint, pod_ip, pod_ready, valid_ip
 from shared.streams import EVENTS_STREAM
 from shared.subjects import ObjectKey
 
@@ -53,12 +53,14 @@ INDEX = "index"
 LIST = "list"
 OWNER_HEADER = f"ce-{events.OWNER_ATTR}"
 READY_HEADER = f"ce-{events.READY_ATTR}"
+IP_HEADER = f"ce-{events.IP_ATTR}"
 
 
 @dataclass(frozen=True)
 class _Pod:
     owner: str
     ready: bool
+    ip: str = ""
 
 
 class PodIndex:
@@ -83,6 +85,13 @@ class PodIndex:
             for n in self._by_owner.get(owner, ())
         )
         return sorted(name for name, pod in pods if pod is not None and pod.ready)
+
+    def ready_endpoints(self, owner: ObjectKey) -> list[str]:
+        """Sorted ``host:port`` of the owner's ready pods that have an IP."""
+        pods = (
+            self._pods.get(ObjectKey(owner.namespace, n)) for n in self._by_owner.get(owner, ())
+        )
+        return sorted(endpoint(pod.ip) for pod in pods if pod is not None and pod.ready and pod.ip)
 
     async def caught_up(self, namespace: str, *, timeout: float) -> bool:
         """Whether the index has folded every pod event of ``namespace`` the stream held when
@@ -117,16 +126,23 @@ class PodIndex:
         """Apply one pod event (``change`` is added, modified or deleted) from its body."""
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         self.fold_fields(
-            pod_key, change, str(annotations.get(OWNER_ANNOTATION) or ""), pod_ready(obj)
+            pod_key,
+            change,
+            str(annotations.get(OWNER_ANNOTATION) or ""),
+            pod_ready(obj),
+            ip=pod_ip(obj),
         )
 
-    def fold_fields(self, pod_key: ObjectKey, change: str, owner_name: str, ready: bool) -> None:
-        """Apply one pod event given its owner's name ('' for none) and readiness."""
+    def fold_fields(
+        self, pod_key: ObjectKey, change: str, owner_name: str, ready: bool, *, ip: str = ""
+    ) -> None:
+        """Apply one pod event given its owner's name ('' for none), readiness and IP ('' for
+        none; checked to be an IP here too, as it came in a header)."""
         old = self._pods.pop(pod_key, None)
         if old is not None and (change == "deleted" or old.owner != owner_name):
             self._unlink(pod_key, old.owner)
         if change != "deleted" and owner_name:
-            self._pods[pod_key] = _Pod(owner_name, ready)
+            self._pods[pod_key] = _Pod(owner_name, ready, valid_ip(ip))
             self._by_owner.setdefault(ObjectKey(pod_key.namespace, owner_name), set()).add(
                 pod_key.name
             )
@@ -202,7 +218,13 @@ class PodIndex:
             return
         owner, ready = headers.get(OWNER_HEADER), headers.get(READY_HEADER)
         if owner is not None and ready in ("true", "false"):
-            self.fold_fields(key, change, events.decode_value(owner), ready == "true")
+            self.fold_fields(
+                key,
+                change,
+                events.decode_value(owner),
+                ready == "true",
+                ip=events.decode_value(headers.get(IP_HEADER, "")),
+            )
             return
         # An event published before the watcher added these attributes: read its body.
         try:

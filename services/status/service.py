@@ -35,7 +35,13 @@ from prometheus_client import Counter
 from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from services.reconciler.reconcile import CONTROLLER as RECONCILE
 from services.reconciler.service import add_queue_arguments, queue_from_args
-from services.status.conditions import fold_status, ready_nodes, status_changed, transitions
+from services.status.conditions import (
+    fold_status,
+    ready_endpoints,
+    ready_nodes,
+    status_changed,
+    transitions,
+)
 from services.status.pod_index import INDEX, LIST, POD_READS, PodIndex
 from services.status.recorder import EventRecorder
 from shared import metrics, runtime, state, subjects, telemetry
@@ -288,7 +294,7 @@ class StatusRefresher:
             self._written.pop(key, None)
             self._unsettled.pop(key, None)
             return Result(), "gone"
-        nodes = await self._ready_pods(key, deployment, indexed=indexed)
+        nodes, endpoints = await self._ready_pods(key, deployment, indexed=indexed)
         old: dict[str, Any] | None = self._newest_status(key, cr)
         if old is not None:
             cr = {**cr, "status": old}
@@ -296,6 +302,7 @@ class StatusRefresher:
             cr=cr,
             deployment=deployment,
             nodes=nodes,
+            endpoints=endpoints,
             outcome=stored.outcome if stored is not None else None,
             now=dt.datetime.now(dt.UTC),
         )
@@ -356,7 +363,20 @@ class StatusRefresher:
         if (
             deployment is not None
             and len(new.get("nodes") or []) != ready
-            and not status_changed(old, {**new, "nodes": (old or {}).get("nodes") or []})
+            and not status_changed(
+                old,
+                {
+                    **new,
+                    **{
+                        field: (old or {}).get(field) or default
+                        for field, default in (
+                            ("nodes", []),
+                            ("endpoints", []),
+                            ("endpointCount", 0),
+                        )
+                    },
+                },
+            )
         ):
             # Only the ready pods changed, and the Deployment controller has not counted them
             # yet: its update (readyReplicas, conditions) comes next, with a request that
@@ -372,21 +392,22 @@ class StatusRefresher:
 
     async def _ready_pods(
         self, key: subjects.ObjectKey, deployment: dict[str, Any] | None, *, indexed: bool
-    ) -> list[str]:
-        """The CR's ready pods: from the pod index once it has caught up with the stream, else
-        from the API server (only needed when the Deployment reports ready replicas)."""
+    ) -> tuple[list[str], list[str]]:
+        """The CR's ready pods and their endpoints: from the pod index once it has caught up
+        with the stream, else from the API server (only needed when the Deployment reports
+        ready replicas)."""
         if indexed:
             POD_READS.labels(INDEX).inc()
-            return self.pods.ready_pods(key)
+            return self.pods.ready_pods(key), self.pods.ready_endpoints(key)
         if not (deployment is not None and (deployment.get("status") or {}).get("readyReplicas")):
-            return []
+            return [], []
         POD_READS.labels(LIST).inc()
         selector = ",".join(
             [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
         )
         cr = {"metadata": {"name": key.name, "namespace": key.namespace}}
         pods, _ = await self.kube.list(POD, namespace=key.namespace, label_selector=selector)
-        return ready_nodes(cr, pods)
+        return ready_nodes(cr, pods), ready_endpoints(cr, pods)
 
     def _note_folded(self, key: subjects.ObjectKey, stored: StoredOutcome | None) -> None:
         if stored is not None:

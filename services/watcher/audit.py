@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", help="only this namespace")
     parser.add_argument("--name", help="only objects (or owners' outcomes) with this name")
     parser.add_argument(
-        "--kind", choices=["memcached", "deployment", "pod", "reconcile"], help="only this kind"
+        "--kind",
+        choices=["memcached", "deployment", "pod", "pdb", "service", "reconcile"],
+        help="only this kind",
     )
     parser.add_argument(
         "--type",

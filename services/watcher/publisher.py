@@ -31,6 +31,7 @@ cannot be published is dead-lettered so that the next one can be (:class:`Publis
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -54,7 +55,7 @@ from shared import events, metrics, subjects, telemetry
 from shared.errors import TransientError
 from shared.kube import JsonObject
 from shared.models import GROUP, KIND
-from shared.pods import pod_ready
+from shared.pods import pod_ip, pod_ready
 from shared.progress import TRACKER, Progress
 from shared.replay import replay
 from shared.streams import EVENTS_STREAM
@@ -160,6 +161,10 @@ def _group(api_version: object) -> str:
     return text.rpartition("/")[0] if "/" in text else ""
 
 
+# The kinds the reconciler applies, each controlled by its Memcached directly.
+CONTROLLED_BY_CR = frozenset({"deployment", "pdb", "service"})
+
+
 def replica_set_name(deployment: str, template_hash: str) -> str:
     """The name the Deployment controller gives a Deployment's ReplicaSet: the Deployment's
     name cut to fit 253 characters with ``-<pod-template-hash>`` (generateReplicaSetName in
@@ -171,7 +176,8 @@ def replica_set_name(deployment: str, template_hash: str) -> str:
 
 
 def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
-    """The owning Memcached of a Deployment (``kind`` "deployment") or a Pod ("pod").
+    """The owning Memcached of a Deployment (``kind`` "deployment"), another object the
+    reconciler applies (CONTROLLED_BY_CR) or a Pod ("pod").
 
     A Deployment's owner is its controller reference to a Memcached (same namespace, by
     definition of owner references); the reconciler's owner annotation, when present, must
@@ -203,7 +209,7 @@ def find_owner(kind: str, obj: Mapping[str, Any]) -> Owner:
     ref_group = _group(controller.get("apiVersion"))
     if not isinstance(ref_name, str) or not subjects.is_object_name(ref_name):
         return Owner(None, INVALID_OWNER_NAME, f"controller name {subjects.shown(str(ref_name))}")
-    if kind == "deployment" and (ref_kind, ref_group) == (KIND, GROUP):
+    if kind in CONTROLLED_BY_CR and (ref_kind, ref_group) == (KIND, GROUP):
         if claimed is not None and claimed != ref_name:
             return Owner(
                 None,
@@ -241,11 +247,21 @@ def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner | None = None) -
     out = {events.OWNER_ATTR: owner.key.name if owner.key is not None else ""}
     if kind.name == "pod":
         out[events.READY_ATTR] = "true" if pod_ready(obj) else "false"
+        ip = pod_ip(obj)
+        if ip:
+            out[events.IP_ATTR] = ip
     return out
 
 
 def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
+def _spec_fingerprint(obj: Mapping[str, Any]) -> int:
+    """What stands in for metadata.generation of a kind without one (a Service): its spec
+    and labels, so that their drift is noticed and nothing else is."""
+    meta = obj.get("metadata") or {}
+    return hash(json.dumps([obj.get("spec"), meta.get("labels")], sort_keys=True, default=str))
 
 
 def message_size(headers: Mapping[str, str], body: bytes) -> int:
@@ -585,7 +601,7 @@ class Publisher:
         metadata.generation (status writes and metadata-only edits keep the generation, as
         controller-runtime's GenerationChangedPredicate relies on)."""
         gen_key = (kind.name, key)
-        generation = _generation(obj)
+        generation = _generation(obj) if kind.name != "service" else _spec_fingerprint(obj)
         previous = self._generations.get(gen_key)
         if change == "deleted":
             self._generations.pop(gen_key, None)
@@ -606,8 +622,12 @@ class Publisher:
             if not self._readiness_changed(change, key, owner, obj):
                 return []
             return [(STATUS, owner)] if self._counted_by_deployment(owner) else []
-        self._note_counted(change, owner, obj)
-        out = [(STATUS, owner)] if self._status_inputs_changed(change, key, obj) else []
+        out: list[tuple[str, ObjectKey]] = []
+        if kind.name == "deployment":
+            # Only the Deployment's changes show in the owner's status.
+            self._note_counted(change, owner, obj)
+            if self._status_inputs_changed(change, key, obj):
+                out.append((STATUS, owner))
         if self._spec_changed(kind, change, key, obj) and not (
             change != "deleted" and events.last_spec_writer(obj) == FIELD_MANAGER
         ):

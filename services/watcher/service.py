@@ -1,11 +1,11 @@
 """`memcached-operator watcher`: the only part of the system that watches the API server.
 
 It runs one informer per watched kind — Memcached (all namespaces or the given ones), and
-the Deployments and Pods labelled as managed by this operator — publishes every change to
-JetStream, and every resync period re-requests reconciliation of every CR it knows (as the
-reference operator's RequeueAfter does), except those whose requests were dead-lettered at
-their current generation (resync.py). Several replicas may run at once: the stream
-de-duplicates what they publish.
+the Deployments, Pods, PodDisruptionBudgets and Services labelled as managed by it —
+publishes every change to JetStream, and every resync period re-requests reconciliation of
+every CR it knows (as the reference operator's RequeueAfter does), except those whose
+requests were dead-lettered at their current generation (resync.py). Several replicas may
+run at once: the stream de-duplicates what they publish.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from services.watcher.publisher import (
 )
 from services.watcher.resync import DeadLettered
 from shared import metrics, runtime
-from shared.kube import DEPLOYMENT, MEMCACHED, POD, Resource
+from shared.kube import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
 from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
 from shared.workqueue import ORIGIN
 
@@ -38,6 +38,9 @@ WATCHED: tuple[tuple[Kind, Resource, str | None], ...] = (
     (Kind("memcached", owned=False), MEMCACHED, None),
     (Kind("deployment", owned=True), DEPLOYMENT, MANAGED_SELECTOR),
     (Kind("pod", owned=True), POD, MANAGED_SELECTOR),
+    # Owned beside the Deployment: their drift and deletion are reconciled the same way.
+    (Kind("pdb", owned=True), PDB, MANAGED_SELECTOR),
+    (Kind("service", owned=True), SERVICE, MANAGED_SELECTOR),
 )
 
 

@@ -40,6 +40,16 @@ def test_demo_with_teardown_reports_every_sample_available(tmp_path: Path) -> No
     rows = {line.split()[0]: line.split() for line in table[1:3]}
     assert set(rows) == {"memcached-sample", "memcached-with-resources"}
     assert all(row[3] == "True" for row in rows.values())
+    # How an application connects: one endpoint per ready pod, and the Service's DNS name.
+    servers = {
+        line.split(":", 1)[0].strip(): line.split("servers ", 1)[1].split(" |", 1)[0]
+        for line in out.split("how an application connects", 1)[1].splitlines()[1:3]
+    }
+    assert set(servers) == {"memcached-sample", "memcached-with-resources"}
+    for name, listed in servers.items():
+        assert len(listed.split(",")) == int(rows[name][2]), out
+        assert all(s.endswith(":11211") for s in listed.split(",")), out
+    assert "| dns memcached-sample.default.svc port 11211" in out
     trace_line = next(line for line in out.splitlines() if line.startswith("trace id"))
     trace_id = trace_line.rsplit(" ", 1)[1]
     assert len(trace_id) == 32 and int(trace_id, 16) != 0

@@ -4,9 +4,10 @@ The services run as their ServiceAccounts' users (a client certificate each, see
 ``deploy.local.cluster.service_kubeconfig``) with the ClusterRoles and bindings of
 ``deploy/base`` applied as they are, through a run that takes every path that reaches the API
 server: create, scale, drift, a Deployment name owned by someone else, a pod that is not
-ready, deletion. The API server's audit log then says which (verb, group, resource) each
-identity used; the test asserts that every grant of each role was used, and that no request
-was refused (a call the role lacks would be a 403).
+ready, a PodDisruptionBudget created and deleted again, a PodDisruptionBudget and a Service
+of a CR's name owned by someone else, deletion. The API server's audit log then says which
+(verb, group, resource) each identity used; the test asserts that every grant of each role
+was used, and that no request was refused (a call the role lacks would be a 403).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_IN_AUDIT_LOG = {
     ("reconciler", "cache.example.com", "memcacheds/finalizers", "update"),
     ("reconciler", "apps", "deployments", "create"),
+    ("reconciler", "policy", "poddisruptionbudgets", "create"),
+    ("reconciler", "", "services", "create"),
 }
 # Fallbacks a run takes only when the event stream lags (a pod index that has not caught up
 # within its wait): granted, named here with the code that calls them.
@@ -181,9 +184,52 @@ def test_each_role_grants_exactly_what_its_service_calls(
         timeout=90,
         what="the OwnershipConflict condition",
     )
+    # A PodDisruptionBudget of a two-pod CR's name that someone else owns: OwnershipConflict.
+    cluster.kubectl(
+        "create",
+        "poddisruptionbudget",
+        "guarded",
+        "-n",
+        namespace,
+        "--selector=app=other",
+        "--max-unavailable=1",
+    )
+    cluster.apply_memcached(namespace, "guarded", {"size": 2})
+    wait_for(
+        lambda: any(
+            c.get("reason") == "OwnershipConflict"
+            for c in (
+                cluster.kubectl_json("get", "mc", "-n", namespace, "guarded").get("status") or {}
+            ).get("conditions", [])
+        ),
+        timeout=90,
+        what="the OwnershipConflict condition of the PodDisruptionBudget",
+    )
+    # And a Service of a CR's name that someone else owns.
+    cluster.kubectl("create", "service", "clusterip", "named", "-n", namespace, "--tcp=80")
+    cluster.apply_memcached(namespace, "named", {"size": 1})
+    wait_for(
+        lambda: any(
+            c.get("reason") == "OwnershipConflict"
+            for c in (
+                cluster.kubectl_json("get", "mc", "-n", namespace, "named").get("status") or {}
+            ).get("conditions", [])
+        ),
+        timeout=90,
+        what="the OwnershipConflict condition of the Service",
+    )
+    # Scaled below two pods, the CR's own budget is deleted.
+    cluster.apply_memcached(namespace, "cache", {"size": 1})
+    wait_for(
+        lambda: (
+            cluster.kubectl("get", "pdb", "-n", namespace, "cache", check=False).returncode != 0
+        ),
+        timeout=60,
+        what="the PodDisruptionBudget of the CR scaled to one pod to be deleted",
+    )
     # Requests for a CR the stream has never shown: both services ask the API server.
     asyncio.run(_request_unseen(cluster, ObjectKey(namespace, "never-streamed")))
-    cluster.kubectl("delete", "mc", "-n", namespace, "cache", "taken")
+    cluster.kubectl("delete", "mc", "-n", namespace, "cache", "taken", "guarded", "named")
     time.sleep(6)  # a resync after the deletions, and the audit log's 1 s batches
 
     used, refused = _used(cluster)

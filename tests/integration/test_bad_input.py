@@ -386,6 +386,12 @@ RESOURCE_NAMES = (
     " <domain>/<name>) of at most 317 characters"
 )
 MEMORY = "spec.resources.limits.memory"
+MEMORY_MB = "spec.memoryMB"
+CONNECTIONS = "spec.maxConnections"
+ITEM = "spec.maxItemSize"
+ITEM_ABOVE_HALF = (
+    "maxItemSize must be at most half of memoryMB (memcached refuses to start otherwise)"
+)
 
 
 def errors(stderr: str) -> list[str]:
@@ -480,6 +486,70 @@ REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str | list[str]]] = [
         {"resources": {"requests": {f"example.com/r{i}": "1" for i in range(17)}}},
         "spec.resources.requests: Too many: 17: must have at most 16 items",
     ),
+    (
+        "memory-mb-0",
+        {"memoryMB": 0},
+        [
+            f"{MEMORY_MB}: Invalid value: 0: {MEMORY_MB} in body should be greater than or equal"
+            " to 1",
+            # The schema error does not stop the rule; the item size is defaulted to 1 MiB.
+            f"spec: Invalid value: {ITEM_ABOVE_HALF}",
+        ],
+    ),
+    (
+        "memory-mb-max-plus-1",
+        {"memoryMB": 1048577},
+        f"{MEMORY_MB}: Invalid value: 1048577: {MEMORY_MB} in body should be less than or equal"
+        " to 1048576",
+    ),
+    (
+        "connections-15",
+        {"maxConnections": 15},
+        f"{CONNECTIONS}: Invalid value: 15: {CONNECTIONS} in body should be greater than or"
+        " equal to 16",
+    ),
+    (
+        "connections-65537",
+        {"maxConnections": 65537},
+        f"{CONNECTIONS}: Invalid value: 65537: {CONNECTIONS} in body should be less than or"
+        " equal to 65536",
+    ),
+    (
+        "item-0",
+        {"maxItemSize": 0},
+        f"{ITEM}: Invalid value: 0: {ITEM} in body should be greater than or equal to 524288",
+    ),
+    (
+        "item-not-multiple",
+        {"maxItemSize": 1049600},
+        f"{ITEM}: Invalid value: 1049600: {ITEM} in body should be a multiple of 524288",
+    ),
+    (
+        "item-past-1gi",
+        {"maxItemSize": 1073741824 + 524288, "memoryMB": 1048576},
+        f"{ITEM}: Invalid value: 1074266112: {ITEM} in body should be less than or equal to"
+        " 1073741824",
+    ),
+    (
+        "item-above-half-memory",
+        {"maxItemSize": 1048576, "memoryMB": 1},
+        f"spec: Invalid value: {ITEM_ABOVE_HALF}",
+    ),
+    (
+        "exporter-image-513",
+        {"monitoring": {"enabled": True, "image": "i" * 513}},
+        "spec.monitoring.image: Too long: may not be more than 512 bytes",
+    ),
+    (
+        "exporter-image-upper",
+        {"monitoring": {"image": "Exporter"}},
+        pattern_error("spec.monitoring.image", "Exporter", IMAGE_PATTERN),
+    ),
+    (
+        "memory-mb-above-limit",
+        {"memoryMB": 129, **limits(memory="128Mi")},
+        "spec: Invalid value: memoryMB must not exceed resources.limits.memory",
+    ),
 ]
 
 
@@ -520,6 +590,13 @@ ACCEPTED_AT_THE_BOUNDS: list[tuple[str, dict[str, Any]]] = [
     ("extended", {"resources": {"requests": {"example.com/gpu": 1, "ephemeral-storage": "1e9"}}}),
     ("keys-16", {"resources": {"requests": {f"example.com/r{i}": "1" for i in range(16)}}}),
     ("key-317", limits(**{"e" * 253 + "/" + "n" * 63: "1"})),
+    ("memory-mb-1", {"memoryMB": 1, "maxItemSize": 524288}),
+    ("exporter-image-512", {"monitoring": {"enabled": True, "image": "i" * 512}}),
+    ("memory-mb-max-item-max", {"memoryMB": 1048576, "maxItemSize": 1073741824}),
+    ("connections-16", {"maxConnections": 16}),
+    ("connections-65536", {"maxConnections": 65536}),
+    ("memory-mb-at-limit", {"memoryMB": 128, **limits(memory="128Mi")}),
+    ("memory-mb-at-exact-limit", {"memoryMB": 2, **limits(memory=2097152)}),
 ]
 
 

@@ -171,13 +171,20 @@ def can_i(cluster: Cluster, account: str, verb: str, resource: str) -> bool:
 MEMCACHEDS = "memcacheds.cache.example.com"
 STATUS = "memcacheds.cache.example.com/status"
 DEPLOYMENTS = "deployments.apps"
+PDBS = "poddisruptionbudgets.policy"
 # What each service's code calls (tests/e2e/test_rbac.py derives it from the audit log of a run
 # and keeps the roles to it); the "can-i" view of the same, plus what each must not do.
 NEEDS = {
-    "watcher": [(v, r) for r in (MEMCACHEDS, DEPLOYMENTS, "pods") for v in ("list", "watch")],
+    "watcher": [
+        (v, r)
+        for r in (MEMCACHEDS, DEPLOYMENTS, "pods", PDBS, "services")
+        for v in ("list", "watch")
+    ],
     "reconciler": [
         ("get", MEMCACHEDS),
         *[(v, DEPLOYMENTS) for v in ("get", "create", "patch")],
+        *[(v, PDBS) for v in ("get", "create", "patch", "delete")],
+        *[(v, "services") for v in ("get", "create", "patch")],
     ],
     "status": [
         ("get", MEMCACHEDS),
@@ -194,10 +201,14 @@ FORBIDDEN = {
         ("patch", STATUS),
         ("create", "events.events.k8s.io"),
         ("update", MEMCACHEDS),
+        *[(v, PDBS) for v in ("get", "patch", "delete")],
+        *[(v, "services") for v in ("get", "patch", "delete")],
     ],
     "reconciler": [
         *[(v, MEMCACHEDS) for v in ("list", "watch", "delete", "update", "patch")],
         *[(v, DEPLOYMENTS) for v in ("list", "watch", "update", "delete")],
+        *[(v, PDBS) for v in ("list", "watch", "update")],
+        *[(v, "services") for v in ("list", "watch", "update", "delete")],
         ("patch", STATUS),
         ("list", "pods"),
         ("create", "events.events.k8s.io"),
@@ -207,6 +218,8 @@ FORBIDDEN = {
         ("update", STATUS),
         *[(v, DEPLOYMENTS) for v in ("get", "list", "watch", "create", "patch")],
         *[(v, "pods") for v in ("get", "watch", "delete")],
+        *[(v, PDBS) for v in ("list", "patch", "delete")],
+        *[(v, "services") for v in ("get", "list", "patch")],
         *[(v, "events") for v in ("create", "patch")],
         ("patch", "events.events.k8s.io"),
     ],

@@ -136,6 +136,8 @@ def test_status_has_no_defaults_and_conditions_are_a_map() -> None:
     properties = status["properties"]
     assert set(properties) == {
         "nodes",
+        "endpoints",
+        "endpointCount",
         "readyReplicas",
         "observedGeneration",
         "conditions",
@@ -168,6 +170,7 @@ def test_printer_columns() -> None:
     assert columns == {
         "Size": ("integer", ".spec.size"),
         "Ready": ("integer", ".status.readyReplicas"),
+        "Endpoints": ("integer", ".status.endpointCount"),
         "Available": ("string", '.status.conditions[?(@.type=="Available")].status'),
         "Age": ("date", ".metadata.creationTimestamp"),
     }
@@ -199,7 +202,7 @@ def test_every_cel_rule_has_a_message() -> None:
         for rule in node.get("x-kubernetes-validations", []):
             found += 1
             assert rule.get("message"), path
-    assert found == 7
+    assert found == 9
 
 
 def calls(rule: str, function: str) -> list[str]:
@@ -231,7 +234,7 @@ def test_every_quantity_a_rule_parses_is_matched_against_the_bounded_pattern_fir
                     guard = f"!{argument}.matches(r'{QUANTITY_PATTERN}') || "
                     assert guard in rule, (path, rule)
                     assert rule.index(guard) < rule.index(f"{function}({argument})"), rule
-    assert parsed == 12
+    assert parsed == 14
 
 
 def is_map(node: dict[str, Any]) -> bool:
@@ -256,7 +259,7 @@ def test_every_string_list_and_map_is_bounded() -> None:
         if is_map(node):
             assert "maxProperties" in node, path
             assert node.get("x-kubernetes-validations"), f"{path}: keys unchecked"
-    assert checked == 12
+    assert checked == 14
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from services.reconciler.desired import (
+    cache_memory_mb,
     desired_deployment,
     label_value,
     matches,
@@ -74,16 +75,7 @@ def as_served(desired: dict[str, Any]) -> dict[str, Any]:
     )
     live["metadata"]["labels"]["team"] = "a"
     spec = live["spec"]
-    spec.update(
-        {
-            "revisionHistoryLimit": 10,
-            "progressDeadlineSeconds": 600,
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
-            },
-        }
-    )
+    spec.update({"revisionHistoryLimit": 10, "progressDeadlineSeconds": 600})
     spec["template"]["metadata"]["creationTimestamp"] = None
     pod = spec["template"]["spec"]
     pod.update(
@@ -91,7 +83,6 @@ def as_served(desired: dict[str, Any]) -> dict[str, Any]:
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,
             "dnsPolicy": "ClusterFirst",
-            "securityContext": {},
             "schedulerName": "default-scheduler",
         }
     )
@@ -124,10 +115,106 @@ def test_deployment_shape() -> None:
     served = container(desired)
     assert served["name"] == "memcached"
     assert served["image"] == "memcached:1.6.39"
-    assert served["command"] == ["memcached", "-m=64", "-o", "modern", "-v"]
+    assert served["command"] == [
+        "memcached",
+        "-m",
+        "64",
+        "-c",
+        "1024",
+        "-I",
+        "1024k",
+        "-o",
+        "modern",
+        "-v",
+    ]
     assert served["ports"] == [{"name": "memcached", "containerPort": 11211, "protocol": "TCP"}]
     assert served["resources"] == {}
     assert "status" not in desired
+
+
+@pytest.mark.unit
+def test_pods_meet_pod_security_restricted() -> None:
+    pod = desired_deployment(memcached())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 11211
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for served in pod["containers"]:
+        context = served["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] != 0
+
+
+def memory_limit(value: int | str, **spec: Any) -> dict[str, Any]:
+    return {"resources": {"limits": {"memory": value}}, **spec}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("spec", "mb"),
+    [
+        ({}, 64),
+        # Requests alone say nothing of what the pod may use.
+        ({"resources": {"requests": {"memory": "1Gi"}}}, 64),
+        # 10 % overhead, at least 16 MiB.
+        (memory_limit("1Gi"), 1024 - 103),
+        (memory_limit("128Mi"), 128 - 16),
+        (memory_limit("160Mi"), 160 - 16),
+        (memory_limit("170Mi"), 170 - 17),
+        (memory_limit(1000 * 1000 * 1000), 953 - 96),
+        # A fraction of a MiB does not count.
+        (memory_limit("1.5Mi", maxItemSize=512 * 1024), 1),
+        # Too little for memcached to start: raised to twice the item size.
+        (memory_limit("16Mi"), 2),
+        (memory_limit("16Mi", maxItemSize=3 << 19), 3),
+        ({"maxItemSize": 64 << 20}, 128),
+        # A limit of exabytes is capped, not passed on.
+        (memory_limit("7Ei"), 1 << 20),
+        # memoryMB wins, at most the limit.
+        ({"memoryMB": 100}, 100),
+        (memory_limit("128Mi", memoryMB=128), 128),
+        (memory_limit("1Gi", memoryMB=2), 2),
+    ],
+)
+def test_cache_memory_comes_from_the_limit_or_memory_mb(spec: dict[str, Any], mb: int) -> None:
+    parsed = memcached(spec={"size": 1, **spec})
+    assert cache_memory_mb(parsed.spec) == mb
+    command = container(desired_deployment(parsed))["command"]
+    assert command[command.index("-m") + 1] == str(mb)
+
+
+@pytest.mark.unit
+def test_connections_and_item_size_come_from_the_spec() -> None:
+    spec = {"size": 1, "maxConnections": 4096, "maxItemSize": 5 << 19, "memoryMB": 512}
+    command = container(desired_deployment(memcached(spec=spec)))["command"]
+    assert command == [
+        "memcached",
+        "-m",
+        "512",
+        "-c",
+        "4096",
+        "-I",
+        "2560k",
+        "-o",
+        "modern",
+        "-v",
+    ]
+
+
+@pytest.mark.unit
+def test_rollouts_take_one_pod_at_a_time_and_pods_spread_over_nodes() -> None:
+    desired = desired_deployment(memcached())
+    assert desired["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    (spread,) = desired["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"] == {"matchLabels": desired["spec"]["selector"]["matchLabels"]}
 
 
 @pytest.mark.unit
@@ -278,6 +365,26 @@ def rename_container(live: dict[str, Any]) -> None:
     container(live)["name"] = "cache"
 
 
+def allow_escalation(live: dict[str, Any]) -> None:
+    container(live)["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+def run_as_root(live: dict[str, Any]) -> None:
+    live["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
+
+
+def mount_token(live: dict[str, Any]) -> None:
+    live["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+
+
+def surge(live: dict[str, Any]) -> None:
+    live["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = "25%"
+
+
+def drop_spread(live: dict[str, Any]) -> None:
+    del live["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "edit",
@@ -292,6 +399,11 @@ def rename_container(live: dict[str, Any]) -> None:
         drop_label,
         drop_owner,
         rename_container,
+        allow_escalation,
+        run_as_root,
+        mount_token,
+        surge,
+        drop_spread,
     ],
 )
 def test_edits_of_owned_fields_do_not_match(edit: Any) -> None:
@@ -336,3 +448,37 @@ def test_owned_by_with_other_non_controller_owners() -> None:
     live["metadata"]["ownerReferences"].insert(0, other)
     assert owned_by(live, UID)
     assert not owned_by(live, "other")
+
+
+MONITORED = {"size": 2, "monitoring": {"enabled": True}}
+
+
+@pytest.mark.unit
+def test_monitoring_adds_a_restricted_bounded_exporter_and_scrape_annotations() -> None:
+    desired = desired_deployment(memcached(spec=MONITORED))
+    template = desired["spec"]["template"]
+    exporter = template["spec"]["containers"][1]
+    assert exporter["name"] == "memcached-exporter"
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9150, "protocol": "TCP"}]
+    assert exporter["args"] == ["--memcached.address=localhost:11211"]
+    assert exporter["resources"]["limits"] == {"cpu": "100m", "memory": "32Mi"}
+    assert exporter["securityContext"]["allowPrivilegeEscalation"] is False
+    assert exporter["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9150"
+    assert matches(copy.deepcopy(desired), desired)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("off", [{"size": 2}, {"size": 2, "monitoring": {"enabled": False}}])
+def test_turning_monitoring_off_does_not_match_the_monitored_deployment(
+    off: dict[str, Any],
+) -> None:
+    live = copy.deepcopy(desired_deployment(memcached(spec=MONITORED)))
+    assert not matches(live, desired_deployment(memcached(spec=off)))
+    # An exporter someone else's sidecar injection added under another name is no difference.
+    unmonitored = desired_deployment(memcached(spec=off))
+    live = copy.deepcopy(unmonitored)
+    live["spec"]["template"]["spec"]["containers"].append({"name": "istio-proxy"})
+    assert matches(live, unmonitored)

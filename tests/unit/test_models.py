@@ -224,6 +224,13 @@ ACCEPTED_AT_THE_BOUNDS = [
     resources(requests={"example.com/gpu": 1, "ephemeral-storage": "1e9"}),
     resources(requests={f"example.com/r{i}": "1" for i in range(RESOURCES_MAX)}),
     resources(requests={"e" * 253 + "/" + "n" * 63: "1"}),
+    {"memoryMB": 1, "maxItemSize": 512 * 1024},
+    {"memoryMB": 1 << 20, "maxItemSize": 1 << 30},
+    {"maxConnections": 16},
+    {"maxConnections": 65536},
+    {"memoryMB": 128, **resources(limits={"memory": "128Mi"})},
+    {"memoryMB": 2, **resources(limits={"memory": 2 << 20})},
+    {"monitoring": {"enabled": True, "image": "i" * IMAGE_MAX_LENGTH}},
 ]
 
 
@@ -290,6 +297,29 @@ REJECTED_PAST_THE_BOUNDS = [
         ("resources", "requests"),
         "at most 16 items",
     ),
+    ({"memoryMB": 0}, ("memoryMB",), "greater than or equal to 1"),
+    (
+        {"monitoring": {"image": "i" * (IMAGE_MAX_LENGTH + 1)}},
+        ("monitoring", "image"),
+        "at most 512 characters",
+    ),
+    ({"monitoring": {"image": "Exporter"}}, ("monitoring", "image"), "pattern"),
+    ({"memoryMB": (1 << 20) + 1}, ("memoryMB",), "less than or equal to 1048576"),
+    ({"maxConnections": 15}, ("maxConnections",), "greater than or equal to 16"),
+    ({"maxConnections": 65537}, ("maxConnections",), "less than or equal to 65536"),
+    ({"maxItemSize": 0}, ("maxItemSize",), "greater than or equal to 524288"),
+    ({"maxItemSize": (1 << 30) + 524288}, ("maxItemSize",), "less than or equal to 1073741824"),
+    ({"maxItemSize": 1 << 20 | 1024}, ("maxItemSize",), "multiple of 524288"),
+    (
+        {"memoryMB": 1, "maxItemSize": 1 << 20},
+        (),
+        "maxItemSize must be at most half of memoryMB",
+    ),
+    (
+        {"memoryMB": 129, **resources(limits={"memory": "128Mi"})},
+        (),
+        "memoryMB must not exceed resources.limits.memory",
+    ),
 ]
 
 
@@ -322,6 +352,8 @@ def condition(**overrides: Any) -> dict[str, Any]:
 def test_status_round_trips_in_api_shape() -> None:
     status = {
         "nodes": ["cache-7d9f-abcde", "cache-7d9f-fghij"],
+        "endpoints": ["10.0.0.7:11211", "[fd00::7]:11211"],
+        "endpointCount": 2,
         "readyReplicas": 2,
         "observedGeneration": 2,
         "conditions": [condition()],
@@ -340,6 +372,8 @@ def test_status_round_trips_in_api_shape() -> None:
 def test_status_omits_unset_trace_id() -> None:
     assert MemcachedStatus().to_api() == {
         "nodes": [],
+        "endpoints": [],
+        "endpointCount": 0,
         "readyReplicas": 0,
         "observedGeneration": 0,
         "conditions": [],
@@ -424,9 +458,12 @@ def test_samples_are_valid(path: str, size: int) -> None:
 @pytest.mark.unit
 def test_sample_with_resources_has_requests_and_limits() -> None:
     obj = yaml.safe_load((ROOT / "deploy/samples/memcached-with-resources.yaml").read_text())
-    resources = Memcached.from_api(obj).spec.resources
+    spec = Memcached.from_api(obj).spec
+    resources = spec.resources
     assert resources is not None
     assert resources.requests and resources.limits
+    assert spec.max_connections == 2048
+    assert spec.max_item_size == 2 << 20
 
 
 @pytest.mark.unit

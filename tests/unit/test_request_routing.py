@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, cast
 
 import pytest
@@ -183,3 +184,42 @@ def test_pods_of_a_cr_whose_deployment_was_not_seen_always_ask(publisher: Publis
     routes(publisher, DEPLOYMENT, "added", with_ready(dep, 1))
     routes(publisher, DEPLOYMENT, "deleted", with_ready(dep, 1))
     assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
+
+
+PDB = Kind("pdb", owned=True)
+
+
+def test_a_disruption_budget_is_reconciled_on_drift_and_deletion_only(
+    publisher: Publisher,
+) -> None:
+    ours = deployment(generation=1, writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z")])
+    assert routes(publisher, PDB, "added", ours) == []
+    drifted = deployment(
+        generation=2,
+        writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z"), ("kubectl", "2025-03-01T10:01:00Z")],
+    )
+    assert routes(publisher, PDB, "modified", drifted) == [RECONCILE]
+    # Its status (the disruption controller's counts) is no reason to reconcile, nor does it
+    # show in the CR's status, unlike a Deployment's.
+    assert routes(publisher, PDB, "modified", drifted) == []
+    assert routes(publisher, PDB, "deleted", drifted) == [RECONCILE]
+
+
+SERVICE = Kind("service", owned=True)
+
+
+def test_a_service_without_a_generation_is_reconciled_when_its_spec_drifts(
+    publisher: Publisher,
+) -> None:
+    ours = deployment(generation=0, writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z")])
+    ours["spec"] = {"selector": {"app": "cache"}}
+    assert routes(publisher, SERVICE, "added", ours) == []
+    drifted = copy.deepcopy(ours)
+    drifted["spec"]["selector"] = {"app": "elsewhere"}
+    drifted["metadata"]["managedFields"].append(
+        {"manager": "kubectl", "operation": "Update", "time": "2025-03-01T10:01:00Z"}
+    )
+    assert routes(publisher, SERVICE, "modified", drifted) == [RECONCILE]
+    # The same spec again (a metadata-only edit): nothing to reconcile.
+    assert routes(publisher, SERVICE, "modified", drifted) == []
+    assert routes(publisher, SERVICE, "deleted", drifted) == [RECONCILE]
