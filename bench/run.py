@@ -489,6 +489,7 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
                 for t in metrics.values()
             ),
         }
+    out["reconcile_workers"] = _workers(metrics, "reconcile")
     out["api_requests_by_service"] = {
         role: metric_sum(text, "mcop_kube_api_requests_total") for role, text in metrics.items()
     }
@@ -503,6 +504,35 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
     out["status_refreshes"] = _by_labels(metrics, "mcop_status_writes_total", "result")
     out["pod_reads"] = _by_labels(metrics, "mcop_pod_reads_total", "source")
     return {k: v for k, v in out.items() if v}
+
+
+def _workers(metrics: dict[str, str], controller: str) -> dict[str, dict[str, float | None]]:
+    """Per worker process of ``controller``: its runs, its mean wait from publication to
+    delivery, for the lease, and to the handler's start (ms), and the seconds its free slots
+    waited for a request (idle): where a request waits when adding workers adds nothing."""
+    out: dict[str, dict[str, float | None]] = {}
+    for role, text in sorted(metrics.items()):
+        runs = metric_sum(text, "controller_runtime_reconcile_total", controller=controller)
+        if not runs:
+            continue
+        row: dict[str, float | None] = {"runs": runs}
+        for key, name in (
+            ("delivery_ms", "mcop_workqueue_delivery_duration_seconds"),
+            ("lease_ms", "mcop_workqueue_lease_wait_seconds"),
+            ("queue_ms", "mcop_workqueue_queue_duration_seconds"),
+        ):
+            total = metric_sum(text, f"{name}_sum", controller=controller)
+            count = metric_sum(text, f"{name}_count", controller=controller)
+            row[key] = round(total / count * 1000, 1) if count else None
+        busy = metric_sum(
+            text, "controller_runtime_reconcile_time_seconds_sum", controller=controller
+        )
+        row["busy_s"] = round(busy, 2)
+        row["idle_s"] = round(
+            metric_sum(text, "mcop_workqueue_idle_seconds_total", controller=controller), 2
+        )
+        out[role] = row
+    return out
 
 
 def _by_labels(metrics: dict[str, str], metric: str, *labels: str) -> dict[str, float]:
