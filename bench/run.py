@@ -8,6 +8,13 @@ to a real receiver (bench/otlp.py), and the watcher alone for 5,000 changes. Wit
 bench/results/ (JSON, Markdown, PNG); ``--rss-10k`` instead measures the services' memory with
 10,000 CRs in the cluster. The cluster, its processes and its state directory are removed at
 the end, whatever happens.
+
+``--scaling`` is the reconciler fleet's own scenario: 1, 2, 4 and 8 reconciler processes taking
+one request at a time (--concurrency 1) behind 50 ms of API latency, so that each worker waits
+on the API, not on a core. It measures the fleet alone: no status service, and the
+controller-manager paused (SIGSTOP) while the Deployments are written, so no rollouts, pods or
+status writes compete with it for the machine's two cores (on a real cluster they run on other
+machines); it is resumed before the namespace is deleted. ``--with-downstream`` keeps both.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -118,6 +126,12 @@ class Bench:
         await observer.deployments_done.wait()
         return cpu.stop()
 
+    def _pause_downstream(self, pause: bool) -> None:
+        """Stop or continue the controller-manager (rollouts: ReplicaSets, pods, their status)."""
+        pid = self.cluster.pids().get("kube-controller-manager")
+        if pid is not None:
+            os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
     async def scenario(self, name: str, contender: Contender) -> dict[str, Any]:
         n = self.args.n
         namespace = contender.namespace
@@ -134,14 +148,24 @@ class Bench:
         cpu = CpuMeter({**self.cluster.pids(), **contender.pids()})
         cpu.start()
         objs = [memcached(f"mc-{i:05d}", namespace) for i in range(n)]
-        t0 = time.monotonic()
-        created = await create_crs(
-            self.kube, objs, concurrency=self.args.create_concurrency, on_created=observer.created
-        )
-        t_created = time.monotonic() - t0
-        cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
-        complete = await observer.wait(timeout=self.args.timeout)
-        t_done = time.monotonic() - t0
+        isolated = self.args.scaling and not self.args.with_downstream
+        if isolated:
+            self._pause_downstream(True)
+        try:
+            t0 = time.monotonic()
+            created = await create_crs(
+                self.kube,
+                objs,
+                concurrency=self.args.create_concurrency,
+                on_created=observer.created,
+            )
+            t_created = time.monotonic() - t0
+            cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
+            complete = await observer.wait(timeout=self.args.timeout, need_available=not isolated)
+            t_done = time.monotonic() - t0
+        finally:
+            if isolated:
+                self._pause_downstream(False)
         requests_after = await asyncio.to_thread(self.cluster.operator_requests)
         peak = await rss.stop()
         cpu_s = cpu.stop()
@@ -320,13 +344,27 @@ class Bench:
         if a.repeat > 1:
             results["repetitions"] = repetitions
             results["ratios"] = ratio_spread(repetitions)
-        rates = {w: scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in (1, 2, 4)}
-        if rates[1] and rates[4]:
+        # Keys as strings, as they read back from the JSON.
+        rates = {str(w): scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in a.workers}
+        one = rates.get("1")
+        if one and len(rates) > 1:
             results["scaling"] = {
                 "crs_per_s": rates,
-                "speedup_1_to_2": round(rates[2] / rates[1], 3) if rates.get(2) else None,
-                "speedup_1_to_4": round(rates[4] / rates[1], 3),
+                "speedup": {w: _div(r, one) for w, r in rates.items()},
+                "speedup_1_to_2": _div(rates.get("2"), one),
+                "speedup_1_to_4": _div(rates.get("4"), one),
             }
+            if a.repeat > 1:
+                results["scaling"]["speedup_runs"] = {
+                    str(w): [
+                        _div(
+                            rep.get(f"pipeline-{w}", {}).get("crs_per_s"),
+                            rep.get("pipeline-1", {}).get("crs_per_s"),
+                        )
+                        for rep in repetitions
+                    ]
+                    for w in a.workers
+                }
         if not a.skip_tracing and "pipeline-4" in scenarios:
             results["tracing"] = await self.tracing(scenarios)
         if not a.skip_watcher:
@@ -357,6 +395,7 @@ class Bench:
                     workers=workers,
                     concurrency=a.concurrency,
                     status_concurrency=a.status_concurrency,
+                    status=not a.scaling or a.with_downstream,
                 ),
             )
         return scenarios
@@ -610,6 +649,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 stem = args.out or (
                     "latest" if not args.latency_ms else f"proxy-{args.latency_ms:g}ms"
                 )
+                if args.scaling and not args.out:
+                    stem = f"scaling-{stem}" + ("-downstream" if args.with_downstream else "")
         finally:
             await kube.close()
         results["meta"] = {
@@ -624,6 +665,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "status_concurrency": args.status_concurrency,
             "floor_concurrency": args.floor_concurrency,
             "repeat": args.repeat,
+            "scaling": args.scaling,
+            "with_downstream": args.with_downstream,
             "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
             "source": source,
         }
@@ -675,10 +718,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the contenders this many times, interleaved; the table shows each one's "
         "median run and the ratios' spread across repetitions",
     )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the reconciler fleet's scaling sweep: workers 1 2 4 8 at --concurrency 1 behind "
+        "50 ms of API latency (unless given), the fleet alone (see the module docstring)",
+    )
+    p.add_argument(
+        "--with-downstream",
+        action="store_true",
+        help="with --scaling: keep the status service and the controller-manager's rollouts",
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--out", help="file stem in the results dir (default latest / proxy-Nms)")
     p.add_argument("--keep", action="store_true", help="keep the state dir (logs) afterwards")
     args = p.parse_args(argv)
+    if args.scaling:
+        args.latency_ms = args.latency_ms or 50.0
+        args.concurrency = 1
+        if args.workers == p.get_default("workers"):
+            args.workers = [1, 2, 4, 8]
+        args.n = args.n if args.n != p.get_default("n") else 300
+        args.skip_kopf = args.skip_floor = args.skip_tracing = args.skip_watcher = True
     if not args.timeout:
         args.timeout = 120 + 0.5 * args.n
     return args
