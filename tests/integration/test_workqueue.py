@@ -502,6 +502,14 @@ async def test_workers_at_concurrency_one_share_the_requests_evenly_and_keep_bus
     runs = [f for f in workers.lines() if f[0] in ("start", "end")]
     assert_runs_never_overlap(runs)
     assert len(ended()) == n, "a request ran twice"
+    for name in names:
+        # Concurrency 1 holds per worker: a worker that took more than its free slots (pulled
+        # ahead) would run them at once, or make them wait while the others idle.
+        spans = sorted(
+            (float(f[5]), f[0]) for f in runs if f[2] == name and f[0] in ("start", "end")
+        )
+        kinds = [kind for _, kind in spans]
+        assert kinds == ["start", "end"] * (len(kinds) // 2), f"{name} ran two at once"
     shares = {name: sum(1 for f in ended() if f[2] == name) for name in names}
     for share in shares.values():
         assert n / 4 * 0.5 <= share <= n / 4 * 1.5, f"uneven shares: {shares}"
