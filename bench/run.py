@@ -163,17 +163,22 @@ class Bench:
             cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
             complete = await observer.wait(timeout=self.args.timeout, need_available=not isolated)
             t_done = time.monotonic() - t0
+            requests_after = await asyncio.to_thread(self.cluster.operator_requests)
+            peak = await rss.stop()
+            cpu_s = cpu.stop()
+            cpu_deployments = cpu_to_deployments.result() if cpu_to_deployments.done() else None
+            cpu_to_deployments.cancel()
+            metrics = contender.metrics()
+            await observer.stop()
+            contender.stop()
+            if isolated:
+                # Gone before the controller-manager wakes up: no rollouts of them to wait for.
+                await self.kube.request(
+                    "DELETE", DEPLOYMENT.path(namespace), resource="deployments"
+                )
         finally:
             if isolated:
                 self._pause_downstream(False)
-        requests_after = await asyncio.to_thread(self.cluster.operator_requests)
-        peak = await rss.stop()
-        cpu_s = cpu.stop()
-        cpu_deployments = cpu_to_deployments.result() if cpu_to_deployments.done() else None
-        cpu_to_deployments.cancel()
-        metrics = contender.metrics()
-        await observer.stop()
-        contender.stop()
         # Every scenario starts on a cluster as empty and as quiet as the first one's.
         cleanup = await delete_namespace(self.kube, namespace)
         quiet = await self.quiet_control_plane()
