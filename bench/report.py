@@ -138,8 +138,10 @@ def _scaling_lines(results: dict[str, Any]) -> list[str]:
     runs = scaling.get("speedup_runs") or {}
     lines = [
         "Reconciler fleet scaling (CRs/s to correct Deployments; each worker one request at a "
-        "time; per worker: reconciles, seconds spent in handlers and seconds its free slot "
-        "waited for a request, min-max over the workers):",
+        "time; per worker, from the first create until done: reconciles, seconds spent in "
+        "handlers, and seconds its free slot waited for a request (counted per fetch, so up to "
+        "the 1 s fetch time-out from before the first create), min-max over the workers; mean "
+        "API call: of the reconciler's GET memcacheds and PATCH deployments):",
         "",
         "| workers | CRs/s | vs 1 worker | ideal | each run's speed-up | reconciles per worker "
         "| busy s per worker | idle s per worker | mean reconcile (ms) | mean API call (ms) |",
@@ -305,6 +307,19 @@ def markdown(results: dict[str, Any]) -> str:
     if observed:
         samples = ", ".join(f"{k} {v}" for k, v in observed.items() if k != "note")
         lines.append(f"- 1-minute load average during the run ({observed.get('note')}): {samples}.")
+    if meta.get("scaling"):
+        lines.append(
+            "- Scaling sweep (`--scaling`): "
+            + (
+                "with the status service and the controller-manager's rollouts running."
+                if meta.get("with_downstream")
+                else "the reconciler fleet alone: 1 watcher and the reconcilers, no status "
+                "service, and the controller-manager paused (SIGSTOP) from the first create "
+                "until every Deployment is correct, so that no rollouts (ReplicaSets, pods, "
+                "their status) compete with the fleet for the machine's cores; the Deployments "
+                "are deleted before it continues. Time to correct Deployments only."
+            )
+        )
     if meta["latency_ms"]:
         lines.append(
             f"- Every contender reached the API server through bench/proxy.py, which delays "

@@ -152,6 +152,8 @@ class Bench:
         if isolated:
             self._pause_downstream(True)
         try:
+            # The workers' counters from here to done: where their time went during the burst.
+            metrics_at_start = contender.metrics()
             t0 = time.monotonic()
             created = await create_crs(
                 self.kube,
@@ -163,6 +165,7 @@ class Bench:
             cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
             complete = await observer.wait(timeout=self.args.timeout, need_available=not isolated)
             t_done = time.monotonic() - t0
+            metrics_at_done = contender.metrics()
             requests_after = await asyncio.to_thread(self.cluster.operator_requests)
             peak = await rss.stop()
             cpu_s = cpu.stop()
@@ -218,7 +221,10 @@ class Bench:
             "cpu_s": cpu_s,
             "namespace_deleted_s": round(cleanup, 1),
             "cpu_s_to_deployments": cpu_deployments,
-            "breakdown": _breakdown(metrics),
+            "breakdown": {
+                **_breakdown(metrics),
+                "reconcile_workers": _workers(metrics_at_start, metrics_at_done, "reconcile"),
+            },
             # Other work on the machine shows here: this is a 2-core machine shared with others.
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "latencies_deployment_s": [round(x, 4) for x in sorted(dep_lat)],
@@ -533,7 +539,6 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
                 for t in metrics.values()
             ),
         }
-    out["reconcile_workers"] = _workers(metrics, "reconcile")
     out["api_requests_by_service"] = {
         role: metric_sum(text, "mcop_kube_api_requests_total") for role, text in metrics.items()
     }
@@ -550,13 +555,23 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v}
 
 
-def _workers(metrics: dict[str, str], controller: str) -> dict[str, dict[str, float | None]]:
-    """Per worker process of ``controller``: its runs, its mean wait from publication to
-    delivery, for the lease, and to the handler's start (ms), and the seconds its free slots
-    waited for a request (idle): where a request waits when adding workers adds nothing."""
+def _workers(
+    start: dict[str, str], done: dict[str, str], controller: str
+) -> dict[str, dict[str, float | None]]:
+    """Per worker process of ``controller``, from the first create until done: its runs, its
+    mean wait from publication to delivery, for the lease, and to the handler's start (ms), the
+    seconds spent in handlers (busy) and the slot-seconds it waited for a request (idle):
+    where a request waits when adding workers adds nothing."""
     out: dict[str, dict[str, float | None]] = {}
-    for role, text in sorted(metrics.items()):
-        runs = metric_sum(text, "controller_runtime_reconcile_total", controller=controller)
+    for role, text in sorted(done.items()):
+        before = start.get(role, "")
+
+        def delta(name: str, text: str = text, before: str = before) -> float:
+            return metric_sum(text, name, controller=controller) - metric_sum(
+                before, name, controller=controller
+            )
+
+        runs = delta("controller_runtime_reconcile_total")
         if not runs:
             continue
         row: dict[str, float | None] = {"runs": runs}
@@ -565,16 +580,10 @@ def _workers(metrics: dict[str, str], controller: str) -> dict[str, dict[str, fl
             ("lease_ms", "mcop_workqueue_lease_wait_seconds"),
             ("queue_ms", "mcop_workqueue_queue_duration_seconds"),
         ):
-            total = metric_sum(text, f"{name}_sum", controller=controller)
-            count = metric_sum(text, f"{name}_count", controller=controller)
-            row[key] = round(total / count * 1000, 1) if count else None
-        busy = metric_sum(
-            text, "controller_runtime_reconcile_time_seconds_sum", controller=controller
-        )
-        row["busy_s"] = round(busy, 2)
-        row["idle_s"] = round(
-            metric_sum(text, "mcop_workqueue_idle_seconds_total", controller=controller), 2
-        )
+            count = delta(f"{name}_count")
+            row[key] = round(delta(f"{name}_sum") / count * 1000, 1) if count else None
+        row["busy_s"] = round(delta("controller_runtime_reconcile_time_seconds_sum"), 2)
+        row["idle_s"] = round(delta("mcop_workqueue_idle_seconds_total"), 2)
         out[role] = row
     return out
 
