@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -355,27 +356,9 @@ class Bench:
         if a.repeat > 1:
             results["repetitions"] = repetitions
             results["ratios"] = ratio_spread(repetitions)
-        # Keys as strings, as they read back from the JSON.
-        rates = {str(w): scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in a.workers}
-        one = rates.get("1")
-        if one and len(rates) > 1:
-            results["scaling"] = {
-                "crs_per_s": rates,
-                "speedup": {w: _div(r, one) for w, r in rates.items()},
-                "speedup_1_to_2": _div(rates.get("2"), one),
-                "speedup_1_to_4": _div(rates.get("4"), one),
-            }
-            if a.repeat > 1:
-                results["scaling"]["speedup_runs"] = {
-                    str(w): [
-                        _div(
-                            rep.get(f"pipeline-{w}", {}).get("crs_per_s"),
-                            rep.get("pipeline-1", {}).get("crs_per_s"),
-                        )
-                        for rep in repetitions
-                    ]
-                    for w in a.workers
-                }
+        scaling = scaling_summary(scenarios, repetitions, a.workers)
+        if scaling:
+            results["scaling"] = scaling
         if not a.skip_tracing and "pipeline-4" in scenarios:
             results["tracing"] = await self.tracing(scenarios)
         if not a.skip_watcher:
@@ -467,6 +450,38 @@ class Bench:
         }
 
 
+def scaling_summary(
+    scenarios: dict[str, Any], repetitions: list[dict[str, Any]], workers: list[int]
+) -> dict[str, Any] | None:
+    """CRs/s per worker count (the median runs') and the speed-up over 1 worker: the median
+    over the repetitions of each one's own ratio (ratios within one run are what a shared
+    machine lets us compare). Keys are strings, as they read back from the JSON."""
+    rates = {str(w): scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in workers}
+    if not rates.get("1") or len(rates) < 2:
+        return None
+    runs = {
+        str(w): [
+            _div(
+                rep.get(f"pipeline-{w}", {}).get("crs_per_s"),
+                rep.get("pipeline-1", {}).get("crs_per_s"),
+            )
+            for rep in repetitions
+        ]
+        for w in workers
+    }
+    speedup = {
+        w: round(statistics.median(xs), 3) if (xs := [x for x in r if x]) else None
+        for w, r in runs.items()
+    }
+    return {
+        "crs_per_s": rates,
+        "speedup": speedup,
+        "speedup_runs": runs,
+        "speedup_1_to_2": speedup.get("2"),
+        "speedup_1_to_4": speedup.get("4"),
+    }
+
+
 def median_runs(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
     """Per scenario, the repetition whose time to all Available is the median (a real run,
     so all of its figures belong together); the only one when there is one."""
@@ -474,7 +489,8 @@ def median_runs(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
     for name in repetitions[0]:
         runs = sorted(
             (rep[name] for rep in repetitions if name in rep),
-            key=lambda r: r.get("t_available") or float("inf"),
+            # The scaling sweep does not wait for Available: its time to Deployments then.
+            key=lambda r: r.get("t_available") or r.get("t_deployments") or float("inf"),
         )
         out[name] = runs[(len(runs) - 1) // 2]
     return out
