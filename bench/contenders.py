@@ -73,11 +73,13 @@ class Contender:
 
 @dataclass
 class Pipeline(Contender):
-    """This system: 1 watcher, 1 status service and `workers` reconciler processes."""
+    """This system: 1 watcher, 1 status service (unless not `status`) and `workers`
+    reconciler processes."""
 
     workers: int = 1
     concurrency: int = 8
     status_concurrency: int = 8
+    status: bool = True
 
     def _service(self, role: str, service: str, *args: str) -> None:
         port = free_port()
@@ -86,7 +88,8 @@ class Pipeline(Contender):
 
     async def start(self) -> None:
         self._service("watcher", "watcher", "--namespaces", self.namespace)
-        self._service("status", "status", "--concurrency", str(self.status_concurrency))
+        if self.status:
+            self._service("status", "status", "--concurrency", str(self.status_concurrency))
         for i in range(self.workers):
             self._service(f"reconciler-{i}", "reconciler", "--concurrency", str(self.concurrency))
         await asyncio.gather(

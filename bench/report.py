@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +101,23 @@ def _repetition_lines(results: dict[str, Any]) -> list[str]:
     ratios: dict[str, dict[str, list[float]]] = results.get("ratios") or {}
     if len(reps) < 2:
         return []
-    lines = [
-        f"Repeated {len(reps)} times, interleaved; the table above shows each scenario's median "
-        "run (by time to all Available). Ratios within each repetition, median (min to max):",
-        "",
-        "| scenario | this ÷ floor (Deployments) | this ÷ floor (Available) | kopf ÷ this (Available) |",
-        "|---|---:|---:|---:|",
-    ]
+    if not any(any(r.values()) for r in ratios.values()):
+        # No floor or kopf to compare with (the scaling sweep): only the runs.
+        lines = [
+            f"Repeated {len(reps)} times, interleaved; the tables show each scenario's median "
+            "run (by time to correct Deployments).",
+        ]
+        ratios = {}
+    else:
+        lines = [
+            f"Repeated {len(reps)} times, interleaved; the table above shows each scenario's "
+            "median run (by time to all Available). Ratios within each repetition, median "
+            "(min to max):",
+            "",
+            "| scenario | this ÷ floor (Deployments) | this ÷ floor (Available) "
+            "| kopf ÷ this (Available) |",
+            "|---|---:|---:|---:|",
+        ]
     for name, r in ratios.items():
         lines.append(
             f"| {name} | {_spread(r.get('floor_deployments'))} | "
@@ -120,6 +131,58 @@ def _repetition_lines(results: dict[str, Any]) -> list[str]:
             if name in rep
         )
         lines.append(f"- {name}: {runs}")
+    lines.append("")
+    return lines
+
+
+def _workers_of(scenarios: dict[str, Any]) -> list[int]:
+    return sorted(
+        int(name.split("-")[1]) for name in scenarios if re.fullmatch(r"pipeline-\d+", name)
+    )
+
+
+def _scaling_lines(results: dict[str, Any]) -> list[str]:
+    """The fleet's sweep: throughput against workers, and where each worker's time went."""
+    scenarios = results["scenarios"]
+    scaling = results["scaling"]
+    runs = scaling.get("speedup_runs") or {}
+    lines = [
+        "Reconciler fleet scaling (CRs/s to correct Deployments; each worker one request at a "
+        "time; per worker, from the first create until every Deployment is correct: "
+        "reconciles, and the share of that time its handler ran, min-max over the workers; "
+        "mean API call: of the reconciler's GET memcacheds and PATCH deployments):",
+        "",
+        "| workers | CRs/s | vs 1 worker (median of the runs') | ideal | each run's speed-up | reconciles per worker "
+        "| busy | mean reconcile (ms) | mean API call (ms) |",
+        "|---:|---:|---:|---:|---|---|---|---:|---:|",
+    ]
+    for w in _workers_of(scenarios):
+        s = scenarios[f"pipeline-{w}"]
+        wall = s.get("t_deployments") or 0.0
+        per = {
+            role: {**row, "busy_pct": 100 * (row.get("busy_s") or 0) / wall if wall else None}
+            for role, row in ((s.get("breakdown") or {}).get("reconcile_workers") or {}).items()
+        }
+
+        def span(key: str, digits: int = 0, rows: dict[str, dict[str, Any]] = per) -> str:
+            values = [r[key] for r in rows.values() if r.get(key) is not None]
+            if not values:
+                return "-"
+            lo, hi = min(values), max(values)
+            return f"{lo:.{digits}f}" if lo == hi else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+        api = (s.get("breakdown") or {}).get("api_mean_ms_by_call") or {}
+        calls = [api[c] for c in ("GET memcacheds", "PATCH deployments") if c in api]
+        each = runs.get(str(w)) or []
+        speedup = (scaling.get("speedup") or {}).get(str(w))
+        lines.append(
+            f"| {w} | {_fmt(s.get('crs_per_s'))} | "
+            f"{_fmt(speedup, 2)}x"
+            f" | {w}x | {', '.join(f'{x:.2f}x' for x in each if x) or '-'} | {span('runs')} | "
+            f"{span('busy_pct')} % | "
+            f"{_fmt((s.get('breakdown') or {}).get('reconcile', {}).get('mean_run_ms'), 0)} | "
+            f"{_fmt(sum(calls) / len(calls), 0) if calls else '-'} |"
+        )
     lines.append("")
     return lines
 
@@ -183,7 +246,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     lines += _repetition_lines(results)
     scaling = results.get("scaling")
-    if scaling:
+    if scaling and meta.get("scaling"):
+        lines += _scaling_lines(results)
+    elif scaling and scaling.get("speedup_1_to_4"):
         two = scaling.get("speedup_1_to_2")
         lines.append(
             f"Horizontal scaling (CRs/s to correct Deployments): 1 → 4 workers "
@@ -255,6 +320,19 @@ def markdown(results: dict[str, Any]) -> str:
     if observed:
         samples = ", ".join(f"{k} {v}" for k, v in observed.items() if k != "note")
         lines.append(f"- 1-minute load average during the run ({observed.get('note')}): {samples}.")
+    if meta.get("scaling"):
+        lines.append(
+            "- Scaling sweep (`--scaling`): "
+            + (
+                "with the status service and the controller-manager's rollouts running."
+                if meta.get("with_downstream")
+                else "the reconciler fleet alone: 1 watcher and the reconcilers, no status "
+                "service, and the controller-manager paused (SIGSTOP) from the first create "
+                "until every Deployment is correct, so that no rollouts (ReplicaSets, pods, "
+                "their status) compete with the fleet for the machine's cores; the Deployments "
+                "are deleted before it continues. Time to correct Deployments only."
+            )
+        )
     if meta["latency_ms"]:
         lines.append(
             f"- Every contender reached the API server through bench/proxy.py, which delays "
@@ -291,13 +369,17 @@ def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[P
     fig.savefig(latency_png, dpi=110)
     plt.close(fig)
 
-    scaling_png = out_dir / f"scaling{suffix}.png"
+    return [latency_png, scaling_plot(results, out_dir / f"scaling{suffix}.png")]
+
+
+def scaling_plot(results: dict[str, Any], scaling_png: Path) -> Path:
+    scenarios = results["scenarios"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    workers = [w for w in (1, 2, 4) if f"pipeline-{w}" in scenarios]
-    tput = [scenarios[f"pipeline-{w}"].get("crs_per_s") or 0 for w in workers]
+    workers = [w for w in _workers_of(scenarios) if scenarios[f"pipeline-{w}"].get("crs_per_s")]
+    tput = [scenarios[f"pipeline-{w}"]["crs_per_s"] for w in workers]
     if workers:
         ax.plot(workers, tput, "o-", label="this system")
-        ax.plot(workers, [tput[0] * w for w in workers], ":", color="gray", label="linear")
+        ax.plot(workers, [tput[0] * w for w in workers], ":", color="gray", label="ideal (linear)")
     for name, style in (("kopf", "--"), ("floor", "-.")):
         if scenarios.get(name, {}).get("crs_per_s"):
             ax.axhline(
@@ -306,7 +388,7 @@ def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[P
                 color="C3" if name == "kopf" else "C2",
                 label=name,
             )
-    ax.set_xticks([1, 2, 4])
+    ax.set_xticks(workers or [1, 2, 4])
     ax.set_xlabel("reconciler processes")
     ax.set_ylabel("CRs/s to correct Deployments")
     ax.set_title(f"Throughput against workers (API latency {results['meta']['latency_ms']:g} ms)")
@@ -315,18 +397,26 @@ def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[P
     fig.tight_layout()
     fig.savefig(scaling_png, dpi=110)
     plt.close(fig)
-    return [latency_png, scaling_png]
+    return scaling_png
 
 
 def write(results: dict[str, Any], out_dir: Path, *, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if stem == "latest" else f"-{stem}"
+    if results.get("meta", {}).get("scaling"):
+        # A summary only: no per-object samples in the committed results.
+        for runs in (results["scenarios"], *results.get("repetitions", [])):
+            for s in runs.values():
+                s.pop("latencies_deployment_s", None)
+                s.pop("latencies_available_s", None)
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(results, indent=1))
     md_path = out_dir / f"{stem}.md"
     md_path.write_text(markdown(results))
     if not results["scenarios"]:
         return [json_path, md_path]
+    if results["meta"].get("scaling"):
+        return [json_path, md_path, scaling_plot(results, out_dir / f"{stem}.png")]
     return [json_path, md_path, *plots(results, out_dir, suffix=suffix)]
 
 

@@ -8,6 +8,13 @@ to a real receiver (bench/otlp.py), and the watcher alone for 5,000 changes. Wit
 bench/results/ (JSON, Markdown, PNG); ``--rss-10k`` instead measures the services' memory with
 10,000 CRs in the cluster. The cluster, its processes and its state directory are removed at
 the end, whatever happens.
+
+``--scaling`` is the reconciler fleet's own scenario: 1, 2, 4 and 8 reconciler processes taking
+one request at a time (--concurrency 1) behind 50 ms of API latency, so that each worker waits
+on the API, not on a core. It measures the fleet alone: no status service, and the
+controller-manager paused (SIGSTOP) while the Deployments are written, so no rollouts, pods or
+status writes compete with it for the machine's two cores (on a real cluster they run on other
+machines); it is resumed before the namespace is deleted. ``--with-downstream`` keeps both.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -118,6 +127,12 @@ class Bench:
         await observer.deployments_done.wait()
         return cpu.stop()
 
+    def _pause_downstream(self, pause: bool) -> None:
+        """Stop or continue the controller-manager (rollouts: ReplicaSets, pods, their status)."""
+        pid = self.cluster.pids().get("kube-controller-manager")
+        if pid is not None:
+            os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
     async def scenario(self, name: str, contender: Contender) -> dict[str, Any]:
         n = self.args.n
         namespace = contender.namespace
@@ -134,22 +149,40 @@ class Bench:
         cpu = CpuMeter({**self.cluster.pids(), **contender.pids()})
         cpu.start()
         objs = [memcached(f"mc-{i:05d}", namespace) for i in range(n)]
-        t0 = time.monotonic()
-        created = await create_crs(
-            self.kube, objs, concurrency=self.args.create_concurrency, on_created=observer.created
-        )
-        t_created = time.monotonic() - t0
-        cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
-        complete = await observer.wait(timeout=self.args.timeout)
-        t_done = time.monotonic() - t0
-        requests_after = await asyncio.to_thread(self.cluster.operator_requests)
-        peak = await rss.stop()
-        cpu_s = cpu.stop()
-        cpu_deployments = cpu_to_deployments.result() if cpu_to_deployments.done() else None
-        cpu_to_deployments.cancel()
-        metrics = contender.metrics()
-        await observer.stop()
-        contender.stop()
+        isolated = self.args.scaling and not self.args.with_downstream
+        if isolated:
+            self._pause_downstream(True)
+        try:
+            # The workers' counters from here to done: where their time went during the burst.
+            metrics_at_start = contender.metrics()
+            t0 = time.monotonic()
+            created = await create_crs(
+                self.kube,
+                objs,
+                concurrency=self.args.create_concurrency,
+                on_created=observer.created,
+            )
+            t_created = time.monotonic() - t0
+            cpu_to_deployments = asyncio.create_task(self._cpu_when_deployed(observer, cpu))
+            complete = await observer.wait(timeout=self.args.timeout, need_available=not isolated)
+            t_done = time.monotonic() - t0
+            metrics_at_done = contender.metrics()
+            requests_after = await asyncio.to_thread(self.cluster.operator_requests)
+            peak = await rss.stop()
+            cpu_s = cpu.stop()
+            cpu_deployments = cpu_to_deployments.result() if cpu_to_deployments.done() else None
+            cpu_to_deployments.cancel()
+            metrics = contender.metrics()
+            await observer.stop()
+            contender.stop()
+            if isolated:
+                # Gone before the controller-manager wakes up: no rollouts of them to wait for.
+                await self.kube.request(
+                    "DELETE", DEPLOYMENT.path(namespace), resource="deployments"
+                )
+        finally:
+            if isolated:
+                self._pause_downstream(False)
         # Every scenario starts on a cluster as empty and as quiet as the first one's.
         cleanup = await delete_namespace(self.kube, namespace)
         quiet = await self.quiet_control_plane()
@@ -189,7 +222,10 @@ class Bench:
             "cpu_s": cpu_s,
             "namespace_deleted_s": round(cleanup, 1),
             "cpu_s_to_deployments": cpu_deployments,
-            "breakdown": _breakdown(metrics),
+            "breakdown": {
+                **_breakdown(metrics),
+                "reconcile_workers": _workers(metrics_at_start, metrics_at_done, "reconcile"),
+            },
             # Other work on the machine shows here: this is a 2-core machine shared with others.
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "latencies_deployment_s": [round(x, 4) for x in sorted(dep_lat)],
@@ -320,13 +356,9 @@ class Bench:
         if a.repeat > 1:
             results["repetitions"] = repetitions
             results["ratios"] = ratio_spread(repetitions)
-        rates = {w: scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in (1, 2, 4)}
-        if rates[1] and rates[4]:
-            results["scaling"] = {
-                "crs_per_s": rates,
-                "speedup_1_to_2": round(rates[2] / rates[1], 3) if rates.get(2) else None,
-                "speedup_1_to_4": round(rates[4] / rates[1], 3),
-            }
+        scaling = scaling_summary(scenarios, repetitions, a.workers)
+        if scaling:
+            results["scaling"] = scaling
         if not a.skip_tracing and "pipeline-4" in scenarios:
             results["tracing"] = await self.tracing(scenarios)
         if not a.skip_watcher:
@@ -357,6 +389,7 @@ class Bench:
                     workers=workers,
                     concurrency=a.concurrency,
                     status_concurrency=a.status_concurrency,
+                    status=not a.scaling or a.with_downstream,
                 ),
             )
         return scenarios
@@ -417,6 +450,38 @@ class Bench:
         }
 
 
+def scaling_summary(
+    scenarios: dict[str, Any], repetitions: list[dict[str, Any]], workers: list[int]
+) -> dict[str, Any] | None:
+    """CRs/s per worker count (the median runs') and the speed-up over 1 worker: the median
+    over the repetitions of each one's own ratio (ratios within one run are what a shared
+    machine lets us compare). Keys are strings, as they read back from the JSON."""
+    rates = {str(w): scenarios.get(f"pipeline-{w}", {}).get("crs_per_s") for w in workers}
+    if not rates.get("1") or len(rates) < 2:
+        return None
+    runs = {
+        str(w): [
+            _div(
+                rep.get(f"pipeline-{w}", {}).get("crs_per_s"),
+                rep.get("pipeline-1", {}).get("crs_per_s"),
+            )
+            for rep in repetitions
+        ]
+        for w in workers
+    }
+    speedup = {
+        w: round(statistics.median(xs), 3) if (xs := [x for x in r if x]) else None
+        for w, r in runs.items()
+    }
+    return {
+        "crs_per_s": rates,
+        "speedup": speedup,
+        "speedup_runs": runs,
+        "speedup_1_to_2": speedup.get("2"),
+        "speedup_1_to_4": speedup.get("4"),
+    }
+
+
 def median_runs(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
     """Per scenario, the repetition whose time to all Available is the median (a real run,
     so all of its figures belong together); the only one when there is one."""
@@ -424,7 +489,8 @@ def median_runs(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
     for name in repetitions[0]:
         runs = sorted(
             (rep[name] for rep in repetitions if name in rep),
-            key=lambda r: r.get("t_available") or float("inf"),
+            # The scaling sweep does not wait for Available: its time to Deployments then.
+            key=lambda r: r.get("t_available") or r.get("t_deployments") or float("inf"),
         )
         out[name] = runs[(len(runs) - 1) // 2]
     return out
@@ -505,6 +571,39 @@ def _breakdown(metrics: dict[str, str]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v}
 
 
+def _workers(
+    start: dict[str, str], done: dict[str, str], controller: str
+) -> dict[str, dict[str, float | None]]:
+    """Per worker process of ``controller``, from the first create until done: its runs, its
+    mean wait from publication to delivery, for the lease, and to the handler's start (ms), the
+    seconds spent in handlers (busy) and the slot-seconds it waited for a request (idle):
+    where a request waits when adding workers adds nothing."""
+    out: dict[str, dict[str, float | None]] = {}
+    for role, text in sorted(done.items()):
+        before = start.get(role, "")
+
+        def delta(name: str, text: str = text, before: str = before) -> float:
+            return metric_sum(text, name, controller=controller) - metric_sum(
+                before, name, controller=controller
+            )
+
+        runs = delta("controller_runtime_reconcile_total")
+        if not runs:
+            continue
+        row: dict[str, float | None] = {"runs": runs}
+        for key, name in (
+            ("delivery_ms", "mcop_workqueue_delivery_duration_seconds"),
+            ("lease_ms", "mcop_workqueue_lease_wait_seconds"),
+            ("queue_ms", "mcop_workqueue_queue_duration_seconds"),
+        ):
+            count = delta(f"{name}_count")
+            row[key] = round(delta(f"{name}_sum") / count * 1000, 1) if count else None
+        row["busy_s"] = round(delta("controller_runtime_reconcile_time_seconds_sum"), 2)
+        row["idle_s"] = round(delta("mcop_workqueue_idle_seconds_total"), 2)
+        out[role] = row
+    return out
+
+
 def _by_labels(metrics: dict[str, str], metric: str, *labels: str) -> dict[str, float]:
     """A counter's total over all processes, by the values of ``labels`` ("GET pods": 12)."""
     totals: dict[str, float] = {}
@@ -580,6 +679,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 stem = args.out or (
                     "latest" if not args.latency_ms else f"proxy-{args.latency_ms:g}ms"
                 )
+                if args.scaling and not args.out:
+                    stem = f"scaling-{stem}" + ("-downstream" if args.with_downstream else "")
         finally:
             await kube.close()
         results["meta"] = {
@@ -594,6 +695,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "status_concurrency": args.status_concurrency,
             "floor_concurrency": args.floor_concurrency,
             "repeat": args.repeat,
+            "scaling": args.scaling,
+            "with_downstream": args.with_downstream,
             "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
             "source": source,
         }
@@ -645,10 +748,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the contenders this many times, interleaved; the table shows each one's "
         "median run and the ratios' spread across repetitions",
     )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the reconciler fleet's scaling sweep: workers 1 2 4 8 at --concurrency 1 behind "
+        "50 ms of API latency (unless given), the fleet alone (see the module docstring)",
+    )
+    p.add_argument(
+        "--with-downstream",
+        action="store_true",
+        help="with --scaling: keep the status service and the controller-manager's rollouts",
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--out", help="file stem in the results dir (default latest / proxy-Nms)")
     p.add_argument("--keep", action="store_true", help="keep the state dir (logs) afterwards")
     args = p.parse_args(argv)
+    if args.scaling:
+        args.latency_ms = args.latency_ms or 50.0
+        args.concurrency = 1
+        if args.workers == p.get_default("workers"):
+            args.workers = [1, 2, 4, 8]
+        args.n = args.n if args.n != p.get_default("n") else 300
+        args.skip_kopf = args.skip_floor = args.skip_tracing = args.skip_watcher = True
     if not args.timeout:
         args.timeout = 120 + 0.5 * args.n
     return args

@@ -451,6 +451,13 @@ class KeyedWorkQueue:
         )
         metrics.max_concurrent_reconciles.labels(self.controller).set(self._concurrency)
         metrics.active_workers.labels(self.controller)  # exported as 0 from the start
+        for family in (
+            metrics.worker_queue_duration_seconds,
+            metrics.delivery_duration_seconds,
+            metrics.lease_wait_seconds,
+            metrics.idle_seconds_total,
+        ):
+            family.labels(self.controller, self.worker_id)
         for kind in (TRANSIENT, FAILURE):
             retries_total.labels(self.controller, kind)
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
@@ -543,9 +550,11 @@ class KeyedWorkQueue:
                 self._slot_freed.clear()
                 await self._wait(self._slot_freed, self._stopping, within=None)
                 continue
+            fetching = time.monotonic()
             try:
                 msgs = await self._psub.fetch(batch=free, timeout=self._fetch_timeout)
             except TimeoutError:
+                self._idle(free, since=fetching)
                 continue  # nothing to do (nats.errors.TimeoutError is one of these)
             except Exception as err:
                 failures += 1
@@ -562,11 +571,17 @@ class KeyedWorkQueue:
                     "fetching requests of %s again after %d failures", self.controller, failures
                 )
                 failures = 0
+            self._idle(free, since=fetching)
             progress.TRACKER.progressed()  # liveness: requests are being taken
             for msg in msgs:
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
+
+    def _idle(self, free: int, *, since: float) -> None:
+        """Count the slot-seconds ``free`` slots waited in one fetch."""
+        waited = time.monotonic() - since
+        metrics.idle_seconds_total.labels(self.controller, self.worker_id).inc(free * waited)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -706,6 +721,11 @@ class KeyedWorkQueue:
         if self._stopping.is_set():
             await self._settle(msg, "nak")
             return
+        queued_since = max(request.published_at.timestamp(), not_before or 0.0)
+        delivered = time.time()
+        metrics.delivery_duration_seconds.labels(self.controller, self.worker_id).observe(
+            max(0.0, delivered - queued_since)
+        )
 
         # No newest-request check before the first lease attempt: a request was the newest of
         # its object when it was delivered a moment ago (the stream keeps one per subject), so
@@ -721,15 +741,19 @@ class KeyedWorkQueue:
             # NATS failing under the lease: not the request's fault either.
             await self._retry_transient(msg, request, transient)
             return
+        metrics.lease_wait_seconds.labels(self.controller, self.worker_id).observe(
+            time.time() - delivered
+        )
         if held is None:
             return
         try:
             if held.waited and await self._superseded(msg):
                 await self._let_go(msg)
                 return
-            queued_since = max(request.published_at.timestamp(), not_before or 0.0)
-            metrics.workqueue_queue_duration_seconds.labels(self.controller).observe(
-                max(0.0, time.time() - queued_since)
+            queued = max(0.0, time.time() - queued_since)
+            metrics.workqueue_queue_duration_seconds.labels(self.controller).observe(queued)
+            metrics.worker_queue_duration_seconds.labels(self.controller, self.worker_id).observe(
+                queued
             )
             await self._run(msg, request, held)
         finally:

@@ -251,7 +251,7 @@ def assert_runs_never_overlap(lines: list[list[str]]) -> dict[str, list[list[str
             expected = "start" if i % 2 == 0 else "end"
             assert event[0] == expected, f"runs of {key} overlap: {events[max(0, i - 2) : i + 1]}"
             if expected == "end":
-                assert event[2:] == events[i - 1][2:], f"interleaved runs of {key}: {events}"
+                assert event[2:5] == events[i - 1][2:5], f"interleaved runs of {key}: {events}"
     return per_key
 
 
@@ -477,6 +477,50 @@ async def test_runs_of_one_key_never_overlap_across_processes(
     for key, n in last.items():
         assert per_key[key][-1][4] == str(n), f"a run of {key} after its newest request"
     assert len({f[2] for events in per_key.values() for f in events}) >= 2, "one worker did all"
+
+
+async def test_workers_at_concurrency_one_share_the_requests_evenly_and_keep_busy(
+    nc: Client, controller: str, workers: Workers
+) -> None:
+    """Adding a worker adds its share: 4 processes taking one request at a time split N
+    requests for distinct objects about evenly, and finish in about a quarter of the time the
+    handlers take (the fleet's time against the handlers' own, both measured in this run)."""
+    js = nc.jetstream()
+    names = ["w1", "w2", "w3", "w4"]
+    for name in names:
+        workers.start(name, "--sleep", "0.2", "--concurrency", "1")
+    await workers.ready(*names)
+
+    n = 80
+    for i in range(n):
+        await enqueue(js, controller=controller, key=ObjectKey("ns", f"obj.{i}"), body=body(i))
+
+    def ended() -> list[list[str]]:
+        return [f for f in workers.lines() if f[0] == "end"]
+
+    await eventually(lambda: len(ended()) >= n, within=60, what=f"{n} runs")
+    runs = [f for f in workers.lines() if f[0] in ("start", "end")]
+    assert_runs_never_overlap(runs)
+    assert len(ended()) == n, "a request ran twice"
+    for name in names:
+        # Concurrency 1 holds per worker: a worker that took more than its free slots (pulled
+        # ahead) would run them at once, or make them wait while the others idle.
+        spans = sorted(
+            (float(f[5]), f[0]) for f in runs if f[2] == name and f[0] in ("start", "end")
+        )
+        kinds = [kind for _, kind in spans]
+        assert kinds == ["start", "end"] * (len(kinds) // 2), f"{name} ran two at once"
+    shares = {name: sum(1 for f in ended() if f[2] == name) for name in names}
+    for share in shares.values():
+        assert n / 4 * 0.5 <= share <= n / 4 * 1.5, f"uneven shares: {shares}"
+
+    starts = {f[1]: float(f[5]) for f in runs if f[0] == "start"}
+    handler_time = sum(float(f[5]) - starts[f[1]] for f in ended())
+    fleet_time = max(float(f[5]) for f in ended()) - min(starts.values())
+    assert fleet_time <= 1.3 * handler_time / 4, (
+        f"{n} runs took {fleet_time:.2f} s on 4 workers, {fleet_time / (handler_time / 4):.2f}"
+        f" times a quarter of the handlers' {handler_time:.2f} s (shares {shares})"
+    )
 
 
 # -- d. retries and permanent errors ----------------------------------------------------------

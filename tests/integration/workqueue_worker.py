@@ -1,7 +1,8 @@
 """A worker process for the work-queue tests: a KeyedWorkQueue whose handler records its runs.
 
-Every run appends ``start <key> <worker> <delivery> <n>`` and, unless killed, ``end ...`` to
-the log file given as an argument (``n`` is the request body's ``n``). Each line is one write to
+Every run appends ``start <key> <worker> <delivery> <n> <time>`` and, unless killed, ``end
+...`` to the log file given as an argument (``n`` is the request body's ``n``, ``time`` the
+wall clock in seconds, so a test can set the handlers' own time against the fleet's). Each line is one write to
 a file opened with O_APPEND, so the lines of several processes interleave in the order they
 happened: a test can check that the runs of one key never overlap anywhere in the fleet.
 SIGTERM stops the queue the way the services do, and the process exits 0. With ``--crash`` the
@@ -16,6 +17,7 @@ import asyncio
 import os
 import random
 import signal
+import time
 
 import nats
 
@@ -42,7 +44,7 @@ async def run(args: argparse.Namespace) -> None:
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def record(event: str, key: object = "-", delivery: int = 0, n: object = "-") -> None:
-        os.write(fd, f"{event} {key} {args.worker} {delivery} {n}\n".encode())
+        os.write(fd, f"{event} {key} {args.worker} {delivery} {n} {time.time():.6f}\n".encode())
 
     async def handler(request: Request) -> Result:
         n = request.payload().get("n", "-")
