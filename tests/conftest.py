@@ -129,6 +129,10 @@ class Cluster:
             timeout=60,
         )
 
+    def get_mc(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Memcached as `kubectl get mc -o json` shows it."""
+        return dict(self.kubectl_json("get", "mc", "-n", namespace, name))
+
     def apply_memcached(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """`kubectl apply` a Memcached, as a user would."""
         body = {

@@ -160,3 +160,11 @@ async def create_many(
         await asyncio.gather(*(one(o) for o in objs))
     finally:
         await kube.close()
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The condition ``type_`` of an object's status ({} when it has none)."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}

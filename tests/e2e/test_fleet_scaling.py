@@ -31,12 +31,10 @@ from tests.conftest import Cluster
 from tests.e2e.test_reconciler import (
     assert_no_overlap,
     converged,
-    cr,
-    create_many,
     dead_letters,
     outcomes,
 )
-from tests.support import Services, wait_for
+from tests.support import Services, create_many, memcached_manifest, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +75,11 @@ def test_throughput_follows_reconcilers_started_and_stopped_during_a_burst(
 
         worker(0)
         time.sleep(3)  # the first worker is ready before the burst
-        asyncio.run(create_many(cluster, [cr(f"mc-{i:03d}", namespace) for i in range(N)]))
+        asyncio.run(
+            create_many(
+                cluster.kubeconfig, [memcached_manifest(f"mc-{i:03d}", namespace) for i in range(N)]
+            )
+        )
         phases = [datetime.now(UTC)]
         time.sleep(12)
         phases.append(datetime.now(UTC))

@@ -23,7 +23,7 @@ import pytest
 from shared import subjects
 from shared.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
-from tests.support import Services, await_for, read_stream, wait_for
+from tests.support import Services, await_for, condition, read_stream, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +32,6 @@ def pipeline(services: Services, namespace: str, **watcher_env: str) -> None:
     services.start("watcher", "--namespaces", namespace, name="watcher", **watcher_env)
     services.start("reconciler", name="reconciler-0")
     services.start("status", name="status-0")
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def get_mc(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(cluster.kubectl_json("get", "mc", "-n", namespace, name))
 
 
 def events_about(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -72,7 +61,7 @@ def test_pods_refused_by_a_limit_range_make_the_cr_degraded_with_the_apis_reason
 
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "greedy"))
+            (m := cluster.get_mc(namespace, "greedy"))
             and condition(m, "Degraded").get("status") == "True"
             and m
         ),
@@ -115,7 +104,7 @@ def test_pods_refused_by_a_limit_range_make_the_cr_degraded_with_the_apis_reason
     )
     fixed = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "greedy"))
+            (m := cluster.get_mc(namespace, "greedy"))
             and condition(m, "Available").get("status") == "True"
             and condition(m, "Degraded").get("status") == "False"
             and m
@@ -158,7 +147,7 @@ def test_a_scale_past_the_namespaces_pod_quota_is_degraded_and_recovers(
     cluster.kubectl("scale", "-n", namespace, "mc/grows", "--replicas=2")
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "grows"))
+            (m := cluster.get_mc(namespace, "grows"))
             and condition(m, "Degraded").get("status") == "True"
             and m
         ),
@@ -191,7 +180,7 @@ def test_a_scale_past_the_namespaces_pod_quota_is_degraded_and_recovers(
     cluster.kubectl("scale", "-n", namespace, "mc/grows", "--replicas=1")
     wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "grows"))
+            (m := cluster.get_mc(namespace, "grows"))
             and condition(m, "Degraded").get("status") == "False"
             and condition(m, "Available").get("status") == "True"
         ),
@@ -267,7 +256,7 @@ async def test_a_dead_lettered_cr_says_so_and_resync_leaves_it_alone_until_its_s
 
         mc = await await_for(
             lambda: (
-                (m := get_mc(cluster, namespace, "poisoned"))
+                (m := cluster.get_mc(namespace, "poisoned"))
                 and condition(m, "Degraded").get("reason") == "DeadLettered"
                 and m
             ),
@@ -293,7 +282,7 @@ async def test_a_dead_lettered_cr_says_so_and_resync_leaves_it_alone_until_its_s
             what="three more resyncs",
         )
         assert counter.counts["poisoned"] == before.get("poisoned", 0), counter.counts
-        assert condition(get_mc(cluster, namespace, "poisoned"), "Degraded")["reason"] == (
+        assert condition(cluster.get_mc(namespace, "poisoned"), "Degraded")["reason"] == (
             "DeadLettered"
         )
         assert len(await _dead_letters(cluster, namespace, "poisoned")) == 1
@@ -317,7 +306,7 @@ async def test_a_dead_lettered_cr_says_so_and_resync_leaves_it_alone_until_its_s
         cluster.apply_memcached(namespace, "poisoned", {"size": 2})
         await await_for(
             lambda: (
-                (m := get_mc(cluster, namespace, "poisoned"))
+                (m := cluster.get_mc(namespace, "poisoned"))
                 and condition(m, "Degraded").get("status") == "False"
                 and condition(m, "Available").get("status") == "True"
                 and m["status"].get("readyReplicas") == 2

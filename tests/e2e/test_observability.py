@@ -111,10 +111,6 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
     return sum(found) if found else None
 
 
-def get_mc(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(cluster.kubectl_json("get", "mc", "-n", namespace, name))
-
-
 def publish_request(
     cluster: Cluster, controller: str, key: subjects.ObjectKey, headers: dict[str, str]
 ) -> None:
@@ -168,7 +164,7 @@ def test_annotated_cr_is_one_trace_from_watch_event_to_status_write(
     # The trace id shown on the CR is the caller's.
     wait_for(
         lambda: (
-            get_mc(cluster, namespace, "traced").get("status", {}).get("lastTraceId") == trace_id
+            cluster.get_mc(namespace, "traced").get("status", {}).get("lastTraceId") == trace_id
         ),
         timeout=60,
         what="status.lastTraceId to be the annotation's trace id",
@@ -326,7 +322,7 @@ def test_b3_headers_continue_the_callers_trace(
     )
     cluster.kubectl("apply", "-f", "-", input_=memcached("b3", namespace))
     cluster.wait_available(namespace, "b3", timeout=60)
-    assert get_mc(cluster, namespace, "b3")["status"].get("lastTraceId")
+    assert cluster.get_mc(namespace, "b3")["status"].get("lastTraceId")
     # Each status write is a change the watcher reports, in a new trace: the new trace id
     # alone must not cause another write, or the status would be rewritten for ever.
     time.sleep(2)
@@ -423,7 +419,7 @@ def test_metrics_of_every_service_move_during_a_run(
     # A request without the required Mcop-Origin header is dead-lettered at once.
     publish_request(cluster, "reconcile", subjects.ObjectKey(namespace, "poison"), {"X-Any": "1"})
     wait_for(
-        lambda: get_mc(cluster, namespace, "measured").get("status", {}).get("observedGeneration"),
+        lambda: cluster.get_mc(namespace, "measured").get("status", {}).get("observedGeneration"),
         timeout=60,
         what="the CR's status to be written",
     )
@@ -545,7 +541,7 @@ def test_readyz_follows_nats_and_the_services_survive_its_restart(
     cluster.kubectl("apply", "-f", "-", input_=memcached("after-restart", namespace))
     wait_for(
         lambda: (
-            (mc := get_mc(cluster, namespace, "after-restart"))
+            (mc := cluster.get_mc(namespace, "after-restart"))
             .get("status", {})
             .get("observedGeneration")
             == mc["metadata"]["generation"]

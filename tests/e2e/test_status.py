@@ -13,7 +13,7 @@ import pytest
 
 from deploy.local.cluster import NEVER_READY_IMAGE, SLOW_READY_IMAGE
 from tests.conftest import Cluster
-from tests.support import Services, wait_for
+from tests.support import Services, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -24,17 +24,6 @@ def pipeline(services: Services, namespace: str, **env: str) -> None:
     services.start("reconciler", name="reconciler-0", **env)
     services.start("reconciler", name="reconciler-1", **env)
     services.start("status", name="status-0", **env)
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def get_mc(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(cluster.kubectl_json("get", "mc", "-n", namespace, name))
 
 
 class StatusRecorder:
@@ -91,7 +80,7 @@ def test_sample_becomes_available_with_nodes(
     )
     proc = cluster.wait_available(namespace, "memcached-sample")
     assert "condition met" in proc.stdout
-    mc = get_mc(cluster, namespace, "memcached-sample")
+    mc = cluster.get_mc(namespace, "memcached-sample")
     assert mc["status"]["readyReplicas"] == 3
     assert len(mc["status"]["nodes"]) == 3
     pods = {
@@ -116,14 +105,14 @@ def test_scale_goes_through_progressing_to_available(
     # rollout lasts long enough to be seen.
     cluster.apply_memcached(namespace, "memcached-sample", {"size": 3, "image": SLOW_READY_IMAGE})
     cluster.wait_available(namespace, "memcached-sample")
-    available_since = condition(get_mc(cluster, namespace, "memcached-sample"), "Available")
+    available_since = condition(cluster.get_mc(namespace, "memcached-sample"), "Available")
     recorder = StatusRecorder(cluster, namespace, "memcached-sample")
     try:
         time.sleep(0.5)
         cluster.kubectl("scale", "-n", namespace, "mc/memcached-sample", "--replicas=5")
         wait_for(
             lambda: (
-                (mc := get_mc(cluster, namespace, "memcached-sample"))
+                (mc := cluster.get_mc(namespace, "memcached-sample"))
                 and mc["status"].get("readyReplicas") == 5
                 and condition(mc, "Available").get("status") == "True"
                 and len(mc["status"]["nodes"]) == 5
@@ -135,7 +124,7 @@ def test_scale_goes_through_progressing_to_available(
         )
     finally:
         recorder.close()
-    generation = get_mc(cluster, namespace, "memcached-sample")["metadata"]["generation"]
+    generation = cluster.get_mc(namespace, "memcached-sample")["metadata"]["generation"]
     progressing = [
         v
         for v in recorder.versions
@@ -143,7 +132,7 @@ def test_scale_goes_through_progressing_to_available(
         and condition(v, "Progressing").get("observedGeneration") == generation
     ]
     assert progressing, "the scale was never reported as Progressing"
-    final = get_mc(cluster, namespace, "memcached-sample")
+    final = cluster.get_mc(namespace, "memcached-sample")
     assert condition(final, "Progressing")["status"] == "False"
     assert condition(final, "Progressing")["reason"] == "RolloutComplete"
     events = cluster.kubectl_json("get", "events.events.k8s.io", "-n", namespace)["items"]
@@ -162,7 +151,7 @@ def test_pods_that_never_become_ready_exceed_the_progress_deadline(
     cluster.apply_memcached(namespace, "stuck", {"size": 2, "image": NEVER_READY_IMAGE})
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "stuck"))
+            (m := cluster.get_mc(namespace, "stuck"))
             and condition(m, "Progressing").get("reason") == "ProgressDeadlineExceeded"
             and m
         ),
@@ -192,7 +181,7 @@ def test_ownership_conflict_is_degraded_until_fixed(
     cluster.apply_memcached(namespace, "taken", {"size": 1})
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "taken"))
+            (m := cluster.get_mc(namespace, "taken"))
             and condition(m, "Degraded").get("status") == "True"
             and m
         ),
@@ -210,8 +199,8 @@ def test_ownership_conflict_is_degraded_until_fixed(
     cluster.kubectl("delete", "deployment", "-n", namespace, "taken")
     wait_for(
         lambda: (
-            condition(get_mc(cluster, namespace, "taken"), "Degraded").get("status") == "False"
-            and condition(get_mc(cluster, namespace, "taken"), "Available").get("status") == "True"
+            condition(cluster.get_mc(namespace, "taken"), "Degraded").get("status") == "False"
+            and condition(cluster.get_mc(namespace, "taken"), "Available").get("status") == "True"
         ),
         timeout=60,
         what="Degraded to clear after the conflicting Deployment is removed",
@@ -298,7 +287,7 @@ def test_nodes_follow_a_replaced_pod(
     before = wait_for(
         lambda: (
             (n := pod_names())
-            and set(get_mc(cluster, namespace, "replaced")["status"]["nodes"]) == n
+            and set(cluster.get_mc(namespace, "replaced")["status"]["nodes"]) == n
             and n
         ),
         timeout=60,
@@ -308,7 +297,7 @@ def test_nodes_follow_a_replaced_pod(
     cluster.kubectl("delete", "pod", "-n", namespace, victim, "--wait=false")
 
     def settled() -> bool:
-        mc = get_mc(cluster, namespace, "replaced")
+        mc = cluster.get_mc(namespace, "replaced")
         now = pod_names()
         return (
             victim not in now

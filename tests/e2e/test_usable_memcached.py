@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
-from tests.support import Services, wait_for
+from tests.support import Services, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -21,17 +21,6 @@ def pipeline(services: Services, namespace: str, **env: str) -> None:
     services.start("watcher", "--namespaces", namespace, name="watcher", **env)
     services.start("reconciler", name="reconciler-0", **env)
     services.start("status", name="status-0", **env)
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def get_mc(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(cluster.kubectl_json("get", "mc", "-n", namespace, name))
 
 
 def pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -46,7 +35,7 @@ def available_or_degraded(cluster: Cluster, namespace: str, name: str) -> dict[s
     message rather than a timeout."""
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, name))
+            (m := cluster.get_mc(namespace, name))
             and (
                 condition(m, "Available").get("status") == "True"
                 or condition(m, "Degraded").get("status") == "True"
@@ -245,7 +234,7 @@ def test_a_foreign_disruption_budget_is_an_ownership_conflict_and_left_alone(
     cluster.apply_memcached(namespace, "taken", {"size": 2})
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "taken"))
+            (m := cluster.get_mc(namespace, "taken"))
             and condition(m, "Degraded").get("status") == "True"
             and m
         ),
@@ -292,7 +281,7 @@ def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
     # The pool a client shards over, from the CR: each ready pod's IP and port.
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "pool"))
+            (m := cluster.get_mc(namespace, "pool"))
             and len(m["status"].get("endpoints") or []) == 2
             and m
         ),
@@ -350,7 +339,7 @@ def test_a_foreign_service_is_an_ownership_conflict_and_never_overwritten(
     cluster.apply_memcached(namespace, "taken", {"size": 1})
     mc = wait_for(
         lambda: (
-            (m := get_mc(cluster, namespace, "taken"))
+            (m := cluster.get_mc(namespace, "taken"))
             and condition(m, "Degraded").get("status") == "True"
             and m
         ),
