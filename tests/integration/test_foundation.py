@@ -35,7 +35,7 @@ def test_sample_applies_and_printer_columns_show(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", str(REPO / "deploy/samples/memcached-sample.yaml"))
     out = cluster.kubectl("get", "mc", "memcached-sample").stdout
     header = out.splitlines()[0].split()
-    assert header[:5] == ["NAME", "SIZE", "READY", "AVAILABLE", "AGE"], out
+    assert header == ["NAME", "SIZE", "READY", "AVAILABLE", "ENDPOINTS", "AGE"], out
     assert out.splitlines()[1].split()[:2] == ["memcached-sample", "3"]
     cluster.kubectl("delete", "-f", str(REPO / "deploy/samples/memcached-sample.yaml"))
 
