@@ -562,7 +562,8 @@ async def test_audit_user_has_no_way_to_write_or_to_create_a_consumer(
         for stream, target in ((REQUESTS_STREAM, request), (LEASES_STREAM, lease)):
             with pytest.raises(nats.js.errors.NotFoundError):
                 await js.get_last_msg(stream, target)
-    assert await consumer_names(cluster, EVENTS_STREAM) == before
+    # No consumer was added (an ephemeral one of another test may have expired meanwhile).
+    assert await consumer_names(cluster, EVENTS_STREAM) <= before
     after = await read_stream(cluster.nats_url, event)
     assert [m.subject for m in after] == [subject]
 
