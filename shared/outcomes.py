@@ -22,6 +22,9 @@ from pydantic.alias_generators import to_camel
 from shared.subjects import ObjectKey
 
 OutcomeResult = Literal["success", "error", "deadlettered", "gone"]
+# The reason of a "deadlettered" outcome, and of the Degraded condition the status service
+# makes of it; the watcher's resync recognises a dead-lettered CR by it.
+DEAD_LETTERED = "DeadLettered"
 
 
 class Outcome(BaseModel):

@@ -15,11 +15,10 @@ import logging
 
 from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
 from services.reconciler.verify import ForgedMessage
-from services.status.conditions import DEAD_LETTERED
 from shared import metrics, runtime
 from shared.errors import PermanentError
 from shared.kube import MEMCACHED
-from shared.outcomes import Outcome
+from shared.outcomes import DEAD_LETTERED, Outcome
 from shared.stream_admin import ALL_STREAMS
 from shared.workqueue import ORIGIN, DeadLetterCallback, KeyedWorkQueue, Request
 

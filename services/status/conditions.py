@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from services.reconciler.desired import OWNER_ANNOTATION, owned_by
 from shared.models import NODES_MAX, TRACE_ID_PATTERN, Condition, MemcachedStatus
-from shared.outcomes import Outcome
+from shared.outcomes import DEAD_LETTERED, Outcome
 from shared.pods import endpoint, pod_ip, pod_ready
 
 AVAILABLE = "Available"
@@ -42,7 +42,6 @@ ROLLOUT_COMPLETE = "RolloutComplete"
 RECONCILE_FAILED = "ReconcileFailed"
 RECONCILE_SUCCEEDED = "ReconcileSucceeded"
 NO_FAILURES = "NoFailures"
-DEAD_LETTERED = "DeadLettered"
 # The Deployment condition that carries a ReplicaSet's failure to create (or delete) pods, and
 # the reason used when its own reason does not fit the Condition grammar.
 REPLICA_FAILURE = "ReplicaFailure"

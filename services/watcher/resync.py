@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.status.conditions import DEAD_LETTERED, DEGRADED
+from services.status.conditions import DEGRADED
+from shared.outcomes import DEAD_LETTERED
 from shared.subjects import ObjectKey
 
 
