@@ -12,9 +12,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-COPY deploy ./deploy
-# A regular (not editable) install; pip compiles the bytecode here, because the root file
-# system is read-only at run time.
+COPY deploy/base ./deploy/base
+# A regular (not editable) install of the wheel's one package, memcached_operator, without extras
+# (no local-cluster tooling, no cryptography); pip compiles the bytecode here, because the root
+# file system is read-only at run time.
 RUN /opt/venv/bin/pip install . && /opt/venv/bin/memcached-operator --help > /dev/null
 
 FROM python:${PYTHON_VERSION}-slim

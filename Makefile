@@ -18,11 +18,17 @@ build: $(STAMP)
 	$(PY) -m deploy.local.build
 
 demo: build
-	$(VENV)/bin/memcached-operator demo
+	$(PY) -m deploy.local demo
 
+# mypy reads the import package memcached_operator through a tree of links in .build/mypy (it
+# cannot follow setuptools' editable-install finder that maps services/ and shared/ into it).
+MYPY_VIEW := .build/mypy/memcached_operator
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	rm -rf .build/mypy && mkdir -p $(MYPY_VIEW)
+	for entry in services/*; do ln -s ../../../$$entry $(MYPY_VIEW)/; done
+	ln -s ../../../shared $(MYPY_VIEW)/shared
 	$(VENV)/bin/mypy
 
 test: build lint
@@ -35,10 +41,10 @@ bench: build
 	$(PY) -m bench.run
 
 cluster-up: build
-	$(VENV)/bin/memcached-operator cluster up
+	$(PY) -m deploy.local cluster up
 
 cluster-down: $(STAMP)
-	$(VENV)/bin/memcached-operator cluster down
+	$(PY) -m deploy.local cluster down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import cluster as local_cluster
-from deploy.local import pki
 from deploy.local.cluster import Layout, write_kubeconfig
 from deploy.local.processes import Supervisor
+from memcached_operator.admin import pki
 
 OPERATOR_USER = "bench-operator"
 FLOW_SCHEMA = "bench-operator"

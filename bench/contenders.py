@@ -83,7 +83,15 @@ class Pipeline(Contender):
 
     def _service(self, role: str, service: str, *args: str) -> None:
         port = free_port()
-        argv = [sys.executable, "-m", "shared.cli", service, "--health-port", str(port), *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "memcached_operator.cli",
+            service,
+            "--health-port",
+            str(port),
+            *args,
+        ]
         self._start(role, argv, port=port, **nats_env(self.layout, service))
 
     async def start(self) -> None:

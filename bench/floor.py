@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.watch import watch_forever
-from services.reconciler.desired import (
+from memcached_operator.reconciler.desired import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     OWNER_ANNOTATION,
     desired_deployment,
 )
-from services.status.conditions import fold_status, ready_nodes, status_changed
-from shared.kube import DEPLOYMENT, MEMCACHED, POD, JsonObject, KubeClient
-from shared.models import Memcached
-from shared.outcomes import Outcome
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, POD, JsonObject, KubeClient
+from memcached_operator.status.conditions import fold_status, ready_nodes, status_changed
 
 log = logging.getLogger("bench.floor")
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"

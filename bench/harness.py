@@ -23,9 +23,15 @@ from typing import Any
 
 from bench.watch import watch_forever
 from deploy.local.cluster import Layout, free_base_port
-from services.reconciler.desired import desired_deployment, matches
-from shared.kube import DEPLOYMENT, MEMCACHED, ApiError, JsonObject, KubeClient
-from shared.models import Memcached
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.kube.client import (
+    DEPLOYMENT,
+    MEMCACHED,
+    ApiError,
+    JsonObject,
+    KubeClient,
+)
 
 
 def free_port() -> int:

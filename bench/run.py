@@ -60,11 +60,11 @@ from bench.harness import (
 )
 from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
-from services.reconciler.desired import desired_deployment
-from shared import subjects
-from shared.kube import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
-from shared.models import Memcached
-from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.reconciler.desired import desired_deployment
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
 
 RESULTS = REPO / "bench" / "results"
 

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from shared.errors import TransientError
-from shared.kube import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.kube.client import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.runtime.errors import TransientError
 
 log = logging.getLogger("bench.watch")
 

@@ -39,12 +39,13 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
-from services.reconciler.desired import desired_deployment, matches, owned_by
-from shared import events, subjects
-from shared.kube import DEPLOYMENT, MEMCACHED, KubeClient
-from shared.models import Memcached
-from shared.replay import replay
-from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.reconciler.desired import desired_deployment, matches, owned_by
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.replay import replay
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
 
 REPO = Path(__file__).resolve().parent.parent
 # Short enough that a killed worker's request moves on within seconds.
@@ -142,7 +143,14 @@ class Chaos:
             **FAST,
             **nats_env(self.layout, service),
         )
-        argv = [sys.executable, "-m", "shared.cli", service, "--health-port", str(free_port())]
+        argv = [
+            sys.executable,
+            "-m",
+            "memcached_operator.cli",
+            service,
+            "--health-port",
+            str(free_port()),
+        ]
         self._track(self.services.start(name, [*argv, *args], env=env, cwd=REPO))
 
     def kill_and_restart(self, name: str, service: str, *args: str) -> None:

@@ -1,7 +1,7 @@
 """Session fixtures: a real nats-server and (in later fixtures) the real local control plane.
 
 Everything is started once per test session in a temporary state directory on free ports,
-so a developer's own `memcached-operator cluster up` keeps running untouched beside it.
+so a developer's own `python -m deploy.local cluster up` keeps running untouched beside it.
 Logs of the started processes are printed when a test fails (see pytest_runtest_makereport).
 """
 
@@ -122,7 +122,7 @@ class Cluster:
         """The real `memcached-operator audit` with ``args``, as the admin or as ``user``."""
         credentials = self.layout.nats_credentials(user) if user else {}
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", "audit", *args],
+            [sys.executable, "-m", "memcached_operator.cli", "audit", *args],
             env=self.env(**credentials),
             capture_output=True,
             text=True,

@@ -15,12 +15,12 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from deploy.local import nats_auth
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
-from shared.kube import MEMCACHED, KubeClient
-from shared.replay import replay
-from shared.streams import EVENTS_STREAM
+from memcached_operator.admin import nats_auth
+from memcached_operator.shared.bus.replay import replay
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.3) -> Any:
@@ -93,7 +93,7 @@ class Services:
             credentials = Layout.load(Path(state_dir)).nats_credentials(service)
         rec = self.supervisor.start(
             name,
-            [sys.executable, "-m", "shared.cli", service, "--health-port", "0", *args],
+            [sys.executable, "-m", "memcached_operator.cli", service, "--health-port", "0", *args],
             env={**self.env, "LOG_FORMAT": "json", **credentials, **env},
         )
         self.started.append(name)

@@ -22,17 +22,17 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, start_http_server
 
-from services.reconciler.desired import (
+from memcached_operator.reconciler.desired import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     OWNER_ANNOTATION,
     desired_deployment,
     matches,
 )
-from services.status.conditions import fold_status, ready_nodes, status_changed
-from shared.kube import DEPLOYMENT, MEMCACHED, KubeClient
-from shared.models import Memcached
-from shared.outcomes import Outcome
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
+from memcached_operator.status.conditions import fold_status, ready_nodes, status_changed
 
 GROUP, VERSION, PLURAL = "cache.example.com", "v1", "memcacheds"
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}

@@ -1,4 +1,4 @@
-"""`memcached-operator cluster up|down|status|env`: a real local control plane plus NATS.
+"""`python -m deploy.local cluster up|down|status|env`: a real local control plane plus NATS.
 
 `up` builds (or reuses from the cache) etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kubectl and kwok, generates the PKI, starts each component as a detached child
@@ -31,9 +31,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local import build, nats_auth, pki
+from deploy.local import build
 from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
+from memcached_operator.admin import nats_auth, pki
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -326,7 +327,7 @@ def ensure_streams(layout: Layout) -> None:
     for name in ("STREAM_REPLICAS", "EVENTS_MAX_AGE", "LEASE_TTL"):
         env.pop(name, None)  # one node: the defaults, whatever this shell has set
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "streams", "ensure"],
+        [sys.executable, "-m", "memcached_operator.cli", "streams", "ensure"],
         env=env,
         cwd=REPO,
         capture_output=True,

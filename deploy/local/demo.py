@@ -1,4 +1,4 @@
-"""`memcached-operator demo`: the whole system on this machine in one command.
+"""`python -m deploy.local demo`: the whole system on this machine in one command.
 
 It brings up the local control plane and NATS (reusing them if up), runs the services as local
 processes the way deploy/ runs them in a cluster (watcher x2, reconciler x3, status x1, each
@@ -62,7 +62,7 @@ def start_fleet(layout: Layout) -> Supervisor:
         for i in range(count):
             sup.start(
                 f"{service}-{i}",
-                [sys.executable, "-m", "shared.cli", service],
+                [sys.executable, "-m", "memcached_operator.cli", service],
                 env=_service_env(layout, service, i),
             )
     return sup
@@ -128,7 +128,16 @@ def show(layout: Layout) -> None:
     # As the read-only audit user, as an operator would.
     env = dict(os.environ, **layout.nats_credentials("audit"))
     audit = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "audit", "--since", "10m", "-n", DEMO_NAMESPACE],
+        [
+            sys.executable,
+            "-m",
+            "memcached_operator.cli",
+            "audit",
+            "--since",
+            "10m",
+            "-n",
+            DEMO_NAMESPACE,
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -3,10 +3,10 @@
 The config file is written into the state directory; the store directory lives beside it, so
 messages survive a restart of the server (which tests check) and disappear with `down --purge`.
 With authentication on, the server has the accounts, users and permissions of deploy/ (the
-same ``auth.conf``, from deploy/local/nats_auth.py) and reads the bcrypt hashes of their
+same ``auth.conf``, from services/admin/nats_auth.py) and reads the bcrypt hashes of their
 passwords (generated once into the state directory) from its environment, as the Kubernetes
 StatefulSet does from a Secret. With TLS on, clients must connect with TLS, verifying the
-server's certificate (issued by the local PKI, deploy/local/pki.py, for localhost and
+server's certificate (issued by the local PKI, services/admin/pki.py, for localhost and
 127.0.0.1) against the PKI's CA; a plain connection is refused.
 """
 
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.local import nats_auth, pki
 from deploy.local.processes import Record, Supervisor
+from memcached_operator.admin import nats_auth, pki
 
 NAME = "nats-server"
 TLS_MARKER = "nats-tls"  # in the state directory: this instance's clients use TLS
@@ -119,9 +119,10 @@ def start(
 ) -> Record:
     """Start nats-server, or keep the running one if its configuration is unchanged.
 
-    ``auth`` and ``tls`` None mean: as the state directory says (auth on once passwords were
-    generated there, see :func:`deploy.local.nats_auth.ensure_passwords`; TLS on once it was
-    asked for), so a restart keeps the users and the transport.
+     ``auth`` and ``tls`` None mean: as the state directory says (auth on once passwords were
+     generated there, see :func:`~memcached_operator.admin.nats_auth.ensure_passwords`
+    ; TLS on once it was
+     asked for), so a restart keeps the users and the transport.
     """
     state = sup.state_dir
     passwords = nats_auth.ensure_passwords(state) if auth else nats_auth.load_passwords(state)

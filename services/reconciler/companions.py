@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.reconciler.desired import OWNER_ANNOTATION, PORT, labels, owner_reference
-from shared.models import Memcached
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION, PORT, labels, owner_reference
+from memcached_operator.shared.api.models import Memcached
 
 # A PodDisruptionBudget protects a pool of at least this many pods.
 PDB_MIN_SIZE = 2

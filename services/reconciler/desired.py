@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any
 
-from shared.models import (
+from memcached_operator.shared.api.models import (
     API_VERSION,
     KIND,
     MEBIBYTE,

@@ -13,7 +13,8 @@ to write, the API server's copy what to write (see `verify.py`). Every finished 
 an outcome (for the status service and the audit stream) and asks the status service to
 refresh the CR, both carrying the reconcile's trace context; an outcome that changes nothing
 (nothing was written and the stream's newest outcome of the CR says the same, see
-shared/outcomes.py) is not stored again, but the status refresh is still asked for, as before.
+shared/events/outcomes.py) is not stored again, but the status refresh is still asked for, as
+before.
 """
 
 from __future__ import annotations
@@ -31,17 +32,33 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from services.reconciler import verify
-from services.reconciler.companions import desired_pdb, desired_service
-from services.reconciler.desired import FIELD_MANAGER, desired_deployment, matches, owned_by
-from shared import events, state, subjects, telemetry
-from shared.directget import StoredMsg
-from shared.errors import PermanentError, TransientError
-from shared.kube import DEPLOYMENT, MEMCACHED, PDB, SERVICE, ApiError, KubeClient, Resource
-from shared.models import Memcached
-from shared.outcomes import Outcome, OutcomeResult
-from shared.subjects import ObjectKey
-from shared.workqueue import ORIGIN, Request, Result, enqueue
+from memcached_operator.reconciler import verify
+from memcached_operator.reconciler.companions import desired_pdb, desired_service
+from memcached_operator.reconciler.desired import (
+    FIELD_MANAGER,
+    desired_deployment,
+    matches,
+    owned_by,
+)
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.directget import StoredMsg
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.events import state
+from memcached_operator.shared.events.outcomes import Outcome, OutcomeResult
+from memcached_operator.shared.kube.client import (
+    DEPLOYMENT,
+    MEMCACHED,
+    PDB,
+    SERVICE,
+    ApiError,
+    KubeClient,
+    Resource,
+)
+from memcached_operator.shared.runtime import telemetry
+from memcached_operator.shared.runtime.errors import PermanentError, TransientError
+from memcached_operator.shared.workqueue.queue import ORIGIN, Request, Result, enqueue
 
 log = logging.getLogger("memcached_operator.reconciler")
 tracer = trace.get_tracer("memcached-operator.reconciler")
@@ -246,8 +263,8 @@ class MemcachedReconciler:
         ``verified``: ``cr_obj`` came from the API server, not the stream.
 
         Whether to write is decided from the stream; what to write only from the API server's
-        CR (see :mod:`services.reconciler.verify`): a write costs one GET more, a reconcile
-        that finds nothing to do costs nothing.
+        CR (see :mod:`memcached_operator.reconciler.verify`): a write costs one GET more, a
+        reconcile that finds nothing to do costs nothing.
         """
         while True:
             try:

@@ -1,7 +1,7 @@
 """`memcached-operator reconciler`: one worker process of the reconciler fleet.
 
 Start as many as you like; they share the requests like a consumer group (see
-shared/workqueue.py for how one object is never reconciled twice at once). Each process runs
+shared/workqueue/queue.py for how one object is never reconciled twice at once). Each process runs
 up to --concurrency reconciles at a time. On SIGTERM it stops taking requests, finishes the
 ones in flight and exits within the 30 s grace period.
 """
@@ -13,14 +13,20 @@ import asyncio
 import datetime as dt
 import logging
 
-from services.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
-from services.reconciler.verify import ForgedMessage
-from shared import metrics, runtime
-from shared.errors import PermanentError
-from shared.kube import MEMCACHED
-from shared.outcomes import DEAD_LETTERED, Outcome
-from shared.stream_admin import ALL_STREAMS
-from shared.workqueue import ORIGIN, DeadLetterCallback, KeyedWorkQueue, Request
+from memcached_operator.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
+from memcached_operator.reconciler.verify import ForgedMessage
+from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
+from memcached_operator.shared.events.outcomes import DEAD_LETTERED, Outcome
+from memcached_operator.shared.kube.client import MEMCACHED
+from memcached_operator.shared.runtime import metrics
+from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.runtime.errors import PermanentError
+from memcached_operator.shared.workqueue.queue import (
+    ORIGIN,
+    DeadLetterCallback,
+    KeyedWorkQueue,
+    Request,
+)
 
 log = logging.getLogger("memcached_operator.reconciler")
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared import events, metrics
-from shared.errors import PermanentError
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.runtime import metrics
+from memcached_operator.shared.runtime.errors import PermanentError
 
 FORGED_EVENT = "ForgedEvent"
 

@@ -18,10 +18,15 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.reconciler.desired import OWNER_ANNOTATION, owned_by
-from shared.models import NODES_MAX, TRACE_ID_PATTERN, Condition, MemcachedStatus
-from shared.outcomes import DEAD_LETTERED, Outcome
-from shared.pods import endpoint, pod_ip, pod_ready
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION, owned_by
+from memcached_operator.shared.api.models import (
+    NODES_MAX,
+    TRACE_ID_PATTERN,
+    Condition,
+    MemcachedStatus,
+)
+from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready
+from memcached_operator.shared.events.outcomes import DEAD_LETTERED, Outcome
 
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"

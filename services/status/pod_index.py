@@ -34,11 +34,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 
-from services.reconciler.desired import OWNER_ANNOTATION
-from shared import events, subjects
-from shared.pods import endpoint, pod_ip, pod_ready, valid_ip
-from shared.streams import EVENTS_STREAM
-from shared.subjects import ObjectKey
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready, valid_ip
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
 
 log = logging.getLogger("memcached_operator.status.pods")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.status.conditions import Transition
-from shared.kube import EVENT, KubeClient
-from shared.models import API_VERSION, KIND
+from memcached_operator.shared.api.models import API_VERSION, KIND
+from memcached_operator.shared.kube.client import EVENT, KubeClient
+from memcached_operator.status.conditions import Transition
 
 log = logging.getLogger(__name__)
 

@@ -32,24 +32,32 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from services.reconciler.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, label_value
-from services.reconciler.reconcile import CONTROLLER as RECONCILE
-from services.reconciler.service import add_queue_arguments, queue_from_args
-from services.status.conditions import (
+from memcached_operator.reconciler.desired import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    label_value,
+)
+from memcached_operator.reconciler.reconcile import CONTROLLER as RECONCILE
+from memcached_operator.reconciler.service import add_queue_arguments, queue_from_args
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.directget import StoredMsg
+from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
+from memcached_operator.shared.events import state
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
+from memcached_operator.shared.runtime import metrics, telemetry
+from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.workqueue.queue import Request, Result
+from memcached_operator.status.conditions import (
     fold_status,
     ready_endpoints,
     ready_nodes,
     status_changed,
     transitions,
 )
-from services.status.pod_index import INDEX, LIST, POD_READS, PodIndex
-from services.status.recorder import EventRecorder
-from shared import metrics, runtime, state, subjects, telemetry
-from shared.directget import StoredMsg
-from shared.kube import MEMCACHED, POD, KubeClient
-from shared.outcomes import Outcome
-from shared.stream_admin import ALL_STREAMS
-from shared.workqueue import Request, Result
+from memcached_operator.status.pod_index import INDEX, LIST, POD_READS, PodIndex
+from memcached_operator.status.recorder import EventRecorder
 
 log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")

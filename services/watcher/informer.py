@@ -17,10 +17,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from shared.backoff import retry_delay
-from shared.errors import TransientError
-from shared.kube import ApiError, JsonObject, KubeClient, Resource
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.kube.client import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.runtime.backoff import retry_delay
+from memcached_operator.shared.runtime.errors import TransientError
 
 log = logging.getLogger("memcached_operator.watcher")
 

@@ -20,11 +20,11 @@ A PRODUCER span per change carries the trace to all three messages. An object an
 ``tracing.k8s.io/traceparent`` continues that trace instead of starting one: a Memcached whose
 writer put it there, and a Deployment, which the reconciler stamps with the trace of its write
 (so the rollout that write starts stays in the same trace). Requests published here count as
-workqueue adds, as those of :func:`shared.workqueue.enqueue` do.
+workqueue adds, as those of :func:`memcached_operator.shared.workqueue.queue.enqueue` do.
 
 Watched objects are written by tenants, so nothing they say is believed unchecked: the owner
 of a Deployment or Pod comes from its controller reference (:func:`find_owner`), names must be
-Kubernetes names and subjects stay within bounds (shared/subjects.py), and a message that
+Kubernetes names and subjects stay within bounds (shared/bus/subjects.py), and a message that
 cannot be published is dead-lettered so that the next one can be (:class:`Publisher`).
 """
 
@@ -48,19 +48,19 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from services.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
-from services.status.conditions import deployment_inputs
-from services.watcher.informer import Known
-from shared import events, metrics, subjects, telemetry
-from shared.errors import TransientError
-from shared.kube import JsonObject
-from shared.models import GROUP, KIND
-from shared.pods import pod_ip, pod_ready
-from shared.progress import TRACKER, Progress
-from shared.replay import replay
-from shared.streams import EVENTS_STREAM
-from shared.subjects import ObjectKey
-from shared.workqueue import (
+from memcached_operator.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from memcached_operator.shared.api.models import GROUP, KIND
+from memcached_operator.shared.api.pods import pod_ip, pod_ready
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.replay import replay
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.kube.client import JsonObject
+from memcached_operator.shared.runtime import metrics, telemetry
+from memcached_operator.shared.runtime.errors import TransientError
+from memcached_operator.shared.runtime.progress import TRACKER, Progress
+from memcached_operator.shared.workqueue.queue import (
     DL_BODY_TRUNCATED,
     DL_CONTROLLER,
     DL_DELIVERIES,
@@ -71,6 +71,8 @@ from shared.workqueue import (
     DL_WORKER,
     ORIGIN,
 )
+from memcached_operator.status.conditions import deployment_inputs
+from memcached_operator.watcher.informer import Known
 
 log = logging.getLogger("memcached_operator.watcher")
 tracer = trace.get_tracer("memcached-operator.watcher")
@@ -311,7 +313,7 @@ class Publisher:
     publish failed ``max_attempts`` times over at least ``give_up_after`` seconds while the
     connection was up, so that one bad object never blocks the others. Failures while
     disconnected are not counted: a message is dropped only when the dead-letter record was
-    stored, and until then it is work waiting without progress (shared/progress.py).
+    stored, and until then it is work waiting without progress (shared/runtime/progress.py).
     """
 
     def __init__(
@@ -638,7 +640,7 @@ class Publisher:
 
     def _status_inputs_changed(self, change: str, key: ObjectKey, obj: JsonObject) -> bool:
         """Whether a Deployment change can change its owner's status (see
-        services.status.conditions.deployment_inputs); only a fingerprint is kept per object."""
+        status/conditions.py, deployment_inputs); only a fingerprint is kept per object."""
         if change == "deleted":
             self._status_inputs.pop(key, None)
             return True

@@ -14,9 +14,14 @@ import argparse
 import asyncio
 import logging
 
-from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
-from services.watcher.informer import Informer
-from services.watcher.publisher import (
+from memcached_operator.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
+from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
+from memcached_operator.shared.runtime import metrics
+from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.workqueue.queue import ORIGIN
+from memcached_operator.watcher.informer import Informer
+from memcached_operator.watcher.publisher import (
     DUPLICATES_DROPPED,
     RECONCILE,
     REQUESTS_PUBLISHED,
@@ -25,11 +30,7 @@ from services.watcher.publisher import (
     Publisher,
     load_known,
 )
-from services.watcher.resync import DeadLettered
-from shared import metrics, runtime
-from shared.kube import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
-from shared.streams import EVENTS_STREAM, REQUESTS_STREAM
-from shared.workqueue import ORIGIN
+from memcached_operator.watcher.resync import DeadLettered
 
 log = logging.getLogger("memcached_operator.watcher")
 

@@ -19,10 +19,10 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from services.reconciler.desired import desired_deployment, matches
-from shared import subjects
-from shared.models import Memcached
-from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM
 from tests.conftest import Cluster
 from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from chaos.run import run_chaos
-from shared import events, subjects
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.events import codec as events
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

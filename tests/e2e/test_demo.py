@@ -20,7 +20,7 @@ def test_demo_with_teardown_reports_every_sample_available(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "deploy.local",
             "demo",
             "--teardown",
             "--state-dir",

@@ -21,12 +21,13 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import events, subjects
-from shared.natsconn import inbox_prefix
-from shared.outcomes import Outcome
-from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM
-from shared.subjects import ObjectKey
-from shared.workqueue import ORIGIN, enqueue
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.connection import inbox_prefix
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

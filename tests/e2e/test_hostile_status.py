@@ -20,8 +20,8 @@ from typing import Any
 import nats
 import pytest
 
-from shared import subjects
-from shared.streams import DEADLETTER_STREAM
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
 from tests.support import Services, await_for, condition, read_stream, wait_for
 

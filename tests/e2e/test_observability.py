@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local import nats as local_nats
-from shared import subjects
+from memcached_operator.shared.bus import subjects
 from tests.conftest import Cluster, free_port
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import Services, wait_for

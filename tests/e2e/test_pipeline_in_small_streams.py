@@ -21,12 +21,12 @@ import nats
 import pytest
 from nats.js.api import StreamInfo
 
-from services.reconciler.desired import desired_deployment, matches
-from shared import subjects
-from shared.models import Memcached
-from shared.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
-from shared.subjects import ObjectKey
-from shared.workqueue import ORIGIN, enqueue
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
 from tests.conftest import Cluster
 from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 
@@ -97,7 +97,7 @@ def test_a_small_events_stream_keeps_converging_2000_crs_and_drops_its_oldest_re
 
         # The admin step, run again (as on every upgrade), keeps the hand-set limit and says so.
         admin = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "streams", "ensure"],
+            [sys.executable, "-m", "memcached_operator.cli", "streams", "ensure"],
             env=cluster.env(),
             capture_output=True,
             text=True,

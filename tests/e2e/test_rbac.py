@@ -30,9 +30,9 @@ from deploy.local.cluster import (
     service_account_user,
     service_kubeconfig,
 )
-from deploy.rbac import namespaced_roles
-from shared.subjects import ObjectKey
-from shared.workqueue import ORIGIN, enqueue
+from memcached_operator.admin.rbac import namespaced_roles
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
 from tests.conftest import Cluster
 from tests.support import Services, wait_for
 

@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 import nats
 import pytest
 
-from services.reconciler.desired import desired_deployment, matches
-from shared import subjects
-from shared.kube import MEMCACHED, KubeClient
-from shared.models import Memcached
-from shared.outcomes import Outcome
-from shared.streams import DEADLETTER_STREAM
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 from tests.conftest import Cluster
 from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 

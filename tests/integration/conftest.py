@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from shared.streams import ensure_streams
+from memcached_operator.shared.bus.streams import ensure_streams
 
 
 @pytest.fixture

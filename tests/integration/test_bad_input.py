@@ -27,11 +27,13 @@ from typing import Any
 import nats
 import pytest
 
-from services.reconciler.desired import desired_deployment, label_value, matches
-from shared import crd, events, subjects
-from shared.kube import MEMCACHED, KubeClient
-from shared.models import IMAGE_PATTERN, QUANTITY_PATTERN, Memcached
-from shared.streams import DEADLETTER_STREAM
+from memcached_operator.reconciler.desired import desired_deployment, label_value, matches
+from memcached_operator.shared.api import crd
+from memcached_operator.shared.api.models import IMAGE_PATTERN, QUANTITY_PATTERN, Memcached
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 from tests.conftest import Cluster
 from tests.support import Services, read_stream, wait_for
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deploy.local import nats as local_nats
-from deploy.local.nats_auth import USERS, authorization_block, server_environment
+from memcached_operator.admin.nats_auth import USERS, authorization_block, server_environment
 from tests.conftest import Cluster
 from tests.support import services, wait_for
 
@@ -124,7 +124,7 @@ def test_misspelt_keda_and_istio_fields_are_refused(
 
 
 def test_nats_configuration_is_the_generated_one_and_valid(cluster: Cluster) -> None:
-    """The ConfigMap holds exactly the users of deploy/local/nats_auth.py, and the real
+    """The ConfigMap holds exactly the users of services/admin/nats_auth.py, and the real
     nats-server accepts the configuration with the environment the StatefulSet gives it."""
     docs = build(cluster, "base")
     (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]

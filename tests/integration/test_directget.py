@@ -9,11 +9,12 @@ import uuid
 import pytest
 from nats.aio.client import Client
 
-from shared import directget, state
-from shared.directget import DirectGetter
-from shared.errors import TransientError
-from shared.streams import EVENTS_STREAM
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus import directget
+from memcached_operator.shared.bus.directget import DirectGetter
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import state
+from memcached_operator.shared.runtime.errors import TransientError
 
 pytestmark = pytest.mark.integration
 

@@ -158,7 +158,7 @@ def test_cluster_up_twice_reuses_and_down_stops_everything(tmp_path: Path) -> No
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "deploy.local",
                 "cluster",
                 "status",
                 "--state-dir",

@@ -20,11 +20,18 @@ from nats.js.errors import NotFoundError
 
 from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
-from services.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
-from shared import events, subjects
-from shared.streams import DEADLETTER_STREAM, REQUESTS_STREAM, ensure_streams
-from shared.subjects import ObjectKey
-from shared.workqueue import DL_BODY_TRUNCATED, DL_CONTROLLER, DL_REASON, DL_SUBJECT, ORIGIN
+from memcached_operator.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM, ensure_streams
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.workqueue.queue import (
+    DL_BODY_TRUNCATED,
+    DL_CONTROLLER,
+    DL_REASON,
+    DL_SUBJECT,
+    ORIGIN,
+)
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

@@ -1,9 +1,9 @@
 """Issues 7 and 16: the NATS users of deploy/, enforced by the session's real nats-server.
 
-The local server runs with the accounts, users and permissions of deploy/local/nats_auth.py
+The local server runs with the accounts, users and permissions of services/admin/nats_auth.py
 (the same auth.conf as the Kubernetes manifests). Unauthenticated clients are refused; every
 user's allowed requests, tried one by one against the server, are exactly the generated
-permission table (``python -m deploy.local.nats_auth --markdown``); no user reads another's
+permission table (``python -m memcached_operator.admin.nats_auth --markdown``); no user reads another's
 replies; the audit user reads the event stream but no escape lets it write or create a
 consumer; no service may create or change a stream, and a service whose streams are missing
 waits unready until the admin step made them; TLS, when on, is the only way in; and the
@@ -38,23 +38,31 @@ from nats.aio.client import Client
 
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local import nats_auth
 from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
-from services.reconciler.reconcile import publish_outcome
-from services.status.service import last_outcome
-from services.watcher.audit import read_events
-from shared import events, natsconn, subjects
-from shared.outcomes import Outcome
-from shared.streams import (
+from memcached_operator.admin import nats_auth
+from memcached_operator.audit.command import read_events
+from memcached_operator.reconciler.reconcile import publish_outcome
+from memcached_operator.shared.bus import connection as natsconn
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     LEASES_STREAM,
     REQUESTS_STREAM,
     ensure_streams,
 )
-from shared.subjects import ObjectKey
-from shared.workqueue import Handler, KeyedWorkQueue, Request, Result, enqueue
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.workqueue.queue import (
+    Handler,
+    KeyedWorkQueue,
+    Request,
+    Result,
+    enqueue,
+)
+from memcached_operator.status.service import last_outcome
 from tests.conftest import Cluster, free_port
 from tests.support import Services, await_for, read_stream, services, wait_for
 
@@ -82,7 +90,7 @@ async def connect_as(cluster: Cluster, user: str) -> AsyncIterator[tuple[Client,
         error_cb=on_error,
         allow_reconnect=False,
         connect_timeout=5,
-        # As shared/natsconn.py connects: replies on the user's own inbox.
+        # As shared/bus/connection.py connects: replies on the user's own inbox.
         inbox_prefix=natsconn.inbox_prefix(user),
         **({"tls": tls} if tls else {}),
     )
@@ -430,7 +438,7 @@ async def test_each_user_may_do_exactly_what_the_generated_table_says(
 ) -> None:
     """Every JetStream API verb on every stream and every subject family, tried as ``user``
     against the real server: the allowed ones are exactly the cells of the table that
-    ``python -m deploy.local.nats_auth --markdown`` prints (the admin, unrestricted, is not
+    ``python -m memcached_operator.admin.nats_auth --markdown`` prints (the admin, unrestricted, is not
     probed: some of its allowed requests would delete the session's streams)."""
     probes = nats_auth.probes()
     expected = nats_auth.table()
@@ -656,7 +664,7 @@ def streams_cli(
     layout: Layout, action: str, user: str = "admin"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "streams", action],
+        [sys.executable, "-m", "memcached_operator.cli", "streams", action],
         env={**os.environ, **layout.nats_credentials(user)},
         capture_output=True,
         text=True,
@@ -735,7 +743,7 @@ async def test_plain_server_answers_a_plain_client(own_nats: Layout) -> None:
 async def test_with_tls_on_only_verified_tls_clients_get_in(own_tls_nats: Layout) -> None:
     own_nats = own_tls_nats
     assert own_nats.nats_tls and own_nats.nats_url.startswith("tls://")
-    # The admin step and a service user, over TLS with the CA of NATS_CA (shared/natsconn.py).
+    # The admin step and a service user, over TLS with the CA of NATS_CA (shared/bus/connection.py).
     ensured = await asyncio.to_thread(streams_cli, own_nats, "ensure")
     assert ensured.returncode == 0, ensured.stdout + ensured.stderr
     checked = await asyncio.to_thread(streams_cli, own_nats, "check", "watcher")

@@ -13,11 +13,12 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from services.reconciler.desired import OWNER_ANNOTATION
-from services.status.pod_index import PodIndex
-from services.watcher.publisher import Kind, extensions
-from shared import events, subjects
-from shared.subjects import ObjectKey
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.status.pod_index import PodIndex
+from memcached_operator.watcher.publisher import Kind, extensions
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ def test_sigterm_while_nats_is_unreachable_exits_promptly(service: str) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "memcached_operator.cli",
             service,
             "--nats-url",
             f"nats://127.0.0.1:{nobody}",

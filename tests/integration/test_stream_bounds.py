@@ -1,5 +1,5 @@
 """Bounded streams against a real nats-server: every stream has a byte limit and the discard
-policy shared/streams.py chose for it, a full stream behaves as that policy says, and
+policy shared/bus/streams.py chose for it, a full stream behaves as that policy says, and
 ensure_stream adds missing limits without undoing the ones an operator set by hand.
 
 The policy tests use copies of the real configurations under their own names and subjects, with
@@ -18,8 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import ServiceUnavailableError
 
-from shared.errors import as_transient
-from shared.streams import (
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     DEFAULT_MAX_BYTES,
     EVENTS_STREAM,
@@ -32,6 +31,7 @@ from shared.streams import (
     events_config,
     requests_config,
 )
+from memcached_operator.shared.runtime.errors import as_transient
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,7 @@ async def test_ensure_stream_adds_missing_limits_and_never_changes_hand_set_ones
         discard=api.DiscardPolicy.NEW,
     )
     await js.update_stream(hand)
-    with caplog.at_level(logging.INFO, logger="shared.streams"):
+    with caplog.at_level(logging.INFO, logger="memcached_operator.shared.bus.streams"):
         await ensure_stream(js, ours)
         # A smaller limit of ours does not lower the operator's either.
         await ensure_stream(js, dataclasses.replace(ours, max_bytes=1024**2))

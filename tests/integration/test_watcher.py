@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
-from shared import events, subjects
-from shared.kube import MEMCACHED, KubeClient
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

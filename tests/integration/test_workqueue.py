@@ -31,15 +31,15 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 
-from shared.streams import (
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     LEASES_BUCKET,
     REQUESTS_STREAM,
     ensure_streams,
 )
-from shared.subjects import DEADLETTER, ObjectKey, subject
-from shared.workqueue import (
+from memcached_operator.shared.bus.subjects import DEADLETTER, ObjectKey, subject
+from memcached_operator.shared.workqueue.queue import (
     DL_BODY_TRUNCATED,
     DL_DELIVERIES,
     DL_ERROR,
@@ -571,7 +571,7 @@ async def test_api_and_nats_outages_are_transient_and_other_api_errors_count(
     import nats.errors
     from nats.js.errors import ServiceUnavailableError
 
-    from shared.kube import ApiError
+    from memcached_operator.shared.kube.client import ApiError
 
     js = nc.jetstream()
     outage, invalid = ObjectKey("default", "outage"), ObjectKey("default", "invalid")
@@ -935,8 +935,8 @@ async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_o
     the marker's revision, and any worker after the marker expired creates it afresh."""
     from nats.js.errors import NotFoundError
 
-    from shared.streams import LEASES_STREAM
-    from shared.workqueue import LEASES_SUBJECT_PREFIX, _Leases
+    from memcached_operator.shared.bus.streams import LEASES_STREAM
+    from memcached_operator.shared.workqueue.queue import LEASES_SUBJECT_PREFIX, _Leases
 
     js = nc.jetstream()
     subject_ = f"{LEASES_SUBJECT_PREFIX}{controller}.ns.obj"

@@ -21,7 +21,7 @@ import time
 
 import nats
 
-from shared.workqueue import KeyedWorkQueue, Request, Result
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, Request, Result
 
 
 def main() -> None:

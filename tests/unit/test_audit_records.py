@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from services.watcher.audit import disagreements, record
-from shared import events, subjects
-from shared.subjects import ObjectKey
+from memcached_operator.audit.command import disagreements, record
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.backoff import backoff_delay, retry_delay
+from memcached_operator.shared.runtime.backoff import backoff_delay, retry_delay
 
 pytestmark = pytest.mark.unit
 

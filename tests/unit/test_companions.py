@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.reconciler.companions import desired_pdb, desired_service
-from services.reconciler.desired import desired_deployment, matches
+from memcached_operator.reconciler.companions import desired_pdb, desired_service
+from memcached_operator.reconciler.desired import desired_deployment, matches
 from tests.unit.test_desired import UID, memcached
 
 pytestmark = pytest.mark.unit

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from services.reconciler.desired import OWNER_ANNOTATION
-from services.status.conditions import (
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.models import NODES_MAX, MemcachedStatus
+from memcached_operator.status.conditions import (
     Outcome,
     Transition,
     deployment_inputs,
@@ -23,7 +24,6 @@ from services.status.conditions import (
     status_changed,
     transitions,
 )
-from shared.models import NODES_MAX, MemcachedStatus
 
 UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -574,7 +574,7 @@ def test_outcome_garbage_is_a_value_error(body: bytes, complaint: str) -> None:
 
 @pytest.mark.unit
 def test_only_newsworthy_transitions_become_events() -> None:
-    from services.status.conditions import Transition
+    from memcached_operator.status.conditions import Transition
 
     def t(
         type_: str, old: str | None, new: str, reason: str = "R", old_reason: str | None = None

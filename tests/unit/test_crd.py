@@ -15,9 +15,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field, StringConstraints
 
-from shared import crd as crd_module
-from shared.crd import SchemaError, crd, crd_yaml
-from shared.models import QUANTITY_PATTERN
+from memcached_operator.shared.api import crd as crd_module
+from memcached_operator.shared.api.crd import SchemaError, crd, crd_yaml
+from memcached_operator.shared.api.models import QUANTITY_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str,
 def test_committed_crd_is_current() -> None:
     committed = (ROOT / crd_module.CRD_PATH).read_text()
     assert committed == crd_yaml(), (
-        f"{crd_module.CRD_PATH} is out of date with shared/models.py; regenerate it with "
+        f"{crd_module.CRD_PATH} is out of date with shared/api/models.py; regenerate it with "
         f"`{crd_module.REGENERATE}` (run from the repository root) and commit the result"
     )
 

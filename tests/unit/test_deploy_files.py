@@ -3,7 +3,7 @@
 The image must start the console script pyproject declares, on a Python the project
 supports, as the non-root user the manifests expect; each Deployment must run a subcommand
 that exists, probe the port its service listens on by default, and connect to NATS as a user
-that deploy/local/nats_auth.py defines; the committed auth.conf must be that module's
+that services/admin/nats_auth.py defines; the committed auth.conf must be that module's
 output (it cannot be built here, so these are checked as text); no overlay may carry a
 password, and no service may be told how to shape the streams (the Job nats-streams does).
 """
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.local import nats_auth
-from shared import cli
+from memcached_operator import cli
+from memcached_operator.admin import nats_auth
 
 pytestmark = pytest.mark.unit
 
@@ -66,7 +66,7 @@ def deployments() -> dict[str, dict[str, Any]]:
 def test_committed_auth_conf_is_current() -> None:
     committed = (ROOT / nats_auth.AUTH_CONF_PATH).read_text()
     assert committed == nats_auth.authorization_block(), (
-        f"{nats_auth.AUTH_CONF_PATH} is out of date with deploy/local/nats_auth.py; "
+        f"{nats_auth.AUTH_CONF_PATH} is out of date with services/admin/nats_auth.py; "
         f"regenerate it with `{nats_auth.REGENERATE}` and commit the result"
     )
 

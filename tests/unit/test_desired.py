@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from services.reconciler.desired import (
+from memcached_operator.reconciler.desired import (
     cache_memory_mb,
     desired_deployment,
     label_value,
     matches,
     owned_by,
 )
-from shared.models import Memcached
+from memcached_operator.shared.api.models import Memcached
 
 UID = "6c3a1f0e-8b1d-4c1e-9d2a-1f2e3d4c5b6a"
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

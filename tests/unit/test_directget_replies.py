@@ -12,9 +12,9 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from shared import directget
-from shared.directget import DirectGetter, StoredMsg, _Unsupported
-from shared.errors import TransientError
+from memcached_operator.shared.bus import directget
+from memcached_operator.shared.bus.directget import DirectGetter, StoredMsg, _Unsupported
+from memcached_operator.shared.runtime.errors import TransientError
 
 pytestmark = pytest.mark.unit
 

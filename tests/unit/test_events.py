@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from shared import events
+from memcached_operator.shared.events import codec as events
 
 
 @pytest.mark.unit

@@ -1,7 +1,7 @@
 import pytest
 
-from services.watcher.informer import Known, diff
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.watcher.informer import Known, diff
 
 
 def obj(name: str, uid: str, rv: str) -> dict:  # type: ignore[type-arg]

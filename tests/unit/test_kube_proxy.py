@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.kube import _environment_proxy
+from memcached_operator.shared.kube.client import _environment_proxy
 
 pytestmark = pytest.mark.unit
 

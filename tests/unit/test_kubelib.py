@@ -21,7 +21,7 @@ def run(code: str) -> str:
 def test_services_do_not_import_the_generated_models() -> None:
     out = run(
         "import sys\n"
-        "import services.watcher.service, services.reconciler.service, services.status.service\n"
+        "import memcached_operator.watcher.service, memcached_operator.reconciler.service, memcached_operator.status.service\n"
         "print(sorted(m for m in sys.modules if m.startswith('kubernetes_asyncio.client.')))"
     )
     assert "kubernetes_asyncio.client.models" not in out
@@ -31,7 +31,7 @@ def test_services_do_not_import_the_generated_models() -> None:
 
 def test_the_full_client_is_still_there_for_whoever_asks() -> None:
     out = run(
-        "import shared.kube\n"
+        "import memcached_operator.shared.kube.client\n"
         "from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, V1Pod\n"
         "import kubernetes_asyncio\n"
         "import asyncio\n"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from shared.models import (
+from memcached_operator.shared.api.models import (
     CONDITIONS_MAX,
     DEFAULT_IMAGE,
     IMAGE_MAX_LENGTH,
@@ -28,7 +28,7 @@ from shared.models import (
     MemcachedStatus,
     parse_quantity,
 )
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,11 +1,11 @@
-"""The faster header parser gives nats-py's own results (shared/nats_headers.py)."""
+"""The faster header parser gives nats-py's own results (shared/bus/headers.py)."""
 
 from __future__ import annotations
 
 import pytest
 from nats.aio.client import Client
 
-from shared import nats_headers
+from memcached_operator.shared.bus import headers as nats_headers
 
 pytestmark = pytest.mark.unit
 

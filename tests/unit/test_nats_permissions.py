@@ -1,4 +1,4 @@
-"""Unit tests of the NATS permission model of deploy/local/nats_auth.py: subject matching as
+"""Unit tests of the NATS permission model of services/admin/nats_auth.py: subject matching as
 nats-server does it, the generated table, private inboxes, and what no service may do."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import nats_auth
-from shared.natsconn import inbox_prefix
+from memcached_operator.admin import nats_auth
+from memcached_operator.shared.bus.connection import inbox_prefix
 
 pytestmark = pytest.mark.unit
 
@@ -83,7 +83,7 @@ def test_server_environment_holds_quoted_bcrypt_hashes_not_passwords() -> None:
 def test_credentials_generator_gives_fresh_passwords_and_only_hashes_to_the_server() -> None:
     import bcrypt
 
-    from deploy import nats_credentials
+    from memcached_operator.admin import nats_credentials
 
     users, server = nats_credentials.secrets(cost=4)
     again, _ = nats_credentials.secrets(cost=4)
@@ -103,5 +103,5 @@ def test_readme_shows_the_generated_permission_table() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert nats_auth.markdown_table().strip() in readme, (
         "README's NATS permission table differs from the generated one: "
-        "python -m deploy.local.nats_auth --markdown"
+        "python -m memcached_operator.admin.nats_auth --markdown"
     )

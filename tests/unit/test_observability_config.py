@@ -16,11 +16,11 @@ from prometheus_client import REGISTRY
 
 # Importing the services registers every metric they define in the default registry.
 SERVICE_MODULES = (
-    "services.reconciler.service",
-    "services.status.service",
-    "services.watcher.service",
-    "shared.kube",
-    "shared.metrics",
+    "memcached_operator.reconciler.service",
+    "memcached_operator.status.service",
+    "memcached_operator.watcher.service",
+    "memcached_operator.shared.kube.client",
+    "memcached_operator.shared.runtime.metrics",
 )
 for _module in SERVICE_MODULES:
     importlib.import_module(_module)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from shared.outcomes import Outcome
+from memcached_operator.shared.events.outcomes import Outcome
 
 pytestmark = pytest.mark.unit
 

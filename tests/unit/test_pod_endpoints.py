@@ -10,10 +10,10 @@ from typing import Any, cast
 import pytest
 from nats.js import JetStreamContext
 
-from services.status.conditions import fold_status, ready_endpoints
-from services.status.pod_index import PodIndex
-from shared.pods import endpoint, pod_ip, valid_ip
-from shared.subjects import ObjectKey
+from memcached_operator.shared.api.pods import endpoint, pod_ip, valid_ip
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.status.conditions import fold_status, ready_endpoints
+from memcached_operator.status.pod_index import PodIndex
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.progress import Progress
+from memcached_operator.shared.runtime.progress import Progress
 
 pytestmark = pytest.mark.unit
 

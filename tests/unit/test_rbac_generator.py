@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.rbac import SERVICES, cluster_roles, namespaced_roles
+from memcached_operator.admin.rbac import SERVICES, cluster_roles, namespaced_roles
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from services.status.conditions import Transition
-from services.status.recorder import (
+from memcached_operator.status.conditions import Transition
+from memcached_operator.status.recorder import (
     Decision,
     EventLimiter,
     build_event,

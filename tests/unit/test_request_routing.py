@@ -8,9 +8,9 @@ from typing import Any, cast
 import pytest
 from nats.js import JetStreamContext
 
-from services.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
-from services.watcher.publisher import RECONCILE, STATUS, Kind, Publisher, find_owner
-from shared.subjects import ObjectKey
+from memcached_operator.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.watcher.publisher import RECONCILE, STATUS, Kind, Publisher, find_owner
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.watcher.resync import DeadLettered, dead_lettered
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.watcher.resync import DeadLettered, dead_lettered
 
 pytestmark = pytest.mark.unit
 

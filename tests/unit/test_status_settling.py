@@ -10,10 +10,10 @@ from typing import Any, cast
 import pytest
 from opentelemetry.context import Context
 
-from services.status.conditions import fold_status
-from services.status.service import StatusRefresher, StoredOutcome
-from shared.outcomes import Outcome
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.status.conditions import fold_status
+from memcached_operator.status.service import StatusRefresher, StoredOutcome
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.streams import (
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     LEASES_STREAM,

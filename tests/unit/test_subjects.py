@@ -1,7 +1,7 @@
 import pytest
 
-from shared import subjects
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.subjects import ObjectKey
 
 AWKWARD = [
     "simple",

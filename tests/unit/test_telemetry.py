@@ -1,5 +1,5 @@
 """Trace context in NATS headers and object annotations, messaging attributes, resource
-attributes, and the JSON log line: the pure parts of shared/telemetry.py and shared/logs.py."""
+attributes, and the JSON log line: the pure parts of shared/runtime/telemetry.py and shared/runtime/logs.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from shared import logs, telemetry
+from memcached_operator.shared.runtime import logs, telemetry
 
 pytestmark = pytest.mark.unit
 

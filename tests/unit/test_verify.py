@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from services.reconciler.verify import ForgedMessage, authoritative, check_event
-from shared import events
-from shared.subjects import ObjectKey
+from memcached_operator.reconciler.verify import ForgedMessage, authoritative, check_event
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
-from services.reconciler.desired import OWNER_ANNOTATION
-from services.watcher.publisher import (
+from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.runtime.health import liveness_checks
+from memcached_operator.shared.runtime.progress import Progress
+from memcached_operator.watcher.publisher import (
     INVALID_OWNER_NAME,
     MESSAGE_TOO_LARGE,
     NO_CONTROLLER,
@@ -25,9 +28,6 @@ from services.watcher.publisher import (
     message_size,
     refusal,
 )
-from shared.http import liveness_checks
-from shared.progress import Progress
-from shared.subjects import ObjectKey
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
 
 OutcomeResult = Literal["success", "error", "deadlettered", "gone"]
 # The reason of a "deadlettered" outcome, and of the Degraded condition the status service

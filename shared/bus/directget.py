@@ -34,7 +34,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.errors import TransientError
+from memcached_operator.shared.runtime.errors import TransientError
 
 log = logging.getLogger("memcached_operator.directget")
 

@@ -95,7 +95,7 @@ def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
-    usage: ExtendedKeyUsageOID,
+    usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)

@@ -19,11 +19,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from shared import directget, events, subjects
-from shared.directget import StoredMsg
-from shared.kube import KubeClient, Resource
-from shared.streams import EVENTS_STREAM
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus import directget, subjects
+from memcached_operator.shared.bus.directget import StoredMsg
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.kube.client import KubeClient, Resource
 
 log = logging.getLogger("memcached_operator.state")
 

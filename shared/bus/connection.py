@@ -10,7 +10,7 @@ with jittered waits and report state changes in the log; JetStream operations ma
 disconnected fail fast with a transient error rather than hanging. Some server errors (an
 authorization violation, a protocol violation such as an over-long control line) make nats-py
 close the connection for good instead of reconnecting: ``on_closed`` is awaited then, and the
-service decides what to do (shared/runtime.py stops it with a failure; /healthz fails
+service decides what to do (shared/runtime/process.py stops it with a failure; /healthz fails
 meanwhile).
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 
-from shared import nats_headers
+from memcached_operator.shared.bus import headers as nats_headers
 
 log = logging.getLogger("memcached_operator.nats")
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -38,7 +38,7 @@ _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def inbox_prefix(user: str | None) -> str:
-    """The inbox prefix of a NATS user (deploy/local/nats_auth.py grants ``<prefix>.>``)."""
+    """The inbox prefix of a NATS user (services/admin/nats_auth.py grants ``<prefix>.>``)."""
     if not user:
         return "_INBOX"
     return f"_INBOX_{_TOKEN_UNSAFE.sub('_', user)}"

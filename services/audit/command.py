@@ -3,7 +3,7 @@
 Batched direct gets read the events stream from where the filters say (the start, a duration
 ago, or only new events), with the NATS subject filter built from --namespace/--name/--kind so
 the server does the filtering. They are the only JetStream request the audit user may make
-(deploy/local/nats_auth.py: its account imports nothing else), so the audit reads without
+(services/admin/nats_auth.py: its account imports nothing else), so the audit reads without
 creating a consumer. Without --follow it stops at the end of the history it found and exits 0;
 with it, it asks again for newer messages every half second.
 
@@ -30,8 +30,11 @@ from typing import Any, TextIO
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from shared import events, natsconn, runtime, subjects
-from shared.streams import EVENTS_STREAM
+from memcached_operator.shared.bus import connection as natsconn
+from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.runtime import process as runtime
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -15,7 +15,7 @@ requests it makes (per stream, and per consumer where it has its own), the acks,
 and direct gets of the keyed work queue, and the subjects it publishes. No service may create,
 update, purge or delete a stream: the admin creates them (``memcached-operator streams
 ensure``); a service may only read their info. Each user receives replies on its own inbox
-prefix (``_INBOX_<user>.``, see shared/natsconn.py), so no user can read another's replies.
+prefix (``_INBOX_<user>.``, see shared/bus/connection.py), so no user can read another's replies.
 
 The audit user lives in an account of its own, which sees the operator's account only through
 two imported services: the batched direct get of the event stream and nothing else. Within one
@@ -40,18 +40,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.natsconn import inbox_prefix
-from shared.streams import (
+from memcached_operator.shared.bus.connection import inbox_prefix
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     LEASES_STREAM,
     LEASES_SUBJECT_PREFIX,
     REQUESTS_STREAM,
 )
-from shared.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
+from memcached_operator.shared.bus.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
 
 AUTH_CONF_PATH = "deploy/base/nats/auth.conf"
-REGENERATE = f"python -m deploy.local.nats_auth > {AUTH_CONF_PATH}"
+REGENERATE = f"python -m memcached_operator.admin.nats_auth > {AUTH_CONF_PATH}"
 PASSWORDS_FILE = "nats-passwords.json"
 # The operator's account (its streams, the services, the admin) and the audit user's own.
 ACCOUNT = "MCOP"
@@ -128,7 +128,7 @@ def _ordered_consumer(stream: str) -> list[str]:
 
 
 def _work_queue(controller: str) -> list[str]:
-    """One controller's share of the keyed work queue (shared/workqueue.py): its durable pull
+    """One controller's share of the keyed work queue (shared/workqueue/queue.py): its durable pull
     consumer, acks, its leases, newest-request direct gets, requeued copies, dead letters."""
     durable = f"mcop-{controller}"
     requests = _family(REQUESTS, controller)
@@ -148,9 +148,9 @@ def _work_queue(controller: str) -> list[str]:
 
 
 def _observed_state() -> list[str]:
-    """Direct gets of the newest Memcached and Deployment events (shared/state.py): the
+    """Direct gets of the newest Memcached and Deployment events (shared/events/state.py): the
     reconciler and the status service read objects from the stream, not the API server.
-    They read several subjects in one batched direct get (shared/directget.py), whose subjects
+    They read several subjects in one batched direct get (shared/bus/directget.py), whose subjects
     are in the request's body: NATS cannot scope that permission by subject, so it grants
     reads of the whole event stream (the operator's own audit log). The per-subject grants
     are for servers without batched gets."""
@@ -212,7 +212,7 @@ USERS: tuple[User, ...] = (
                 # events and a direct get of the newest one per namespace.
                 *_ordered_consumer(EVENTS_STREAM),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
-                # Yielding to the reconciler's backlog (shared/workqueue.py): its consumer's
+                # Yielding to the reconciler's backlog (shared/workqueue/queue.py): its consumer's
                 # info, which holds the count of requests waiting for a worker.
                 f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.mcop-{RECONCILE}",
             ),
@@ -305,7 +305,7 @@ def _account_lines(account: str) -> list[str]:
 def authorization_block() -> str:
     """The ``accounts`` block of nats.conf for every user, password hashes as env variables."""
     lines = [
-        "# Generated from deploy/local/nats_auth.py; do not edit.",
+        "# Generated from services/admin/nats_auth.py; do not edit.",
         f"# {REGENERATE}",
         "accounts {",
     ]
@@ -536,7 +536,7 @@ def markdown_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.local.nats_auth",
+        prog="python -m memcached_operator.admin.nats_auth",
         description="print the accounts block of nats.conf (default) or the permission table",
     )
     parser.add_argument("--markdown", action="store_true", help="the permission table")

@@ -26,9 +26,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from shared.errors import ClassifiedError, PermanentError, TransientError
-from shared.kubelib import Configuration, RESTClientObject
-from shared.kubelib import config as kube_config
+from memcached_operator.shared.kube.kubelib import Configuration, RESTClientObject
+from memcached_operator.shared.kube.kubelib import config as kube_config
+from memcached_operator.shared.runtime.errors import ClassifiedError, PermanentError, TransientError
 
 API_REQUESTS = Counter(
     "mcop_kube_api_requests_total",

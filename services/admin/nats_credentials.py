@@ -3,10 +3,10 @@
 Prints (YAML, for `kubectl apply -f -`) the Secret ``nats-users`` with a fresh random password
 per NATS user (what each service and the streams Job connect with, one key per user) and the
 Secret ``nats-server-auth`` with only the bcrypt hashes of those passwords, as the variables the
-server's auth.conf reads (deploy/local/nats_auth.py): the NATS pods never hold a password.
+server's auth.conf reads (services/admin/nats_auth.py): the NATS pods never hold a password.
 With ``--tls`` it also prints ``nats-tls`` (the servers' certificate and key, valid for the
 in-cluster names of the NATS Service) and ``nats-ca`` (the CA certificate the clients verify
-the servers with), issued by a CA made with deploy/local/pki.py; the CA's key is discarded
+the servers with), issued by a CA made with services/admin/pki.py; the CA's key is discarded
 unless ``--pki-dir`` keeps it for issuing again.
 
 No overlay of deploy/ carries a password (a test checks): run this once per cluster and keep
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from deploy.local import nats_auth, pki
+from memcached_operator.admin import nats_auth, pki
 
 USERS_SECRET = "nats-users"
 SERVER_SECRET = "nats-server-auth"

@@ -2,8 +2,8 @@
 
 /healthz is liveness: it answers when the event loop does (a stuck loop cannot answer) and
 its liveness checks pass: the NATS client is not closed for good (nats-py does not reconnect
-after some server errors), and work that waits is making progress (shared/progress.py, within
-``--liveness-stall`` seconds); :func:`liveness_checks` builds them. A failing check answers
+after some server errors), and work that waits is making progress (shared/runtime/progress.py,
+within ``--liveness-stall`` seconds); :func:`liveness_checks` builds them. A failing check answers
 503, so Kubernetes restarts the process. /readyz runs the service's named readiness checks
 (NATS connected, API server reachable, streams present) and answers 200 only if all pass,
 listing each check's result either way, in the style of the API server's own /readyz?verbose;
@@ -20,8 +20,8 @@ from aiohttp import web
 from nats.aio.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.kube import KubeClient
-from shared.progress import TRACKER, Progress
+from memcached_operator.shared.kube.client import KubeClient
+from memcached_operator.shared.runtime.progress import TRACKER, Progress
 
 Check = Callable[[], Awaitable[bool]]
 # A liveness check: why the process is not alive, or None when it is. Synchronous and cheap,

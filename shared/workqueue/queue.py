@@ -42,7 +42,7 @@ longest event-loop stall.
 Failures and delivery counting. A handler raises :class:`PermanentError` to stop at once (the
 message is terminated and ``on_permanent_error`` awaited; one marked ``dead_letter``, which
 blames the message rather than the object, is dead-lettered at once instead). A failure of the
-transient kind (:func:`shared.errors.as_transient`: a TransientError, an API 5xx, 429 or 409, a
+transient kind (runtime/errors.py, ``as_transient``: a TransientError, an API 5xx, 429 or 409, a
 time-out, a broken connection to the API server or to NATS, a JetStream that is unavailable or
 full for now) is retried with a capped exponential backoff with jitter (or the error's
 ``retry_after``) and does *not* count towards ``max_deliveries``: an API server down for three
@@ -110,15 +110,27 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter
 
-from shared import metrics, progress
-from shared.backoff import backoff_delay, retry_delay
-from shared.errors import PermanentError, TransientError, as_transient
-from shared.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX, REQUESTS_STREAM
-from shared.subjects import DEADLETTER, PREFIX, REQUESTS, ObjectKey, encode_token, parse, subject
+from memcached_operator.shared.bus.streams import (
+    LEASES_STREAM,
+    LEASES_SUBJECT_PREFIX,
+    REQUESTS_STREAM,
+)
+from memcached_operator.shared.bus.subjects import (
+    DEADLETTER,
+    PREFIX,
+    REQUESTS,
+    ObjectKey,
+    encode_token,
+    parse,
+    subject,
+)
+from memcached_operator.shared.runtime import metrics, progress
+from memcached_operator.shared.runtime.backoff import backoff_delay, retry_delay
+from memcached_operator.shared.runtime.errors import PermanentError, TransientError, as_transient
 
 log = logging.getLogger(__name__)
 
-# Handlers raise the errors of shared.errors; they are re-exported here for convenience.
+# Handlers raise the errors of shared/runtime/errors.py; they are re-exported here.
 __all__ = [
     "Handler",
     "KeyedWorkQueue",
@@ -527,7 +539,7 @@ class KeyedWorkQueue:
             await self._js.add_consumer(REQUESTS_STREAM, config)
         except NotFoundError:
             raise RuntimeError(
-                f"stream {REQUESTS_STREAM} not found: run shared.streams.ensure_streams first"
+                f"stream {REQUESTS_STREAM} not found: run `memcached-operator streams ensure` first"
             ) from None
 
     async def _bound_lease_ttl(self) -> None:

@@ -23,10 +23,11 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from shared import logs, natsconn, telemetry
-from shared.http import HealthServer, liveness_checks, readiness_checks
-from shared.kube import KubeClient
-from shared.stream_admin import ENSURE_COMMAND, stream_problems
+from memcached_operator.shared.bus import connection as natsconn
+from memcached_operator.shared.bus.stream_admin import ENSURE_COMMAND, stream_problems
+from memcached_operator.shared.kube.client import KubeClient
+from memcached_operator.shared.runtime import logs, telemetry
+from memcached_operator.shared.runtime.health import HealthServer, liveness_checks, readiness_checks
 
 log = logging.getLogger("memcached_operator")
 

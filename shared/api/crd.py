@@ -1,4 +1,4 @@
-"""The Memcached CustomResourceDefinition, generated from the pydantic models in shared.models.
+"""The Memcached CustomResourceDefinition, generated from the pydantic models (api/models.py).
 
 Pydantic's JSON schema is turned into a Kubernetes structural schema: references inlined,
 int-or-string unions marked as such, optional (null) branches dropped, titles and status
@@ -13,13 +13,15 @@ from typing import Any
 
 import yaml
 
-from shared import models
+from memcached_operator.shared.api import models
 
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
 CRD_PATH = f"deploy/crd/{CRD_NAME}.yaml"
-REGENERATE = f"python -m shared.crd > {CRD_PATH}"
+REGENERATE = f"memcached-operator crd > {CRD_PATH}"
 
-_HEADER = f"# Generated from shared/models.py by shared/crd.py; do not edit.\n# {REGENERATE}\n"
+_HEADER = (
+    f"# Generated from shared/api/models.py by shared/api/crd.py; do not edit.\n# {REGENERATE}\n"
+)
 
 # Keywords a structural schema may carry; anything else pydantic emits is a bug to fix here,
 # better found when generating than when `kubectl apply` rejects the CRD.

@@ -56,7 +56,7 @@ from typing import Any
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
-from shared.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
+from memcached_operator.shared.bus.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
 
 log = logging.getLogger(__name__)
 

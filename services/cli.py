@@ -1,5 +1,9 @@
 """The `memcached-operator` command line: one console script, one subcommand per part.
 
+The local control plane and the demo are not here: they run from a checkout
+(`python -m deploy.local cluster up|down|status|env`, `python -m deploy.local demo`), so the
+wheel and the image carry only what runs in a cluster.
+
 Each subcommand's module adds its own flags (every flag also readable from an environment
 variable) and runs; this module only dispatches, so importing it stays cheap and a service's
 dependencies load only when that service runs.
@@ -14,20 +18,24 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "cluster": ("deploy.local.cluster", "run a local control plane with kwok and NATS"),
-    "crd": ("shared.cli", "print the Memcached CustomResourceDefinition (YAML)"),
-    "watcher": ("services.watcher.service", "publish every watched change to JetStream"),
-    "reconciler": ("services.reconciler.service", "converge Deployments (one worker process)"),
-    "status": ("services.status.service", "fold outcomes into the Memcached status"),
-    "audit": ("services.watcher.audit", "replay or follow the event stream"),
-    "demo": ("deploy.local.demo", "run the whole system locally and apply the samples"),
-    "streams": ("shared.stream_admin", "create (ensure) or check the streams, as the NATS admin"),
+    "crd": ("memcached_operator.cli", "print the Memcached CustomResourceDefinition (YAML)"),
+    "watcher": ("memcached_operator.watcher.service", "publish every watched change to JetStream"),
+    "reconciler": (
+        "memcached_operator.reconciler.service",
+        "converge Deployments (one worker process)",
+    ),
+    "status": ("memcached_operator.status.service", "fold outcomes into the Memcached status"),
+    "audit": ("memcached_operator.audit.command", "replay or follow the event stream"),
+    "streams": (
+        "memcached_operator.shared.bus.stream_admin",
+        "create (ensure) or check the streams, as the NATS admin",
+    ),
     "rbac": (
-        "deploy.rbac",
+        "memcached_operator.admin.rbac",
         "print namespaced Roles for an operator that watches a fixed set of namespaces",
     ),
     "nats-credentials": (
-        "deploy.nats_credentials",
+        "memcached_operator.admin.nats_credentials",
         "print the NATS Secrets for a cluster: fresh passwords and the server's bcrypt hashes",
     ),
 }
@@ -39,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`crd`: print the CRD generated from the pydantic models."""
-    from shared.crd import crd_yaml
+    from memcached_operator.shared.api.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
     return 0

@@ -9,7 +9,7 @@ progress (:meth:`Progress.progressed`: a publish confirmed, a batch fetched, a r
 handled). :meth:`Progress.stalled_for` is how long work has been waiting without any progress:
 zero while nothing waits (an idle service is healthy), counted from the later of the last
 progress and the moment work began to wait. /healthz fails once that exceeds the configured
-bound (shared/http.py).
+bound (shared/runtime/health.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Memcached custom resource as pydantic models: the one source of truth for its schema.
 
-The CRD's openAPIV3Schema is generated from these models (see ``shared/crd.py``), and the
+The CRD's openAPIV3Schema is generated from these models (see ``shared/api/crd.py``), and the
 services parse API objects with them, so a spec the API server would reject also fails here
 with a ``pydantic.ValidationError``. Rules a structural schema cannot express are written twice,
 side by side: as a pydantic validator and as the CEL rule the API server evaluates.
@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared.subjects import ObjectKey
+from memcached_operator.shared.bus.subjects import ObjectKey
 
 GROUP = "cache.example.com"
 VERSION = "v1"

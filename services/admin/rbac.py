@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-BASE = Path(__file__).resolve().parent / "base"
+
+def _base() -> Traversable:
+    """deploy/base: the package data memcached_operator.manifests in an installed wheel; in an
+    editable install from a checkout (whose finder maps no data-only package) the folder itself."""
+    try:
+        return resources.files("memcached_operator.manifests")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "deploy" / "base"
+
+
+BASE = _base()
 SERVICES = ("watcher", "reconciler", "status")
 OPERATOR_NAMESPACE = "memcached-operator"
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from shared import natsconn
-from shared.streams import (
+from memcached_operator.shared.bus import connection as natsconn
+from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     DEFAULT_EVENTS_MAX_AGE,
     DEFAULT_LEASE_TTL,
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_bytes,
         default=os.environ.get("STREAM_MAX_BYTES"),
         help="bytes all the streams may hold together, e.g. 8GiB (the default), split across "
-        "them as shared/streams.py says; applied to a stream only when it has no limit yet, "
+        "them as shared/bus/streams.py says; applied to a stream only when it has no limit yet, "
         "and must fit the NATS server's max_file_store (env STREAM_MAX_BYTES)",
     )
 
