@@ -19,12 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.watch import watch_forever
-from memcached_operator.reconciler.desired import (
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    OWNER_ANNOTATION,
-    desired_deployment,
-)
+from memcached_operator.reconciler.desired import desired_deployment
+from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, POD, JsonObject, KubeClient

@@ -39,7 +39,8 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
-from memcached_operator.reconciler.desired import desired_deployment, matches, owned_by
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.contract import owned_by
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.replay import replay

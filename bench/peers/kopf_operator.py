@@ -22,13 +22,8 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, start_http_server
 
-from memcached_operator.reconciler.desired import (
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    OWNER_ANNOTATION,
-    desired_deployment,
-    matches,
-)
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient

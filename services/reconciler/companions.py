@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION, PORT, labels, owner_reference
+from memcached_operator.shared.api.contract import (
+    MEMCACHED_PORT as PORT,
+)
+from memcached_operator.shared.api.contract import (
+    OWNER_ANNOTATION,
+    labels,
+    owner_reference,
+)
 from memcached_operator.shared.api.models import Memcached
 
 # A PodDisruptionBudget protects a pool of at least this many pods.

@@ -8,14 +8,18 @@ one more module of this shape, not a change to the reconcile loop.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from typing import Any
 
+from memcached_operator.shared.api.contract import (
+    MEMCACHED_PORT as PORT,
+)
+from memcached_operator.shared.api.contract import (
+    OWNER_ANNOTATION,
+    labels,
+    owner_reference,
+)
 from memcached_operator.shared.api.models import (
-    API_VERSION,
-    KIND,
     MEBIBYTE,
     MEMORY_MB_MAX,
     Memcached,
@@ -36,7 +40,6 @@ SCRAPE_ANNOTATIONS = {
     "prometheus.io/port": str(EXPORTER_PORT),
     "prometheus.io/path": "/metrics",
 }
-PORT = 11211
 # Cache memory without a memory limit or memoryMB: memcached's own default.
 DEFAULT_MEMORY_MB = 64
 # What a memcached process needs beyond -m (which counts item memory only): connection
@@ -44,14 +47,7 @@ DEFAULT_MEMORY_MB = 64
 # from the memory limit when -m is derived from it: 10 %, and at least 16 MiB.
 OVERHEAD_FRACTION = 0.1
 OVERHEAD_MIN_MB = 16
-MANAGED_BY = "memcached-operator"
-# The field manager of the reconciler's server-side applies; the watcher recognises the
-# Deployment changes our own applies made by it.
-FIELD_MANAGER = "memcached-operator"
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 # The memcache user of the official memcached images (alpine and debian both create it with
@@ -60,53 +56,8 @@ TOPOLOGY_KEY = "kubernetes.io/hostname"
 # home directory or passwd entry).
 RUN_AS_USER = 11211
 
-# The owning CR's full name on the Deployment and its pods: the instance label may be a
-# shortened hash of a long name, and pods are owned by a ReplicaSet, so this is how the watcher
-# maps a pod back to its Memcached without another API call.
-OWNER_ANNOTATION = "cache.example.com/memcached"
 
-_LABEL_VALUE_MAX = 63
-_HASH_LENGTH = 8
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-_NOT_LABEL_CHAR = re.compile(r"[^-A-Za-z0-9_.]")
 _QUANTITY_MAPS = ("limits", "requests")
-
-
-def label_value(text: str) -> str:
-    """A valid label value for ``text``: itself when it is one, otherwise a stable stand-in.
-
-    The stand-in is a readable prefix plus a hash of the whole text, so two long CR names
-    sharing their first 54 characters still get distinct selectors, and the same name always
-    gets the same one (a Deployment's selector cannot change).
-    """
-    if len(text) <= _LABEL_VALUE_MAX and _LABEL_VALUE.fullmatch(text):
-        return text
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:_HASH_LENGTH]
-    prefix = _NOT_LABEL_CHAR.sub("-", text)[: _LABEL_VALUE_MAX - _HASH_LENGTH - 1]
-    # A label value must start and end alphanumeric; the hash supplies the end.
-    prefix = prefix.strip("-_.")
-    return f"{prefix}-{digest}" if prefix else digest
-
-
-def labels(cr: Memcached) -> dict[str, str]:
-    """Labels of the Deployment and its pods; also the Deployment's selector."""
-    return {
-        LABEL_NAME: "memcached",
-        LABEL_INSTANCE: label_value(cr.name),
-        LABEL_MANAGED_BY: MANAGED_BY,
-    }
-
-
-def owner_reference(cr: Memcached, *, cr_uid: str) -> dict[str, Any]:
-    """The controller reference that ties the Deployment's lifetime to the CR."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": cr.name,
-        "uid": cr_uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def cache_memory_mb(spec: MemcachedSpec) -> int:
@@ -333,12 +284,3 @@ def matches(live: dict[str, Any], desired: dict[str, Any]) -> bool:
     resources compare exactly, with quantities by value.
     """
     return _contains(live, desired) and not _leftovers(live, desired)
-
-
-def owned_by(live: dict[str, Any], cr_uid: str) -> bool:
-    """Whether the controller owner of ``live`` is the CR with uid ``cr_uid``."""
-    references = live.get("metadata", {}).get("ownerReferences") or []
-    return any(
-        reference.get("controller") is True and reference.get("uid") == cr_uid
-        for reference in references
-    )

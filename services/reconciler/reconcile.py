@@ -34,12 +34,8 @@ from pydantic import ValidationError
 
 from memcached_operator.reconciler import verify
 from memcached_operator.reconciler.companions import desired_pdb, desired_service
-from memcached_operator.reconciler.desired import (
-    FIELD_MANAGER,
-    desired_deployment,
-    matches,
-    owned_by,
-)
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.contract import FIELD_MANAGER, RECONCILE, STATUS, owned_by
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.directget import StoredMsg
@@ -63,8 +59,8 @@ from memcached_operator.shared.workqueue.queue import ORIGIN, Request, Result, e
 log = logging.getLogger("memcached_operator.reconciler")
 tracer = trace.get_tracer("memcached-operator.reconciler")
 
-CONTROLLER = "reconcile"
-STATUS_CONTROLLER = "status"
+CONTROLLER = RECONCILE
+STATUS_CONTROLLER = STATUS
 OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
 
 OUTCOMES_NOT_STORED = Counter(

@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION, owned_by
+from memcached_operator.shared.api.contract import (
+    AVAILABLE,
+    CONDITION_TYPES,
+    DEGRADED,
+    OWNER_ANNOTATION,
+    PROGRESSING,
+    owned_by,
+)
 from memcached_operator.shared.api.models import (
     NODES_MAX,
     TRACE_ID_PATTERN,
@@ -27,11 +34,6 @@ from memcached_operator.shared.api.models import (
 )
 from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready
 from memcached_operator.shared.events.outcomes import DEAD_LETTERED, Outcome
-
-AVAILABLE = "Available"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-CONDITION_TYPES = (AVAILABLE, PROGRESSING, DEGRADED)
 
 # Reasons this module sets. The Deployment's own reasons (ProgressDeadlineExceeded) are reused
 # where the meaning is the same, so a user who knows Deployments reads them without a glossary.

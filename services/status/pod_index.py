@@ -34,7 +34,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready, valid_ip
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM

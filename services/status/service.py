@@ -32,14 +32,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from memcached_operator.reconciler.desired import (
+from memcached_operator.shared.api.contract import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    RECONCILE,
     label_value,
 )
-from memcached_operator.reconciler.reconcile import CONTROLLER as RECONCILE
-from memcached_operator.reconciler.service import add_queue_arguments, queue_from_args
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.directget import StoredMsg
 from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
@@ -48,6 +47,7 @@ from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
 from memcached_operator.shared.runtime import metrics, telemetry
 from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.workqueue.options import add_queue_arguments, queue_from_args
 from memcached_operator.shared.workqueue.queue import Request, Result
 from memcached_operator.status.conditions import (
     fold_status,

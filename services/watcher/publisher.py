@@ -48,7 +48,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from memcached_operator.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import (
+    FIELD_MANAGER,
+    OWNER_ANNOTATION,
+    RECONCILE,
+    STATUS,
+)
 from memcached_operator.shared.api.models import GROUP, KIND
 from memcached_operator.shared.api.pods import pod_ip, pod_ready
 from memcached_operator.shared.bus import subjects
@@ -97,8 +102,6 @@ OWNER_REJECTED = Counter(
     ["kind", "reason"],
 )
 
-RECONCILE = "reconcile"
-STATUS = "status"
 ACK_TIMEOUT = 5.0
 # The Deployment controller's label on the pods of one ReplicaSet, whose name it ends.
 POD_TEMPLATE_HASH = "pod-template-hash"

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from memcached_operator.shared.api.contract import DEGRADED
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events.outcomes import DEAD_LETTERED
-from memcached_operator.status.conditions import DEGRADED
 
 
 def dead_lettered(cr: Mapping[str, Any]) -> bool:

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import logging
 
-from memcached_operator.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY
+from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, RECONCILE, STATUS
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
 from memcached_operator.shared.runtime import metrics
@@ -23,9 +23,7 @@ from memcached_operator.shared.workqueue.queue import ORIGIN
 from memcached_operator.watcher.informer import Informer
 from memcached_operator.watcher.publisher import (
     DUPLICATES_DROPPED,
-    RECONCILE,
     REQUESTS_PUBLISHED,
-    STATUS,
     Kind,
     Publisher,
     load_known,

@@ -7,9 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-# memcached's port in every pod: services/reconciler/desired.py PORT (shared modules do not
-# import the services').
-MEMCACHED_PORT = 11211
+from memcached_operator.shared.api.contract import MEMCACHED_PORT
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:

@@ -27,8 +27,9 @@ from typing import Any
 import nats
 import pytest
 
-from memcached_operator.reconciler.desired import desired_deployment, label_value, matches
+from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api import crd
+from memcached_operator.shared.api.contract import label_value
 from memcached_operator.shared.api.models import IMAGE_PATTERN, QUANTITY_PATTERN, Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM

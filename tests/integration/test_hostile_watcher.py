@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 
 from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
-from memcached_operator.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM, ensure_streams
 from memcached_operator.shared.bus.subjects import ObjectKey

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events

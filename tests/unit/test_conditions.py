@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.api.models import NODES_MAX, MemcachedStatus
 from memcached_operator.status.conditions import (
     Outcome,

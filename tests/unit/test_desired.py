@@ -12,13 +12,8 @@ from typing import Any
 
 import pytest
 
-from memcached_operator.reconciler.desired import (
-    cache_memory_mb,
-    desired_deployment,
-    label_value,
-    matches,
-    owned_by,
-)
+from memcached_operator.reconciler.desired import cache_memory_mb, desired_deployment, matches
+from memcached_operator.shared.api.contract import label_value, owned_by
 from memcached_operator.shared.api.models import Memcached
 
 UID = "6c3a1f0e-8b1d-4c1e-9d2a-1f2e3d4c5b6a"

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from nats.js import JetStreamContext
 
-from memcached_operator.reconciler.desired import FIELD_MANAGER, OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import FIELD_MANAGER, OWNER_ANNOTATION
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.watcher.publisher import RECONCILE, STATUS, Kind, Publisher, find_owner
 

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
-from memcached_operator.reconciler.desired import OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.runtime.health import liveness_checks
 from memcached_operator.shared.runtime.progress import Progress
