@@ -113,11 +113,8 @@ def _env(name: str, field: FieldInfo) -> str:
 def help_text(name: str, field: FieldInfo) -> str:
     """The flag's help: the description, the environment variable and the default."""
     where = f"env {_env(name, field)}"
-    if field.default is not None and field.default != "" and field.default != ():
-        default = field.default
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        where += f", default {default}"
+    if field.default not in (None, "", ()):
+        where += f", default {field.default}"
     return f"{field.description or ''} ({where})".strip()
 
 
