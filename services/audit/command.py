@@ -34,7 +34,8 @@ from memcached_operator.shared.bus import connection as natsconn
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.events import codec as events
-from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.runtime import settings
+from memcached_operator.shared.runtime.settings import NatsSettings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -49,7 +50,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nats-url", default=runtime.env("NATS_URL", "nats://127.0.0.1:4222"))
+    settings.add_flags(parser, NatsSettings)
     parser.add_argument("--namespace", "-n", help="only this namespace")
     parser.add_argument("--name", help="only objects (or owners' outcomes) with this name")
     parser.add_argument(
@@ -250,8 +251,8 @@ async def read_events(
         await asyncio.sleep(FOLLOW_INTERVAL)
 
 
-async def audit(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    nc = await natsconn.connect("audit", args.nats_url)
+async def audit(args: argparse.Namespace, nats: NatsSettings, out: TextIO = sys.stdout) -> int:
+    nc = await natsconn.connect("audit", nats.nats_url)
     try:
         since = None
         if args.since is not None:
@@ -279,8 +280,9 @@ async def audit(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    nats = settings.from_args(NatsSettings, args)
     try:
-        return asyncio.run(audit(args))
+        return asyncio.run(audit(args, nats))
     except (KeyboardInterrupt, BrokenPipeError):
         return 0
     except RuntimeError as err:

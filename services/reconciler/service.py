@@ -14,35 +14,30 @@ import datetime as dt
 import logging
 
 from memcached_operator.reconciler.reconcile import CONTROLLER, MemcachedReconciler, publish_outcome
+from memcached_operator.reconciler.settings import ReconcilerSettings
 from memcached_operator.reconciler.verify import ForgedMessage
 from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
 from memcached_operator.shared.events.outcomes import DEAD_LETTERED, Outcome
 from memcached_operator.shared.kube.client import MEMCACHED
-from memcached_operator.shared.runtime import metrics
+from memcached_operator.shared.runtime import metrics, settings
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.runtime.errors import PermanentError
-from memcached_operator.shared.workqueue.options import add_queue_arguments, queue_from_args
+from memcached_operator.shared.workqueue.options import queue_from_args
 from memcached_operator.shared.workqueue.queue import Request
 
 log = logging.getLogger("memcached_operator.reconciler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    runtime.add_common_arguments(parser, health_port=8082)
-    add_queue_arguments(parser, prefix="RECONCILE")
-    parser.add_argument(
-        "--progress-deadline",
-        type=int,
-        default=int(runtime.env("PROGRESS_DEADLINE_SECONDS", "600")),
-        help="progressDeadlineSeconds of the managed Deployments (env PROGRESS_DEADLINE_SECONDS)",
-    )
+    settings.add_flags(parser, ReconcilerSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    return runtime.run("reconciler", lambda stop: serve(args, stop))
+    config = settings.from_args(ReconcilerSettings, args)
+    return runtime.run("reconciler", lambda stop: serve(config, stop))
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+async def serve(args: ReconcilerSettings, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open("reconciler", args, streams=ALL_STREAMS, stop=stop)
     kube, js = conn.kube, conn.js
 

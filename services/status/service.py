@@ -45,9 +45,9 @@ from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
 from memcached_operator.shared.events import state
 from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
-from memcached_operator.shared.runtime import metrics, telemetry
+from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
-from memcached_operator.shared.workqueue.options import add_queue_arguments, queue_from_args
+from memcached_operator.shared.workqueue.options import queue_from_args
 from memcached_operator.shared.workqueue.queue import Request, Result
 from memcached_operator.status.conditions import (
     fold_status,
@@ -58,6 +58,7 @@ from memcached_operator.status.conditions import (
 )
 from memcached_operator.status.pod_index import INDEX, LIST, POD_READS, PodIndex
 from memcached_operator.status.recorder import EventRecorder
+from memcached_operator.status.settings import StatusSettings
 
 log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")
@@ -78,42 +79,12 @@ LAST_TRACE_ID = "lastTraceId"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    runtime.add_common_arguments(parser, health_port=8083)
-    add_queue_arguments(parser, prefix="STATUS")
-    parser.add_argument(
-        "--min-interval",
-        type=float,
-        default=float(runtime.env("STATUS_MIN_INTERVAL", "1.0")),
-        help="seconds between two status writes of one CR (env STATUS_MIN_INTERVAL)",
-    )
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=float(runtime.env("STATUS_SETTLE", "30.0")),
-        help="for up to this many seconds, a refresh that is a step early (the applied "
-        "Deployment not streamed yet, the outcome not published yet, ready pods the Deployment "
-        "has not counted yet) leaves the write to the request of that step "
-        "(env STATUS_SETTLE)",
-    )
-    parser.add_argument(
-        "--yield-backlog",
-        type=int,
-        default=int(runtime.env("STATUS_YIELD_BACKLOG", "16")),
-        help="while more reconcile requests than this wait for a free reconciler, pause "
-        "(up to --yield-pause seconds), then refresh one CR at a time, leaving the CPU and the "
-        "API server to the reconciles (the waiting refreshes coalesce meanwhile); -1 never "
-        "yields (env STATUS_YIELD_BACKLOG)",
-    )
-    parser.add_argument(
-        "--yield-pause",
-        type=float,
-        default=float(runtime.env("STATUS_YIELD_PAUSE", "10")),
-        help="longest pause while yielding to the reconcilers (env STATUS_YIELD_PAUSE)",
-    )
+    settings.add_flags(parser, StatusSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    return runtime.run("status", lambda stop: serve(args, stop))
+    config = settings.from_args(StatusSettings, args)
+    return runtime.run("status", lambda stop: serve(config, stop))
 
 
 async def last_outcome(js: JetStreamContext, key: subjects.ObjectKey) -> Outcome | None:
@@ -422,7 +393,7 @@ class StatusRefresher:
             self._folded[key] = stored.sequence
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+async def serve(args: StatusSettings, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open(
         "status",
         args,

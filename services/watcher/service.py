@@ -17,7 +17,7 @@ import logging
 from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, RECONCILE, STATUS
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
-from memcached_operator.shared.runtime import metrics
+from memcached_operator.shared.runtime import metrics, settings
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.queue import ORIGIN
 from memcached_operator.watcher.informer import Informer
@@ -29,6 +29,7 @@ from memcached_operator.watcher.publisher import (
     load_known,
 )
 from memcached_operator.watcher.resync import DeadLettered
+from memcached_operator.watcher.settings import WatcherSettings
 
 log = logging.getLogger("memcached_operator.watcher")
 
@@ -44,22 +45,12 @@ WATCHED: tuple[tuple[Kind, Resource, str | None], ...] = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    runtime.add_common_arguments(parser, health_port=8081)
-    parser.add_argument(
-        "--namespaces",
-        default=runtime.env("WATCH_NAMESPACES", ""),
-        help="comma-separated namespaces to watch; empty for all (env WATCH_NAMESPACES)",
-    )
-    parser.add_argument(
-        "--resync",
-        type=float,
-        default=float(runtime.env("RESYNC_PERIOD", "300")),
-        help="seconds between re-requests of every CR's reconcile (env RESYNC_PERIOD)",
-    )
+    settings.add_flags(parser, WatcherSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    return runtime.run("watcher", lambda stop: serve(args, stop))
+    config = settings.from_args(WatcherSettings, args)
+    return runtime.run("watcher", lambda stop: serve(config, stop))
 
 
 async def _resync(
@@ -79,7 +70,7 @@ async def _resync(
         log.info("resync requested", extra={"count": count, "skipped": len(skip)})
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+async def serve(args: WatcherSettings, stop: asyncio.Event) -> None:
     conn = await runtime.Connections.open(
         "watcher",
         args,
@@ -87,9 +78,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         stop=stop,
     )
     js, kube = conn.js, conn.kube
-    namespaces: list[str | None] = [n.strip() for n in args.namespaces.split(",") if n.strip()] or [
-        None
-    ]
+    namespaces: list[str | None] = [*args.namespaces] or [None]
     # Series exported at 0 from the start, so that rates have something to work on.
     for kind, _, _ in WATCHED:
         DUPLICATES_DROPPED.labels(kind.name)

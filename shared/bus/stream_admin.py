@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from collections.abc import Iterable
+from typing import Any
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
+from pydantic import field_validator
 
 from memcached_operator.shared.bus import connection as natsconn
 from memcached_operator.shared.bus.streams import (
@@ -35,6 +36,8 @@ from memcached_operator.shared.bus.streams import (
     parse_bytes,
     requests_config,
 )
+from memcached_operator.shared.runtime import settings
+from memcached_operator.shared.runtime.settings import NatsSettings, setting
 
 log = logging.getLogger("memcached_operator.streams")
 
@@ -85,53 +88,59 @@ def _normal(value: object) -> object:
 # -- `memcached-operator streams ensure` -------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["ensure", "check"])
-    parser.add_argument(
-        "--nats-url",
-        default=os.environ.get("NATS_URL", natsconn.DEFAULT_URL),
-        help="as the NATS admin user (env NATS_URL, NATS_USER/NATS_PASSWORD, NATS_CA)",
+class StreamAdminSettings(NatsSettings):
+    """The admin step's settings; an unset size or age keeps what an existing stream has."""
+
+    nats_url: str = setting(
+        natsconn.DEFAULT_URL,
+        env="NATS_URL",
+        help="as the NATS admin user (credentials from NATS_USER/NATS_PASSWORD, TLS from NATS_CA)",
     )
-    parser.add_argument(
-        "--stream-replicas",
-        type=int,
-        default=int(os.environ.get("STREAM_REPLICAS", "1")),
-        help="JetStream replicas of every stream (3 on a 3-node cluster) (env STREAM_REPLICAS)",
+    stream_replicas: int = setting(
+        1,
+        env="STREAM_REPLICAS",
+        ge=1,
+        help="JetStream replicas of every stream (3 on a 3-node cluster)",
     )
-    parser.add_argument(
-        "--events-max-age",
-        type=float,
-        default=_optional_float("EVENTS_MAX_AGE"),
+    events_max_age: float | None = setting(
+        None,
+        env="EVENTS_MAX_AGE",
+        gt=0,
         help=f"seconds the event stream keeps events; unset keeps an existing stream's, "
-        f"{DEFAULT_EVENTS_MAX_AGE:.0f} for a new one (env EVENTS_MAX_AGE)",
+        f"{DEFAULT_EVENTS_MAX_AGE:.0f} for a new one",
     )
-    parser.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=_optional_float("LEASE_TTL"),
+    lease_ttl: float | None = setting(
+        None,
+        env="LEASE_TTL",
+        gt=0,
         help=f"the lease bucket's TTL, the longest any lease may live; unset keeps an "
-        f"existing bucket's, {DEFAULT_LEASE_TTL:.0f} for a new one (env LEASE_TTL)",
+        f"existing bucket's, {DEFAULT_LEASE_TTL:.0f} for a new one",
     )
-    parser.add_argument(
-        "--stream-max-bytes",
-        type=parse_bytes,
-        default=os.environ.get("STREAM_MAX_BYTES"),
+    stream_max_bytes: int | None = setting(
+        None,
+        env="STREAM_MAX_BYTES",
+        gt=0,
         help="bytes all the streams may hold together, e.g. 8GiB (the default), split across "
         "them as shared/bus/streams.py says; applied to a stream only when it has no limit yet, "
-        "and must fit the NATS server's max_file_store (env STREAM_MAX_BYTES)",
+        "and must fit the NATS server's max_file_store",
     )
 
+    @field_validator("stream_max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
 
-def _optional_float(variable: str) -> float | None:
-    value = os.environ.get(variable)
-    return float(value) if value else None
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["ensure", "check"])
+    settings.add_flags(parser, StreamAdminSettings)
 
 
-async def ensure(args: argparse.Namespace) -> int:
+async def ensure(args: StreamAdminSettings, action: str) -> int:
     nc = await natsconn.connect("streams-admin", args.nats_url)
     try:
         js = nc.jetstream()
-        if args.action == "ensure":
+        if action == "ensure":
             await ensure_streams(
                 js,
                 replicas=args.stream_replicas,
@@ -151,4 +160,5 @@ async def ensure(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return asyncio.run(ensure(args))
+    config = settings.from_args(StreamAdminSettings, args)
+    return asyncio.run(ensure(config, args.action))

@@ -1,7 +1,7 @@
-"""What every service process shares at start and stop: flags, signals, logging, tracing.
+"""What every service process shares at start and stop: connections, signals, logging, tracing.
 
-Flags read their defaults from environment variables (so a Deployment's env and a command
-line are interchangeable). SIGTERM and SIGINT set a stop event; a service stops taking work,
+Its settings (flags and environment variables, interchangeable) are typed models in
+shared/runtime/settings.py. SIGTERM and SIGINT set a stop event; a service stops taking work,
 finishes what is in flight and returns, and the process exits within Kubernetes' default
 30 s grace period. A process that cannot go on (its NATS connection was closed for good by
 the server) stops the same way and exits 1, so that whatever supervises it starts it again.
@@ -9,7 +9,6 @@ the server) stops the same way and exits 1, so that whatever supervises it start
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -28,32 +27,9 @@ from memcached_operator.shared.bus.stream_admin import ENSURE_COMMAND, stream_pr
 from memcached_operator.shared.kube.client import KubeClient
 from memcached_operator.shared.runtime import logs, telemetry
 from memcached_operator.shared.runtime.health import HealthServer, liveness_checks, readiness_checks
+from memcached_operator.shared.runtime.settings import ServiceSettings
 
 log = logging.getLogger("memcached_operator")
-
-
-def env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, *, health_port: int) -> None:
-    parser.add_argument(
-        "--nats-url", default=env("NATS_URL", "nats://127.0.0.1:4222"), help="env NATS_URL"
-    )
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="env KUBECONFIG")
-    parser.add_argument(
-        "--health-port",
-        type=int,
-        default=int(env("HEALTH_PORT", str(health_port))),
-        help="port of /healthz, /readyz and /metrics; 0 picks a free one (env HEALTH_PORT)",
-    )
-    parser.add_argument(
-        "--liveness-stall",
-        type=float,
-        default=float(env("LIVENESS_STALL_SECONDS", "120")),
-        help="seconds that work may wait without progress before /healthz fails; 0 turns "
-        "the check off (env LIVENESS_STALL_SECONDS)",
-    )
 
 
 class StopEvent(asyncio.Event):
@@ -97,7 +73,7 @@ class Connections:
     async def open(
         cls,
         service: str,
-        args: argparse.Namespace,
+        settings: ServiceSettings,
         *,
         streams: tuple[str, ...],
         stop: asyncio.Event,
@@ -106,7 +82,7 @@ class Connections:
         and /metrics, and wait until the admin step has created the streams, retrying while
         NATS is not there yet. Raises :class:`Stopped` when ``stop`` is set first (SIGTERM
         while NATS is unreachable or the streams are missing)."""
-        opening = asyncio.create_task(cls._open(service, args, streams=streams, stop=stop))
+        opening = asyncio.create_task(cls._open(service, settings, streams=streams, stop=stop))
         if await _done_before(opening, stop):
             return opening.result()
         opening.cancel()
@@ -117,7 +93,7 @@ class Connections:
     async def _open(
         cls,
         service: str,
-        args: argparse.Namespace,
+        settings: ServiceSettings,
         *,
         streams: tuple[str, ...],
         stop: asyncio.Event,
@@ -134,11 +110,11 @@ class Connections:
             log.error("%s; stopping %s", reason, service)
             fail(stop, reason)
 
-        nc = await natsconn.connect(worker, args.nats_url, on_closed=on_closed)
+        nc = await natsconn.connect(worker, settings.nats_url, on_closed=on_closed)
         kube: KubeClient | None = None
         health: HealthServer | None = None
         try:
-            kube = await KubeClient.connect(args.kubeconfig)
+            kube = await KubeClient.connect(settings.kubeconfig)
             checks = readiness_checks(nc=nc, kube=kube, streams=streams)
             js = nc.jetstream()
 
@@ -148,9 +124,9 @@ class Connections:
 
             checks["streams"] = streams_as_needed
             health = HealthServer(
-                port=args.health_port,
+                port=settings.health_port,
                 checks=checks,
-                liveness=liveness_checks(nc=nc, stall=args.liveness_stall),
+                liveness=liveness_checks(nc=nc, stall=settings.liveness_stall),
             )
             await health.start()
             await _wait_for_streams(js, streams)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 BASE = ROOT / "deploy" / "base"
 SERVICE_FILES = ("watcher.yaml", "reconciler.yaml", "status.yaml")
-# The services' default health ports (runtime.add_common_arguments in each service module).
+# The services' default health ports (health_port in each service's settings.py).
 HEALTH_PORTS = {"watcher": 8081, "reconciler": 8082, "status": 8083}
 
 

@@ -1,0 +1,35 @@
+"""The watcher process's settings: the common service settings, the namespaces it watches and
+the resync period."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from memcached_operator.shared.runtime.settings import ServiceSettings, health_port, setting
+
+
+class WatcherSettings(ServiceSettings):
+    health_port: int = health_port(8081)
+    # NoDecode: a comma-separated string, as deploy/ sets it, not the JSON list
+    # pydantic-settings would expect of a sequence in the environment.
+    namespaces: Annotated[tuple[str, ...], NoDecode] = setting(
+        (),
+        env="WATCH_NAMESPACES",
+        help="comma-separated namespaces to watch; empty for all",
+    )
+    resync: float = setting(
+        300.0,
+        env="RESYNC_PERIOD",
+        gt=0,
+        help="seconds between re-requests of every CR's reconcile",
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(n.strip() for n in value.split(",") if n.strip())
+        return value
