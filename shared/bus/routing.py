@@ -30,7 +30,6 @@ from typing import Any
 
 from memcached_operator.shared.bus.subjects import ObjectKey
 
-ADDED = "added"
 MODIFIED = "modified"
 DELETED = "deleted"
 

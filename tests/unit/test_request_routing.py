@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from memcached_operator.shared.api.contract import (
     RECONCILE,
     STATUS,
 )
-from memcached_operator.shared.bus.routing import Change, Router
+from memcached_operator.shared.bus.routing import Change, For, Owns, Router, Target
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.watcher.owners import Kind, find_owner
 
@@ -231,3 +232,44 @@ def test_a_service_without_a_generation_is_reconciled_when_its_spec_drifts(
     # The same spec again (a metadata-only edit): nothing to reconcile.
     assert routes(router, SERVICE, "modified", drifted) == []
     assert routes(router, SERVICE, "deleted", drifted) == [RECONCILE]
+
+
+def test_every_declared_kind_is_watched_and_the_owner_of_an_owned_kind_is_found() -> None:
+    from memcached_operator.watcher.service import WATCHED
+
+    watched = {kind.name: kind for kind, _, _ in WATCHED}
+    declared = composition.router().watches
+    assert {watch.kind for watch in declared} == set(watched)
+    for watch in declared:
+        # Owns/Watches route to the owner the watcher finds, For to the object itself.
+        assert watched[watch.kind].owned == (watch.target is Target.OWNER), watch
+
+
+def test_every_predicate_of_a_declaration_sees_every_change_it_can_route() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def remembers(name: str, verdict: bool) -> Callable[[Change], bool]:
+        def predicate(change: Change) -> bool:
+            seen.append((name, change.key.name))
+            return verdict
+
+        return predicate
+
+    router = Router(
+        (
+            Owns("first", "deployment", remembers("rejects", False), remembers("after", True)),
+            Owns("second", "deployment", remembers("passes", True)),
+            For("third", "memcached", remembers("own", True)),
+        )
+    )
+    change = Change("deployment", "modified", ObjectKey("ns", "dep"), OWNER, {})
+    assert router.requests(change) == [("second", OWNER)]
+    # The second predicate of "first" remembers the change although the first rejected it.
+    assert seen == [("rejects", "dep"), ("after", "dep"), ("passes", "dep")]
+    seen.clear()
+    # An owned object without a believed owner wakes nobody, and no predicate remembers it.
+    unowned = Change("deployment", "modified", ObjectKey("ns", "dep"), None, {})
+    assert router.requests(unowned) == []
+    assert seen == []
+    cr = Change("memcached", "added", OWNER, None, {})
+    assert router.requests(cr) == [("third", OWNER)]
