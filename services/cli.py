@@ -19,7 +19,8 @@ from collections.abc import Sequence
 # subcommand -> (module, help). Each module has add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("memcached_operator.cli", "print the Memcached CustomResourceDefinition (YAML)"),
-    "watcher": ("memcached_operator.watcher.service", "publish every watched change to JetStream"),
+    # The watcher starts from the composition root, which hands it every controller's watches.
+    "watcher": ("memcached_operator.routes", "publish every watched change to JetStream"),
     "reconciler": (
         "memcached_operator.reconciler.service",
         "converge Deployments (one worker process)",

@@ -1,12 +1,12 @@
 """Folding a Memcached's observed world into its ``status``: pure functions, no I/O.
 
-The inputs are the CR, its Deployment and pods as the API serves them and the reconciler's last
-published :class:`Outcome`; the output is the status in API shape, with the conditions
-Available, Progressing and Degraded under metav1.Condition semantics. Degraded=True says
-why nothing converges: a failed or dead-lettered reconcile, else the Deployment's own word
-(pods the API refuses, reported as ReplicaFailure within seconds, or the progress deadline).
-:func:`status_changed` says whether that status is worth a write, and :func:`transitions`
-what deserves an Event.
+The inputs are the CR, its Deployment (deployment_view.py) and ready pods (endpoints.py) as the
+API serves them and the reconciler's last published :class:`Outcome`; the output is the status
+in API shape, with the conditions Available, Progressing and Degraded under metav1.Condition
+semantics. Degraded=True says why nothing converges: a failed or dead-lettered reconcile, else
+the Deployment's own word (pods the API refuses, reported as ReplicaFailure within seconds, or
+the progress deadline). Whether the folded status is worth a write, and which of its
+transitions deserve an Event, is transitions.py's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from memcached_operator.shared.api.contract import (
     AVAILABLE,
     CONDITION_TYPES,
     DEGRADED,
-    OWNER_ANNOTATION,
     PROGRESSING,
     owned_by,
 )
@@ -32,8 +31,21 @@ from memcached_operator.shared.api.models import (
     Condition,
     MemcachedStatus,
 )
-from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready
 from memcached_operator.shared.events.outcomes import DEAD_LETTERED, Outcome
+from memcached_operator.status.deployment_view import (
+    PROGRESS_DEADLINE_EXCEEDED,
+    REPLICA_FAILURE,
+    DeploymentView,
+    as_int,
+    conditions_by_type,
+    fit_reason,
+)
+
+# Also importable from here, where bench/floor.py and bench/peers/kopf_operator.py look for them.
+from memcached_operator.status.endpoints import ready_nodes
+from memcached_operator.status.transitions import status_changed
+
+__all__ = ["Outcome", "fold_status", "ready_nodes", "status_changed"]
 
 # Reasons this module sets. The Deployment's own reasons (ProgressDeadlineExceeded) are reused
 # where the meaning is the same, so a user who knows Deployments reads them without a glossary.
@@ -43,15 +55,11 @@ DEPLOYMENT_MISSING = "DeploymentMissing"
 DEPLOYMENT_NOT_OWNED = "DeploymentNotOwned"
 DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 WAITING_FOR_DEPLOYMENT = "WaitingForDeployment"
-PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 ROLLOUT_IN_PROGRESS = "RolloutInProgress"
 ROLLOUT_COMPLETE = "RolloutComplete"
 RECONCILE_FAILED = "ReconcileFailed"
 RECONCILE_SUCCEEDED = "ReconcileSucceeded"
 NO_FAILURES = "NoFailures"
-# The Deployment condition that carries a ReplicaSet's failure to create (or delete) pods, and
-# the reason used when its own reason does not fit the Condition grammar.
-REPLICA_FAILURE = "ReplicaFailure"
 # Degraded reasons that come from the Deployment rather than from a reconcile outcome: they
 # are recomputed from the Deployment at every fold, never kept as an outcome's are (a rollout
 # that recovered must not stay Degraded for want of a new outcome). FailedCreate and
@@ -64,56 +72,9 @@ _DEPLOYMENT_FAILURE_REASONS = frozenset(
 _DEPLOYMENT_ROLLING_REASONS = frozenset(
     {"ReplicaSetUpdated", "NewReplicaSetCreated", "FoundNewReplicaSet"}
 )
-# metav1.Condition's reason grammar and message limit: a condition that breaks them would make
-# the API server reject the whole status write, so outcome text is fitted to them first.
-_REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
-_REASON_MAX = 1024
+# metav1.Condition's message limit: a condition that breaks it would make the API server reject
+# the whole status write, so outcome text is fitted to it first (reasons: fit_reason).
 _MESSAGE_MAX = 32768
-
-
-def abnormal(type_: str, status: str, reason: str) -> bool:
-    """Whether a condition describes a state the user should look at (a Warning Event)."""
-    if type_ == AVAILABLE:
-        return status == "False"
-    if type_ == PROGRESSING:
-        return status == "False" and reason == PROGRESS_DEADLINE_EXCEEDED
-    if type_ == DEGRADED:
-        return status == "True"
-    return False
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A condition whose status or reason changed; ``old_status`` and ``old_reason`` are None
-    for a new condition."""
-
-    type: str
-    old_status: str | None
-    new_status: str
-    reason: str
-    message: str
-    old_reason: str | None = None
-
-    @property
-    def warning(self) -> bool:
-        return abnormal(self.type, self.new_status, self.reason)
-
-    @property
-    def newsworthy(self) -> bool:
-        """Worth a Kubernetes Event. Each Event costs an API write, so the routine steps of a
-        healthy CR are left to its status: the not-yet states a new CR starts with, Available
-        moving from one not-ready reason to the next, and a rollout starting or completing.
-        News are: Available or Degraded flipping either way (or a CR starting Available or
-        Degraded), and a Degraded=True whose reason changed. A rollout that stalls (pods that
-        cannot be created, the progress deadline) or recovers is news too, but Degraded says
-        so already: the same fact in a Progressing Event would only be a second write."""
-        if self.type == PROGRESSING:
-            return False
-        if self.old_status is None:
-            return self.new_status == "True" if self.type == AVAILABLE else self.warning
-        if self.old_status != self.new_status:
-            return True
-        return self.type not in (AVAILABLE, PROGRESSING) and self.warning
 
 
 @dataclass(frozen=True)
@@ -124,152 +85,12 @@ class _Verdict:
     observed_generation: int
 
 
-def _as_int(value: Any, default: int = 0) -> int:
-    # bool is an int in Python but never a count in the API.
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _conditions_by_type(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return {
-        str(c["type"]): c
-        for c in conditions
-        if isinstance(c, dict) and isinstance(c.get("type"), str)
-    }
-
-
-def _fit_reason(reason: str, fallback: str) -> str:
-    reason = reason.strip()
-    return reason if len(reason) <= _REASON_MAX and _REASON.fullmatch(reason) else fallback
-
-
 def _fit_message(message: str) -> str:
     return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 3] + "..."
 
 
-def ready_endpoints(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
-    """Sorted ``host:port`` of the pods :func:`ready_nodes` names that have an IP."""
-    names = set(ready_nodes(cr, pods))
-    ips = (pod_ip(pod) for pod in pods if (pod.get("metadata") or {}).get("name") in names)
-    return sorted({endpoint(ip) for ip in ips if ip})
-
-
-def ready_nodes(cr: dict[str, Any], pods: list[dict[str, Any]]) -> list[str]:
-    """Sorted names of the CR's pods that are Ready and not being deleted.
-
-    A pod counts only when it carries the owner annotation naming this CR (every pod of our
-    template does), so pods a label selector happens to catch from elsewhere are left out.
-    """
-    metadata = cr.get("metadata") or {}
-    name, namespace = metadata.get("name"), metadata.get("namespace")
-    nodes: set[str] = set()
-    for pod in pods:
-        pod_meta = pod.get("metadata") or {}
-        if (pod_meta.get("annotations") or {}).get(OWNER_ANNOTATION) != name:
-            continue
-        if namespace and pod_meta.get("namespace") not in (None, namespace):
-            continue
-        if not pod_ready(pod):
-            continue
-        if isinstance(pod_meta.get("name"), str):
-            nodes.add(pod_meta["name"])
-    return sorted(nodes)
-
-
-@dataclass(frozen=True)
-class _DeploymentView:
-    """The few numbers and conditions of a Deployment that the conditions are computed from."""
-
-    spec_replicas: int
-    observed: bool
-    replicas: int
-    updated: int
-    ready: int
-    available: int
-    available_condition: dict[str, Any]
-    progressing_condition: dict[str, Any]
-    replica_failure_condition: dict[str, Any]
-
-    @classmethod
-    def of(cls, deployment: dict[str, Any], size: int) -> _DeploymentView:
-        status = deployment.get("status") or {}
-        conditions = _conditions_by_type(deployment)
-        generation = _as_int((deployment.get("metadata") or {}).get("generation"))
-        return cls(
-            spec_replicas=_as_int((deployment.get("spec") or {}).get("replicas"), size),
-            observed=_as_int(status.get("observedGeneration"), -1) >= generation,
-            replicas=_as_int(status.get("replicas")),
-            updated=_as_int(status.get("updatedReplicas")),
-            ready=_as_int(status.get("readyReplicas")),
-            available=_as_int(status.get("availableReplicas")),
-            available_condition=conditions.get("Available") or {},
-            progressing_condition=conditions.get("Progressing") or {},
-            replica_failure_condition=conditions.get(REPLICA_FAILURE) or {},
-        )
-
-    @property
-    def deadline_exceeded(self) -> bool:
-        # The condition is only current once the controller has seen the latest spec; before
-        # that a new rollout is about to reset it.
-        return (
-            self.observed and self.progressing_condition.get("reason") == PROGRESS_DEADLINE_EXCEEDED
-        )
-
-    @property
-    def deadline_message(self) -> str:
-        message = str(self.progressing_condition.get("message") or "").strip()
-        return message or "the rollout did not progress within its progress deadline"
-
-    @property
-    def replica_failure(self) -> tuple[str, str] | None:
-        """(reason, message) of the Deployment's ReplicaFailure=True: its ReplicaSet cannot
-        create (or delete) pods, e.g. a pod refused by a quota, a LimitRange or Pod Security
-        admission. The Deployment controller copies it from the ReplicaSet within seconds,
-        and removes it once a pod creation succeeds; it says why long before the deadline."""
-        failure = self.replica_failure_condition
-        if failure.get("status") != "True":
-            return None
-        reason = _fit_reason(str(failure.get("reason") or ""), REPLICA_FAILURE)
-        message = str(failure.get("message") or "").strip()
-        return reason, message or "the ReplicaSet could not create or delete pods"
-
-
-def deployment_inputs(deployment: dict[str, Any]) -> tuple[Any, ...]:
-    """Everything of a Deployment that :func:`fold_status` reads. Two versions with equal
-    inputs fold to the same status, so the watcher asks for no refresh between them (the
-    Deployment controller's revision annotation, a condition's lastUpdateTime)."""
-    status = deployment.get("status") or {}
-    meta = deployment.get("metadata") or {}
-    conditions = _conditions_by_type(deployment)
-    return (
-        meta.get("generation"),
-        meta.get("deletionTimestamp"),
-        tuple(r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")),
-        (deployment.get("spec") or {}).get("replicas"),
-        *(
-            status.get(field)
-            for field in (
-                "observedGeneration",
-                "replicas",
-                "updatedReplicas",
-                "readyReplicas",
-                "availableReplicas",
-            )
-        ),
-        *(
-            (c.get("status"), c.get("reason"), c.get("message"))
-            for c in (
-                conditions.get("Available") or {},
-                conditions.get("Progressing") or {},
-                # Without it, a pod the API refuses would reach the status only at the deadline.
-                conditions.get(REPLICA_FAILURE) or {},
-            )
-        ),
-    )
-
-
 def _available(
-    view: _DeploymentView | None, *, size: int, generation: int, missing: _Verdict
+    view: DeploymentView | None, *, size: int, generation: int, missing: _Verdict
 ) -> _Verdict:
     if view is None:
         return missing
@@ -308,7 +129,7 @@ def _available(
 
 
 def _progressing(
-    view: _DeploymentView | None, *, size: int, generation: int, missing: _Verdict, degraded: bool
+    view: DeploymentView | None, *, size: int, generation: int, missing: _Verdict, degraded: bool
 ) -> _Verdict:
     if view is None:
         if degraded:
@@ -382,7 +203,7 @@ def _degraded(outcome: Outcome | None, *, generation: int) -> _Verdict:
             message = f"{cause}: {message}"
         return _Verdict("True", DEAD_LETTERED, _fit_message(message), outcome.generation)
     if outcome.failed:
-        reason = _fit_reason(outcome.reason, RECONCILE_FAILED)
+        reason = fit_reason(outcome.reason, RECONCILE_FAILED)
         message = outcome.message.strip() or "the last reconcile failed"
         return _Verdict("True", reason, _fit_message(message), outcome.generation)
     return _Verdict(
@@ -417,7 +238,7 @@ def _condition(
     )
 
 
-def _deployment_failure(view: _DeploymentView | None, *, generation: int) -> _Verdict | None:
+def _deployment_failure(view: DeploymentView | None, *, generation: int) -> _Verdict | None:
     """Degraded=True from the Deployment itself: pods that cannot be created (ReplicaFailure),
     or a rollout past its progress deadline. None while the Deployment reports neither."""
     if view is None:
@@ -434,7 +255,7 @@ def _deployment_failure(view: _DeploymentView | None, *, generation: int) -> _Ve
 
 def _degraded_condition(
     outcome: Outcome | None,
-    view: _DeploymentView | None,
+    view: DeploymentView | None,
     *,
     generation: int,
     previous: dict[str, Any] | None,
@@ -480,18 +301,18 @@ def fold_status(
     types, set by someone else, are kept unchanged.
     """
     metadata = cr.get("metadata") or {}
-    generation = _as_int(metadata.get("generation"))
+    generation = as_int(metadata.get("generation"))
     uid = metadata.get("uid")
     name = str(metadata.get("name", ""))
     namespace = str(metadata.get("namespace", ""))
     # The schema defaults and bounds size, so the fallback only guards hand-made objects.
-    size = max(0, _as_int((cr.get("spec") or {}).get("size"), 1))
+    size = max(0, as_int((cr.get("spec") or {}).get("size"), 1))
     previous_status = cr.get("status") or {}
-    previous = _conditions_by_type(cr)
+    previous = conditions_by_type(cr)
     if outcome is not None and (outcome.uid != uid or outcome.result == "gone"):
         outcome = None
 
-    view: _DeploymentView | None = None
+    view: DeploymentView | None = None
     ref = f"Deployment {namespace}/{name}"
     missing = _Verdict("False", DEPLOYMENT_MISSING, f"{ref} does not exist yet", generation)
     if deployment is not None:
@@ -503,7 +324,7 @@ def fold_status(
                 generation,
             )
         else:
-            view = _DeploymentView.of(deployment, size)
+            view = DeploymentView.of(deployment, size)
 
     now = _seconds(now)
     degraded = _degraded_condition(
@@ -549,69 +370,3 @@ def fold_status(
         last_trace_id=trace_id or previous_status.get("lastTraceId") or None,
     )
     return status.to_api()
-
-
-def _normalized_condition(condition: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return Condition.model_validate(condition).to_api()
-    except ValidationError:
-        return condition
-
-
-def _normalized(status: dict[str, Any]) -> dict[str, Any]:
-    """The status with conditions as a map by type and timestamps in one format."""
-    result = {key: value for key, value in status.items() if value is not None}
-    if "conditions" in result:
-        # conditions is a list-map keyed by type: its order carries no meaning.
-        result["conditions"] = {
-            str(c.get("type")): _normalized_condition(c)
-            for c in result["conditions"] or []
-            if isinstance(c, dict)
-        }
-    return result
-
-
-def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether writing ``new`` over ``old`` would change anything a reader can see.
-
-    Only the fields of ``new`` are compared: a field only ``old`` has is not removed by a
-    merge-patch write of ``new`` either, so it is no reason to write.
-    """
-    if old is None:
-        return True
-    old_norm, new_norm = _normalized(old), _normalized(new)
-    return any(old_norm.get(key) != value for key, value in new_norm.items())
-
-
-def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transition]:
-    """The conditions of ``new`` that appeared, flipped status, or changed reason abnormally.
-
-    A reason change without a flip counts when it enters or leaves an abnormal state
-    (Progressing=False going from ProgressDeadlineExceeded to RolloutComplete is news,
-    Degraded=False going from NoFailures to ReconcileSucceeded is not); a message change alone
-    never counts, or every pod that becomes ready would be an Event.
-    """
-    before = _conditions_by_type({"status": old or {}})
-    result: list[Transition] = []
-    for condition in new.get("conditions") or []:
-        type_, status, reason = condition["type"], condition["status"], condition["reason"]
-        previous = before.get(type_)
-        old_status = None if previous is None else str(previous.get("status"))
-        old_reason = None if previous is None else str(previous.get("reason", ""))
-        same_status = previous is not None and old_status == status
-        if same_status and (
-            old_reason == reason
-            or not (abnormal(type_, status, reason) or abnormal(type_, status, old_reason or ""))
-        ):
-            continue
-        result.append(
-            Transition(
-                type=type_,
-                old_status=old_status,
-                new_status=status,
-                reason=reason,
-                message=condition.get("message", ""),
-                old_reason=old_reason,
-            )
-        )
-    return result

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from memcached_operator.shared.api.models import API_VERSION, KIND
 from memcached_operator.shared.kube.client import EVENT, KubeClient
-from memcached_operator.status.conditions import Transition
+from memcached_operator.status.transitions import Transition
 
 log = logging.getLogger(__name__)
 

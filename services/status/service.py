@@ -49,16 +49,12 @@ from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.options import queue_from_args
 from memcached_operator.shared.workqueue.queue import Request, Result
-from memcached_operator.status.conditions import (
-    fold_status,
-    ready_endpoints,
-    ready_nodes,
-    status_changed,
-    transitions,
-)
+from memcached_operator.status.conditions import fold_status
+from memcached_operator.status.endpoints import ready_endpoints, ready_nodes
 from memcached_operator.status.pod_index import INDEX, LIST, POD_READS, PodIndex
 from memcached_operator.status.recorder import EventRecorder
 from memcached_operator.status.settings import StatusSettings
+from memcached_operator.status.transitions import status_changed, transitions
 
 log = logging.getLogger("memcached_operator.status")
 tracer = trace.get_tracer("memcached-operator.status")

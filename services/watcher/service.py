@@ -2,10 +2,11 @@
 
 It runs one informer per watched kind — Memcached (all namespaces or the given ones), and
 the Deployments, Pods, PodDisruptionBudgets and Services labelled as managed by it —
-publishes every change to JetStream, and every resync period re-requests reconciliation of
-every CR it knows (as the reference operator's RequeueAfter does), except those whose
-requests were dead-lettered at their current generation (resync.py). Several replicas may
-run at once: the stream de-duplicates what they publish.
+publishes every change to JetStream with the requests each controller's declarations route it
+to (emitter.py; the package root, memcached_operator.routes, hands it those), and every resync
+period re-requests reconciliation of every CR it knows (as the reference operator's
+RequeueAfter does), except those whose requests were dead-lettered at their current generation
+(resync.py). Several replicas may run at once: the stream de-duplicates what they publish.
 """
 
 from __future__ import annotations
@@ -14,20 +15,18 @@ import argparse
 import asyncio
 import logging
 
-from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, RECONCILE, STATUS
+from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, RECONCILE
+from memcached_operator.shared.bus.routing import Router
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
 from memcached_operator.shared.runtime import metrics, settings
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.queue import ORIGIN
+from memcached_operator.watcher.emitter import Emitter
 from memcached_operator.watcher.informer import Informer
-from memcached_operator.watcher.publisher import (
-    DUPLICATES_DROPPED,
-    REQUESTS_PUBLISHED,
-    Kind,
-    Publisher,
-    load_known,
-)
+from memcached_operator.watcher.known import load_known
+from memcached_operator.watcher.owners import Kind
+from memcached_operator.watcher.publisher import DUPLICATES_DROPPED, REQUESTS_PUBLISHED, Publisher
 from memcached_operator.watcher.resync import DeadLettered
 from memcached_operator.watcher.settings import WatcherSettings
 
@@ -48,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_flags(parser, WatcherSettings)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, router: Router) -> int:
+    """Run the watcher, routing changes by ``router`` (memcached_operator.routes builds it)."""
     config = settings.from_args(WatcherSettings, args)
-    return runtime.run("watcher", lambda stop: serve(config, stop))
+    return runtime.run("watcher", lambda stop: serve(config, stop, router))
 
 
 async def _resync(
@@ -70,7 +70,7 @@ async def _resync(
         log.info("resync requested", extra={"count": count, "skipped": len(skip)})
 
 
-async def serve(args: WatcherSettings, stop: asyncio.Event) -> None:
+async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> None:
     conn = await runtime.Connections.open(
         "watcher",
         args,
@@ -82,11 +82,12 @@ async def serve(args: WatcherSettings, stop: asyncio.Event) -> None:
     # Series exported at 0 from the start, so that rates have something to work on.
     for kind, _, _ in WATCHED:
         DUPLICATES_DROPPED.labels(kind.name)
-    for controller in (RECONCILE, STATUS):
+    for controller in router.controllers:
         REQUESTS_PUBLISHED.labels(controller)
         metrics.workqueue_adds_total.labels(controller)
 
     publisher = Publisher(js, nc=conn.nc, worker=conn.worker)
+    emitter = Emitter(publisher, router)
     skip = DeadLettered()
     informers: list[Informer] = []
     for kind, resource, selector in WATCHED:
@@ -94,7 +95,7 @@ async def serve(args: WatcherSettings, stop: asyncio.Event) -> None:
             known = await load_known(js, kind.name, namespace=namespace)
 
             async def emit(change, obj, before, kind=kind):  # type: ignore[no-untyped-def]
-                await publisher.emit(kind, change, obj, before)
+                await emitter.emit(kind, change, obj, before)
 
             informers.append(
                 Informer(

@@ -18,7 +18,8 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.status.pod_index import PodIndex
-from memcached_operator.watcher.publisher import Kind, extensions
+from memcached_operator.watcher.emitter import extensions
+from memcached_operator.watcher.owners import Kind
 
 pytestmark = pytest.mark.integration
 

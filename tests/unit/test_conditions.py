@@ -15,15 +15,11 @@ import pytest
 
 from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.api.models import NODES_MAX, MemcachedStatus
-from memcached_operator.status.conditions import (
-    Outcome,
-    Transition,
-    deployment_inputs,
-    fold_status,
-    ready_nodes,
-    status_changed,
-    transitions,
-)
+from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.status.conditions import fold_status
+from memcached_operator.status.deployment_view import deployment_inputs
+from memcached_operator.status.endpoints import ready_nodes
+from memcached_operator.status.transitions import Transition, status_changed, transitions
 
 UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
 T0 = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -574,7 +570,7 @@ def test_outcome_garbage_is_a_value_error(body: bytes, complaint: str) -> None:
 
 @pytest.mark.unit
 def test_only_newsworthy_transitions_become_events() -> None:
-    from memcached_operator.status.conditions import Transition
+    from memcached_operator.status.transitions import Transition
 
     def t(
         type_: str, old: str | None, new: str, reason: str = "R", old_reason: str | None = None

@@ -1,6 +1,8 @@
 """The import layers the folders promise: no service imports another service, and nothing in
-shared/ imports a service. Read from the source with ast, so a lazy import inside a function
-counts as much as one at the top."""
+shared/ imports a service. One module at the package root, the composition root
+(memcached_operator.routes), brings the services together: it hands the watcher what the other
+controllers declare they watch. Read from the source with ast, so a lazy import inside a
+function counts as much as one at the top."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "memcached_operator"
 SERVICES = sorted(p.name for p in (ROOT / "services").iterdir() if (p / "__init__.py").exists())
+COMPOSITION_ROOT = ROOT / "services" / "routes.py"
+ROOT_MODULE = f"{PACKAGE}.routes"
 
 
 def _imports(path: Path) -> list[str]:
@@ -35,6 +39,10 @@ def _service_of(module: str) -> str | None:
     return None
 
 
+def _is_root(module: str) -> bool:
+    return module == ROOT_MODULE or module.startswith(f"{ROOT_MODULE}.")
+
+
 def test_the_services_are_the_folders_of_services() -> None:
     assert {"watcher", "reconciler", "status"} <= set(SERVICES)
 
@@ -45,7 +53,7 @@ def test_a_service_imports_no_other_service(service: str) -> None:
     for path in sorted((ROOT / "services" / service).rglob("*.py")):
         for name in _imports(path):
             other = _service_of(name)
-            if other is not None and other != service:
+            if (other is not None and other != service) or _is_root(name):
                 offending.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offending == []
 
@@ -54,7 +62,10 @@ def test_shared_imports_no_service() -> None:
     offending = []
     for path in sorted((ROOT / "shared").rglob("*.py")):
         for name in _imports(path):
-            if _service_of(name) is not None or name.split(".")[:2] == [PACKAGE, "cli"]:
+            if _service_of(name) is not None or name.split(".")[:2] in (
+                [PACKAGE, "cli"],
+                [PACKAGE, "routes"],
+            ):
                 offending.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offending == []
 
@@ -76,3 +87,28 @@ def test_the_package_imports_nothing_from_the_checkout() -> None:
                 }:
                     offending.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offending == []
+
+
+def test_only_the_composition_root_brings_services_together() -> None:
+    """Of the modules at the package root (the command line, ``python -m``), only the
+    composition root imports a service at all (the command line names them as strings, so a
+    subcommand loads only its own)."""
+    offending = []
+    for path in sorted((ROOT / "services").glob("*.py")):
+        if path == COMPOSITION_ROOT:
+            continue
+        for name in _imports(path):
+            if _service_of(name) is not None:
+                offending.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offending == []
+
+
+def test_the_composition_root_takes_only_the_watches_and_the_watcher() -> None:
+    """It imports each controller's watches module and the watcher it hands them to; nothing
+    else of a service, so the declarations are all the watcher learns of the controllers."""
+    imported = [name for name in _imports(COMPOSITION_ROOT) if _service_of(name) is not None]
+    allowed = {f"{PACKAGE}.{service}" for service in SERVICES}
+    allowed |= {f"{PACKAGE}.{service}.watches" for service in SERVICES if service != "watcher"}
+    allowed |= {f"{PACKAGE}.watcher.service"}
+    assert {"reconciler", "status", "watcher"} <= {_service_of(name) for name in imported}
+    assert [name for name in imported if name not in allowed] == []

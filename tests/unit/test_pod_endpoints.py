@@ -12,7 +12,8 @@ from nats.js import JetStreamContext
 
 from memcached_operator.shared.api.pods import endpoint, pod_ip, valid_ip
 from memcached_operator.shared.bus.subjects import ObjectKey
-from memcached_operator.status.conditions import fold_status, ready_endpoints
+from memcached_operator.status.conditions import fold_status
+from memcached_operator.status.endpoints import ready_endpoints
 from memcached_operator.status.pod_index import PodIndex
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from memcached_operator.status.conditions import Transition
 from memcached_operator.status.recorder import (
     Decision,
     EventLimiter,
@@ -21,6 +20,7 @@ from memcached_operator.status.recorder import (
     event_name,
     event_note,
 )
+from memcached_operator.status.transitions import Transition
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 

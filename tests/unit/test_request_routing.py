@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from nats.js import JetStreamContext
 
-from memcached_operator.shared.api.contract import FIELD_MANAGER, OWNER_ANNOTATION
+from memcached_operator import routes as composition
+from memcached_operator.shared.api.contract import (
+    FIELD_MANAGER,
+    OWNER_ANNOTATION,
+    RECONCILE,
+    STATUS,
+)
+from memcached_operator.shared.bus.routing import Change, For, Owns, Router, Target
 from memcached_operator.shared.bus.subjects import ObjectKey
-from memcached_operator.watcher.publisher import RECONCILE, STATUS, Kind, Publisher, find_owner
+from memcached_operator.watcher.owners import Kind, find_owner
 
 pytestmark = pytest.mark.unit
 
@@ -62,79 +69,81 @@ def pod(name: str, *, ready: bool) -> dict[str, Any]:
     }
 
 
-def routes(publisher: Publisher, kind: Kind, change: str, obj: dict[str, Any]) -> list[str]:
+def routes(router: Router, kind: Kind, change: str, obj: dict[str, Any]) -> list[str]:
     meta = obj["metadata"]
     key = ObjectKey(meta["namespace"], meta["name"])
     owner = find_owner(kind.name, obj).key if kind.owned else None
-    return [controller for controller, _ in publisher._requests(kind, change, key, obj, owner)]
+    return [
+        controller for controller, _ in router.requests(Change(kind.name, change, key, owner, obj))
+    ]
 
 
 @pytest.fixture
-def publisher() -> Publisher:
-    return Publisher(cast(JetStreamContext, None))
+def router() -> Router:
+    """The watcher's routing table as the package root builds it from every controller's
+    declarations (services/reconciler/watches.py, services/status/watches.py)."""
+    return composition.router()
 
 
 def test_our_own_deployment_creation_and_rollout_wake_only_the_status_service(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
-    assert routes(publisher, DEPLOYMENT, "added", deployment(generation=1, writers=ours)) == [
-        STATUS
-    ]
-    assert routes(publisher, DEPLOYMENT, "modified", deployment(generation=2, writers=ours)) == [
+    assert routes(router, DEPLOYMENT, "added", deployment(generation=1, writers=ours)) == [STATUS]
+    assert routes(router, DEPLOYMENT, "modified", deployment(generation=2, writers=ours)) == [
         STATUS
     ]
 
 
 def test_anyone_elses_deployment_edit_creation_or_a_deletion_asks_for_a_reconcile(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     ours = (FIELD_MANAGER, "2026-01-01T00:00:00Z")
     kubectl = ("kubectl-edit", "2026-01-01T00:00:05Z")
     edited = deployment(generation=2, writers=[ours, kubectl])
-    routes(publisher, DEPLOYMENT, "modified", deployment(generation=1, writers=[ours]))
-    assert routes(publisher, DEPLOYMENT, "modified", edited) == [RECONCILE, STATUS]
+    routes(router, DEPLOYMENT, "modified", deployment(generation=1, writers=[ours]))
+    assert routes(router, DEPLOYMENT, "modified", edited) == [RECONCILE, STATUS]
     theirs = deployment(generation=1, writers=[("someone", "2026-01-01T00:00:00Z")])
-    assert routes(publisher, DEPLOYMENT, "added", theirs) == [RECONCILE, STATUS]
+    assert routes(router, DEPLOYMENT, "added", theirs) == [RECONCILE, STATUS]
     gone = deployment(generation=2, writers=[ours])
-    assert routes(publisher, DEPLOYMENT, "deleted", gone) == [RECONCILE, STATUS]
+    assert routes(router, DEPLOYMENT, "deleted", gone) == [RECONCILE, STATUS]
 
 
-def test_a_deployment_status_update_does_not_reconcile(publisher: Publisher) -> None:
+def test_a_deployment_status_update_does_not_reconcile(router: Router) -> None:
     ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
-    routes(publisher, DEPLOYMENT, "added", deployment(generation=1, writers=ours))
+    routes(router, DEPLOYMENT, "added", deployment(generation=1, writers=ours))
     same_generation = deployment(generation=1, writers=ours)
     same_generation["status"] = {"observedGeneration": 1, "readyReplicas": 1}
-    assert routes(publisher, DEPLOYMENT, "modified", same_generation) == [STATUS]
+    assert routes(router, DEPLOYMENT, "modified", same_generation) == [STATUS]
 
 
 def test_memcached_status_writes_do_not_reconcile_but_spec_changes_do(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     cr = {"metadata": {"name": "cache", "namespace": "ns", "generation": 1}}
-    assert routes(publisher, MEMCACHED, "added", cr) == [RECONCILE]
-    assert routes(publisher, MEMCACHED, "modified", cr) == []
+    assert routes(router, MEMCACHED, "added", cr) == [RECONCILE]
+    assert routes(router, MEMCACHED, "modified", cr) == []
     cr["metadata"]["generation"] = 2
-    assert routes(publisher, MEMCACHED, "modified", cr) == [RECONCILE]
+    assert routes(router, MEMCACHED, "modified", cr) == [RECONCILE]
 
 
-def test_pods_wake_the_status_service_only_when_readiness_changes(publisher: Publisher) -> None:
-    assert routes(publisher, POD, "added", pod("p1", ready=False)) == []
-    assert routes(publisher, POD, "modified", pod("p1", ready=False)) == []
-    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == [STATUS]
-    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == []
-    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
+def test_pods_wake_the_status_service_only_when_readiness_changes(router: Router) -> None:
+    assert routes(router, POD, "added", pod("p1", ready=False)) == []
+    assert routes(router, POD, "modified", pod("p1", ready=False)) == []
+    assert routes(router, POD, "modified", pod("p1", ready=True)) == [STATUS]
+    assert routes(router, POD, "modified", pod("p1", ready=True)) == []
+    assert routes(router, POD, "deleted", pod("p1", ready=True)) == [STATUS]
 
 
 def test_deployment_changes_the_status_is_not_folded_from_wake_nobody(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     ours = [(FIELD_MANAGER, "2026-01-01T00:00:00Z")]
     dep = deployment(generation=1, writers=ours)
-    assert routes(publisher, DEPLOYMENT, "added", dep) == [STATUS]
+    assert routes(router, DEPLOYMENT, "added", dep) == [STATUS]
     # The Deployment controller's revision annotation: same generation, same status.
     dep["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
-    assert routes(publisher, DEPLOYMENT, "modified", dep) == []
+    assert routes(router, DEPLOYMENT, "modified", dep) == []
     # A condition's lastUpdateTime alone is no news either; its counts and reasons are.
     dep["status"] = {
         "observedGeneration": 1,
@@ -148,12 +157,12 @@ def test_deployment_changes_the_status_is_not_folded_from_wake_nobody(
             }
         ],
     }
-    assert routes(publisher, DEPLOYMENT, "modified", dep) == [STATUS]
+    assert routes(router, DEPLOYMENT, "modified", dep) == [STATUS]
     dep["status"]["conditions"][0]["lastUpdateTime"] = "2026-01-01T00:00:02Z"
-    assert routes(publisher, DEPLOYMENT, "modified", dep) == []
+    assert routes(router, DEPLOYMENT, "modified", dep) == []
     dep["status"]["readyReplicas"] = 1
-    assert routes(publisher, DEPLOYMENT, "modified", dep) == [STATUS]
-    assert routes(publisher, DEPLOYMENT, "deleted", dep) == [RECONCILE, STATUS]
+    assert routes(router, DEPLOYMENT, "modified", dep) == [STATUS]
+    assert routes(router, DEPLOYMENT, "deleted", dep) == [RECONCILE, STATUS]
 
 
 def with_ready(dep: dict[str, Any], ready: int) -> dict[str, Any]:
@@ -161,65 +170,106 @@ def with_ready(dep: dict[str, Any], ready: int) -> dict[str, Any]:
 
 
 def test_a_pod_that_its_deployment_has_not_counted_yet_waits_for_the_deployments_update(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     dep = deployment(generation=1, writers=[(FIELD_MANAGER, "2026-01-01T00:00:00Z")])
-    routes(publisher, DEPLOYMENT, "added", with_ready(dep, 0))
+    routes(router, DEPLOYMENT, "added", with_ready(dep, 0))
     # p1 becomes ready before the Deployment controller counts it: its update brings both.
-    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == []
-    assert routes(publisher, DEPLOYMENT, "modified", with_ready(dep, 1)) == [STATUS]
+    assert routes(router, POD, "modified", pod("p1", ready=True)) == []
+    assert routes(router, DEPLOYMENT, "modified", with_ready(dep, 1)) == [STATUS]
     # The other order: the Deployment counts p2 first (its refresh cannot see p2 yet), then
     # p2's own change is the one that brings p2 into the status.
-    assert routes(publisher, DEPLOYMENT, "modified", with_ready(dep, 2)) == [STATUS]
-    assert routes(publisher, POD, "modified", pod("p2", ready=True)) == [STATUS]
+    assert routes(router, DEPLOYMENT, "modified", with_ready(dep, 2)) == [STATUS]
+    assert routes(router, POD, "modified", pod("p2", ready=True)) == [STATUS]
     # A ready pod replaced by another while the count stays the same: the replacement's
     # readiness is what moves the nodes, so it asks.
-    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == []
-    assert routes(publisher, POD, "modified", pod("p3", ready=True)) == [STATUS]
+    assert routes(router, POD, "deleted", pod("p1", ready=True)) == []
+    assert routes(router, POD, "modified", pod("p3", ready=True)) == [STATUS]
 
 
-def test_pods_of_a_cr_whose_deployment_was_not_seen_always_ask(publisher: Publisher) -> None:
-    assert routes(publisher, POD, "modified", pod("p1", ready=True)) == [STATUS]
+def test_pods_of_a_cr_whose_deployment_was_not_seen_always_ask(router: Router) -> None:
+    assert routes(router, POD, "modified", pod("p1", ready=True)) == [STATUS]
     dep = deployment(generation=1, writers=[(FIELD_MANAGER, "2026-01-01T00:00:00Z")])
-    routes(publisher, DEPLOYMENT, "added", with_ready(dep, 1))
-    routes(publisher, DEPLOYMENT, "deleted", with_ready(dep, 1))
-    assert routes(publisher, POD, "deleted", pod("p1", ready=True)) == [STATUS]
+    routes(router, DEPLOYMENT, "added", with_ready(dep, 1))
+    routes(router, DEPLOYMENT, "deleted", with_ready(dep, 1))
+    assert routes(router, POD, "deleted", pod("p1", ready=True)) == [STATUS]
 
 
 PDB = Kind("pdb", owned=True)
 
 
 def test_a_disruption_budget_is_reconciled_on_drift_and_deletion_only(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     ours = deployment(generation=1, writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z")])
-    assert routes(publisher, PDB, "added", ours) == []
+    assert routes(router, PDB, "added", ours) == []
     drifted = deployment(
         generation=2,
         writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z"), ("kubectl", "2025-03-01T10:01:00Z")],
     )
-    assert routes(publisher, PDB, "modified", drifted) == [RECONCILE]
+    assert routes(router, PDB, "modified", drifted) == [RECONCILE]
     # Its status (the disruption controller's counts) is no reason to reconcile, nor does it
     # show in the CR's status, unlike a Deployment's.
-    assert routes(publisher, PDB, "modified", drifted) == []
-    assert routes(publisher, PDB, "deleted", drifted) == [RECONCILE]
+    assert routes(router, PDB, "modified", drifted) == []
+    assert routes(router, PDB, "deleted", drifted) == [RECONCILE]
 
 
 SERVICE = Kind("service", owned=True)
 
 
 def test_a_service_without_a_generation_is_reconciled_when_its_spec_drifts(
-    publisher: Publisher,
+    router: Router,
 ) -> None:
     ours = deployment(generation=0, writers=[(FIELD_MANAGER, "2025-03-01T10:00:00Z")])
     ours["spec"] = {"selector": {"app": "cache"}}
-    assert routes(publisher, SERVICE, "added", ours) == []
+    assert routes(router, SERVICE, "added", ours) == []
     drifted = copy.deepcopy(ours)
     drifted["spec"]["selector"] = {"app": "elsewhere"}
     drifted["metadata"]["managedFields"].append(
         {"manager": "kubectl", "operation": "Update", "time": "2025-03-01T10:01:00Z"}
     )
-    assert routes(publisher, SERVICE, "modified", drifted) == [RECONCILE]
+    assert routes(router, SERVICE, "modified", drifted) == [RECONCILE]
     # The same spec again (a metadata-only edit): nothing to reconcile.
-    assert routes(publisher, SERVICE, "modified", drifted) == []
-    assert routes(publisher, SERVICE, "deleted", drifted) == [RECONCILE]
+    assert routes(router, SERVICE, "modified", drifted) == []
+    assert routes(router, SERVICE, "deleted", drifted) == [RECONCILE]
+
+
+def test_every_declared_kind_is_watched_and_the_owner_of_an_owned_kind_is_found() -> None:
+    from memcached_operator.watcher.service import WATCHED
+
+    watched = {kind.name: kind for kind, _, _ in WATCHED}
+    declared = composition.router().watches
+    assert {watch.kind for watch in declared} == set(watched)
+    for watch in declared:
+        # Owns/Watches route to the owner the watcher finds, For to the object itself.
+        assert watched[watch.kind].owned == (watch.target is Target.OWNER), watch
+
+
+def test_every_predicate_of_a_declaration_sees_every_change_it_can_route() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def remembers(name: str, verdict: bool) -> Callable[[Change], bool]:
+        def predicate(change: Change) -> bool:
+            seen.append((name, change.key.name))
+            return verdict
+
+        return predicate
+
+    router = Router(
+        (
+            Owns("first", "deployment", remembers("rejects", False), remembers("after", True)),
+            Owns("second", "deployment", remembers("passes", True)),
+            For("third", "memcached", remembers("own", True)),
+        )
+    )
+    change = Change("deployment", "modified", ObjectKey("ns", "dep"), OWNER, {})
+    assert router.requests(change) == [("second", OWNER)]
+    # The second predicate of "first" remembers the change although the first rejected it.
+    assert seen == [("rejects", "dep"), ("after", "dep"), ("passes", "dep")]
+    seen.clear()
+    # An owned object without a believed owner wakes nobody, and no predicate remembers it.
+    unowned = Change("deployment", "modified", ObjectKey("ns", "dep"), None, {})
+    assert router.requests(unowned) == []
+    assert seen == []
+    cr = Change("memcached", "added", OWNER, None, {})
+    assert router.requests(cr) == [("third", OWNER)]

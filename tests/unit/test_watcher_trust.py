@@ -16,18 +16,14 @@ from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.runtime.health import liveness_checks
 from memcached_operator.shared.runtime.progress import Progress
-from memcached_operator.watcher.publisher import (
+from memcached_operator.watcher.deadletters import MESSAGE_TOO_LARGE, PERMISSION_DENIED, refusal
+from memcached_operator.watcher.owners import (
     INVALID_OWNER_NAME,
-    MESSAGE_TOO_LARGE,
     NO_CONTROLLER,
     OWNER_MISMATCH,
-    PERMISSION_DENIED,
-    Publisher,
-    _Message,
     find_owner,
-    message_size,
-    refusal,
 )
+from memcached_operator.watcher.publisher import Message, Publisher, message_size
 
 pytestmark = pytest.mark.unit
 
@@ -219,7 +215,7 @@ async def test_a_message_that_keeps_failing_while_connected_is_dead_lettered_aft
         cast(JetStreamContext, js), max_attempts=3, give_up_after=0.0, progress=progress
     )
     publisher._waiting(+1)
-    message = _Message(subject, b"", {"Mcop-Origin": "test"}, "", ObjectKey("ns", "cache"))
+    message = Message(subject, b"", {"Mcop-Origin": "test"}, "", ObjectKey("ns", "cache"))
     await publisher._store(message)
     # Given up after 3 failures; the dead letter is retried until it is stored, the message
     # is tried again in between, and only then the watcher moves on.
