@@ -34,7 +34,7 @@ from pathlib import Path
 from deploy.local import build
 from deploy.local import nats as local_nats
 from deploy.local.processes import Supervisor
-from memcached_operator.admin import nats_auth, pki
+from memcached_operator.admin import nats_auth, nats_conf, pki
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -138,7 +138,7 @@ class Layout:
     @property
     def nats_url(self) -> str:
         """The URL for people and tests: as the admin user when the server has users."""
-        passwords = nats_auth.load_passwords(self.state_dir) or {}
+        passwords = nats_conf.load_passwords(self.state_dir) or {}
         if "admin" not in passwords:
             return self._nats_address
         secret = urllib.parse.quote(passwords["admin"], safe="")
@@ -154,7 +154,7 @@ class Layout:
         audit, admin): NATS_URL without credentials, NATS_USER and NATS_PASSWORD, and NATS_CA
         when the server takes TLS only."""
         nats_auth.user(user)  # unknown users are an error even before `up`
-        passwords = nats_auth.load_passwords(self.state_dir) or {}
+        passwords = nats_conf.load_passwords(self.state_dir) or {}
         env = {"NATS_URL": self._nats_address}
         if user in passwords:
             env.update(NATS_USER=user, NATS_PASSWORD=passwords[user])

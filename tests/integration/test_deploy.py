@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from deploy.local import nats as local_nats
-from memcached_operator.admin.nats_auth import USERS, authorization_block, server_environment
+from memcached_operator.admin.nats_auth import USERS
+from memcached_operator.admin.nats_conf import authorization_block, server_environment
 from tests.conftest import Cluster
 from tests.support import services, wait_for
 
