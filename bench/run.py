@@ -31,7 +31,7 @@ from bench.cluster import BenchCluster
 from bench.contenders import REPO
 from bench.harness import free_port, free_port_block, machine, source_version
 from bench.scenarios import Bench, log
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout
 from deploy.local.processes import Supervisor
 from memcached_operator.shared.kube.client import KubeClient
 

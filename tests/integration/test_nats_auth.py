@@ -36,9 +36,8 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout, free_base_port
 from deploy.local.processes import Supervisor
 from memcached_operator.admin import nats_auth, nats_table
 from memcached_operator.audit.command import read_events
@@ -626,7 +625,7 @@ async def test_audit_shows_the_subjects_key_and_marks_what_headers_claim_otherwi
 def own_server(state_dir: Path, *, tls: bool) -> Iterator[Layout]:
     """A nats-server of its own (users as deploy/, TLS only if asked) in a layout of its own,
     without streams: for tests that must see the session's server unchanged."""
-    layout = Layout(state_dir, base_port=local_cluster.free_base_port())
+    layout = Layout(state_dir, base_port=free_base_port())
     layout.save()
     sup = Supervisor(layout.state_dir)
     local_nats.start(
