@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import cluster as local_cluster
-from deploy.local.cluster import Layout, write_kubeconfig
+from deploy.local.layout import Layout, write_kubeconfig
 from deploy.local.processes import Supervisor
 from memcached_operator.admin import pki
 

@@ -9,16 +9,23 @@ given (direct, or through the latency proxy), and is confined to the scenario's 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.harness import free_port, nats_env, scrape, wait_http_ok, wait_service_ready
-from deploy.local.cluster import Layout
+from bench.harness import (
+    REPO,
+    free_port,
+    nats_env,
+    process_env,
+    scrape,
+    service_command,
+    wait_http_ok,
+    wait_service_ready,
+)
+from deploy.local.layout import Layout
 from deploy.local.processes import Record, Supervisor
 
-REPO = Path(__file__).resolve().parent.parent
 KOPF_OPERATOR = REPO / "bench" / "peers" / "kopf_operator.py"
 
 
@@ -36,19 +43,10 @@ class Contender:
     ports: dict[str, int] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            KUBECONFIG=str(self.kubeconfig),
-            PYTHONPATH=str(REPO),
-            LOG_FORMAT="json",
-        )
-        env.update(self.env)
-        return env
-
     def _start(self, role: str, argv: list[str], *, port: int, **extra: str) -> Record:
         name = f"{self.prefix}-{role}"
-        rec = self.supervisor.start(name, argv, env={**self._env(), **extra}, cwd=REPO)
+        env = process_env(self.kubeconfig, **{**self.env, **extra})
+        rec = self.supervisor.start(name, argv, env=env, cwd=REPO)
         self.records[role] = rec
         self.ports[role] = port
         self.started.append(name)
@@ -83,15 +81,7 @@ class Pipeline(Contender):
 
     def _service(self, role: str, service: str, *args: str) -> None:
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "memcached_operator.cli",
-            service,
-            "--health-port",
-            str(port),
-            *args,
-        ]
+        argv = service_command(service, port, *args)
         self._start(role, argv, port=port, **nats_env(self.layout, service))
 
     async def start(self) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.watch import watch_forever
-from deploy.local.cluster import Layout, free_base_port
+from deploy.local.layout import Layout, free_base_port
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.kube.client import (
@@ -42,6 +43,31 @@ def free_port() -> int:
 
 def free_port_block(size: int = 8) -> int:
     return free_base_port(size)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def service_command(service: str, health_port: int, *args: str) -> list[str]:
+    """The command line of one of this system's services (``memcached-operator <service>``)."""
+    return [
+        sys.executable,
+        "-m",
+        "memcached_operator.cli",
+        service,
+        "--health-port",
+        str(health_port),
+        *args,
+    ]
+
+
+def process_env(kubeconfig: Path, **extra: str) -> dict[str, str]:
+    """A child process's environment: this one's, with ``kubeconfig``, the checkout on
+    PYTHONPATH and JSON logs, then ``extra``."""
+    env = dict(os.environ)
+    env.update(KUBECONFIG=str(kubeconfig), PYTHONPATH=str(REPO), LOG_FORMAT="json")
+    env.update(extra)
+    return env
 
 
 def nats_env(layout: Layout, user: str) -> dict[str, str]:
@@ -150,26 +176,13 @@ class Observer:
     deployments_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        synced = [asyncio.Event(), asyncio.Event()]
+        watches = ((DEPLOYMENT, self._on_deployment), (MEMCACHED, self._on_cr))
+        synced = [asyncio.Event() for _ in watches]
         self._tasks = [
             asyncio.create_task(
-                watch_forever(
-                    self.kube,
-                    DEPLOYMENT,
-                    namespace=self.namespace,
-                    on_event=self._on_deployment,
-                    synced=synced[0],
-                )
-            ),
-            asyncio.create_task(
-                watch_forever(
-                    self.kube,
-                    MEMCACHED,
-                    namespace=self.namespace,
-                    on_event=self._on_cr,
-                    synced=synced[1],
-                )
-            ),
+                watch_forever(self.kube, res, namespace=self.namespace, on_event=handler, synced=s)
+            )
+            for (res, handler), s in zip(watches, synced, strict=True)
         ]
         await asyncio.gather(*(s.wait() for s in synced))
 
@@ -314,13 +327,22 @@ class CpuMeter:
         }
 
 
-def scrape(port: int, path: str = "/metrics") -> str:
+def http_get(port: int, path: str, *, timeout: float = 5.0) -> tuple[int, str]:
+    """GET ``path`` of a loopback port: the status and the body, of an error response too;
+    (0, "") when nothing answers."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            text: str = resp.read().decode()
-            return text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return int(resp.status), str(resp.read().decode())
+    except urllib.error.HTTPError as err:
+        return int(err.code), str(err.read().decode())
     except OSError:
-        return ""
+        return 0, ""
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    """The body of a successful response, else ""."""
+    status, body = http_get(port, path)
+    return "" if status >= 400 else body
 
 
 def metric_sum(text: str, name: str, /, **labels: str) -> float:
@@ -343,7 +365,7 @@ def metric_sum(text: str, name: str, /, **labels: str) -> float:
 async def wait_http_ok(port: int, path: str, *, timeout: float, alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ok = await asyncio.to_thread(_status, port, path)
+        ok, _ = await asyncio.to_thread(http_get, port, path, timeout=3)
         if ok == 200:
             return
         if alive is not None and not alive():
@@ -358,33 +380,13 @@ async def wait_service_ready(port: int, *, timeout: float, alive: Any = None) ->
     deadline = time.monotonic() + timeout
     body = ""
     while time.monotonic() < deadline:
-        body = await asyncio.to_thread(_body, port, "/readyz")
+        _, body = await asyncio.to_thread(http_get, port, "/readyz")
         if "[+]nats" in body and "[+]streams" in body:
             return
         if alive is not None and not alive():
             raise RuntimeError(f"process serving :{port} exited before it was ready")
         await asyncio.sleep(0.2)
     raise TimeoutError(f"127.0.0.1:{port}/readyz not ready after {timeout}s: {body!r}")
-
-
-def _body(port: int, path: str) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return str(resp.read().decode())
-    except urllib.error.HTTPError as err:
-        return str(err.read().decode())
-    except OSError:
-        return ""
-
-
-def _status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except OSError:
-        return 0
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -76,12 +76,8 @@ class LatencyProxy:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                if not data:
-                    with contextlib.suppress(OSError):
-                        writer.write_eof()
+                if not await _forward(writer, data):
                     return
-                writer.write(data)
-                await writer.drain()
 
         delivering = asyncio.create_task(deliver())
         try:
@@ -96,14 +92,20 @@ class LatencyProxy:
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                with contextlib.suppress(OSError):
-                    writer.write_eof()
-                return
-            writer.write(data)
-            await writer.drain()
+        while await _forward(writer, await reader.read(65536)):
+            pass
+
+
+async def _forward(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write one chunk read from the other side; at its end (no data), pass the EOF on and
+    return False."""
+    if not data:
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+        return False
+    writer.write(data)
+    await writer.drain()
+    return True
 
 
 async def _serve(*, port: int, upstream_port: int, latency: float) -> None:

@@ -1,4 +1,5 @@
-"""Writing the results: JSON with everything, a Markdown table with ratios, and two plots."""
+"""Writing the results: a summary JSON (bench/summary.py; the raw samples in the ignored raw/),
+a Markdown table with ratios, and two plots drawn from the summary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from bench import summary
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -351,11 +354,9 @@ def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[P
         (axes[1], "latencies_available_s", "CR created → Available=True"),
     ):
         for name, s in scenarios.items():
-            values = sorted(s.get(key) or [])
-            if not values:
-                continue
-            ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.plot(values, ys, label=name)
+            xs, ys = summary.cdf(s, key)
+            if xs:
+                ax.plot(xs, ys, label=name)
         ax.set_title(title)
         ax.set_xlabel("latency (s)")
         ax.grid(alpha=0.3)
@@ -401,30 +402,40 @@ def scaling_plot(results: dict[str, Any], scaling_png: Path) -> Path:
 
 
 def write(results: dict[str, Any], out_dir: Path, *, stem: str) -> list[Path]:
+    """The summary ``<stem>.json`` (see bench/summary.py), its Markdown and plots, and the full
+    results, per-CR samples included, in the ignored ``raw/<stem>.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if stem == "latest" else f"-{stem}"
-    if results.get("meta", {}).get("scaling"):
-        # A summary only: no per-object samples in the committed results.
-        for runs in (results["scenarios"], *results.get("repetitions", [])):
-            for s in runs.values():
-                s.pop("latencies_deployment_s", None)
-                s.pop("latencies_available_s", None)
+    written = []
+    if _has_samples(results):
+        raw_path = out_dir / "raw" / f"{stem}.json"
+        raw_path.parent.mkdir(exist_ok=True)
+        raw_path.write_text(json.dumps(results))
+        written.append(raw_path)
+    results = summary.summarize(results)
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(results, indent=1))
+    json_path.write_text(summary.dumps(results))
     md_path = out_dir / f"{stem}.md"
     md_path.write_text(markdown(results))
+    written += [json_path, md_path]
     if not results["scenarios"]:
-        return [json_path, md_path]
+        return written
     if results["meta"].get("scaling"):
-        return [json_path, md_path, scaling_plot(results, out_dir / f"{stem}.png")]
-    return [json_path, md_path, *plots(results, out_dir, suffix=suffix)]
+        return [*written, scaling_plot(results, out_dir / f"{stem}.png")]
+    return [*written, *plots(results, out_dir, suffix=suffix)]
+
+
+def _has_samples(results: dict[str, Any]) -> bool:
+    runs = (results.get("scenarios", {}), *results.get("repetitions", []))
+    return any(s.get(key) for r in runs for s in r.values() for key in summary.SAMPLES)
 
 
 if __name__ == "__main__":
-    # Re-render the Markdown and plots of a results file: python -m bench.report latest.json
+    # Re-render the summary, Markdown and plots of a results file, a summary or a raw one:
+    # python -m bench.report bench/results/latest.json (or bench/results/raw/latest.json)
     import sys
 
     path = Path(sys.argv[1])
-    stem = path.stem
-    for written in write(json.loads(path.read_text()), path.parent, stem=stem):
+    out_dir = path.parent.parent if path.parent.name == "raw" else path.parent
+    for written in write(json.loads(path.read_text()), out_dir, stem=path.stem):
         print(written)

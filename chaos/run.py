@@ -28,16 +28,19 @@ import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bench.harness import (
+    REPO,
     create_crs,
     create_namespace,
     free_port,
     free_port_block,
     memcached,
     nats_env,
+    process_env,
+    service_command,
 )
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.contract import owned_by
@@ -48,7 +51,6 @@ from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STRE
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
 
-REPO = Path(__file__).resolve().parent.parent
 # Short enough that a killed worker's request moves on within seconds.
 FAST = {"ACK_WAIT": "5", "LEASE_TTL": "5"}
 
@@ -136,23 +138,9 @@ class Chaos:
             self.pids.add(rec.pid)
 
     def start_service(self, name: str, service: str, *args: str) -> None:
-        env = dict(os.environ)
-        env.update(
-            KUBECONFIG=str(self.layout.kubeconfig),
-            PYTHONPATH=str(REPO),
-            LOG_FORMAT="json",
-            **FAST,
-            **nats_env(self.layout, service),
-        )
-        argv = [
-            sys.executable,
-            "-m",
-            "memcached_operator.cli",
-            service,
-            "--health-port",
-            str(free_port()),
-        ]
-        self._track(self.services.start(name, [*argv, *args], env=env, cwd=REPO))
+        env = process_env(self.layout.kubeconfig, **FAST, **nats_env(self.layout, service))
+        argv = service_command(service, free_port(), *args)
+        self._track(self.services.start(name, argv, env=env, cwd=REPO))
 
     def kill_and_restart(self, name: str, service: str, *args: str) -> None:
         self.services.kill(name)

@@ -23,7 +23,7 @@ import pytest
 from deploy.local import build
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout, free_base_port
 from deploy.local.processes import Supervisor
 from tests.support import Services, services
 
@@ -67,7 +67,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 def free_port_block(size: int = 8) -> int:
-    return local_cluster.free_base_port(size)
+    return free_base_port(size)
 
 
 class Cluster:

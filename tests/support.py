@@ -15,7 +15,7 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.admin import nats_auth
 from memcached_operator.shared.bus.replay import replay

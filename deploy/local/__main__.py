@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS = {
-    "cluster": ("deploy.local.cluster", "run a local control plane with kwok and NATS"),
+    "cluster": ("deploy.local.cluster_command", "run a local control plane with kwok and NATS"),
     "demo": ("deploy.local.demo", "run the whole system locally and apply the samples"),
 }
 

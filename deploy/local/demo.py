@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from deploy.local import cluster as local_cluster
-from deploy.local.cluster import Layout
+from deploy.local.cluster_command import add_common_arguments
+from deploy.local.layout import Layout
 from deploy.local.processes import Supervisor
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +31,7 @@ DEMO_NAMESPACE = "default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    local_cluster.add_common_arguments(parser)
+    add_common_arguments(parser)
     parser.add_argument(
         "--teardown",
         action="store_true",

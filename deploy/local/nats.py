@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from deploy.local.processes import Record, Supervisor
-from memcached_operator.admin import nats_auth, pki
+from memcached_operator.admin import nats_conf, pki
 
 NAME = "nats-server"
 TLS_MARKER = "nats-tls"  # in the state directory: this instance's clients use TLS
@@ -63,7 +63,7 @@ def write_config(
     conf = state_dir / "nats.conf"
     include: list[str] = []
     if auth:
-        (state_dir / "auth.conf").write_text(nats_auth.authorization_block())
+        (state_dir / "auth.conf").write_text(nats_conf.authorization_block())
         include = ['include "auth.conf"']
     tls_block: list[str] = []
     if tls:
@@ -120,12 +120,12 @@ def start(
     """Start nats-server, or keep the running one if its configuration is unchanged.
 
      ``auth`` and ``tls`` None mean: as the state directory says (auth on once passwords were
-     generated there, see :func:`~memcached_operator.admin.nats_auth.ensure_passwords`
+     generated there, see :func:`~memcached_operator.admin.nats_conf.ensure_passwords`
     ; TLS on once it was
      asked for), so a restart keeps the users and the transport.
     """
     state = sup.state_dir
-    passwords = nats_auth.ensure_passwords(state) if auth else nats_auth.load_passwords(state)
+    passwords = nats_conf.ensure_passwords(state) if auth else nats_conf.load_passwords(state)
     use_auth = passwords is not None if auth is None else auth
     if tls is not None:
         marker = state / TLS_MARKER
@@ -148,7 +148,7 @@ def start(
         sup.stop(NAME)
     env = dict(os.environ)
     if use_auth and passwords is not None:
-        env.update(nats_auth.server_environment(passwords, cost=LOCAL_BCRYPT_COST))
+        env.update(nats_conf.server_environment(passwords, cost=LOCAL_BCRYPT_COST))
     rec = sup.start(NAME, [binary(), "-c", str(conf)], env=env)
     wait_ready(port)
     return rec

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from memcached_operator.admin import nats_auth, pki
+from memcached_operator.admin import nats_auth, nats_conf, pki
 
 USERS_SECRET = "nats-users"
 SERVER_SECRET = "nats-server-auth"
@@ -59,13 +59,13 @@ def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
 
 
 def secrets(
-    *, namespace: str = NAMESPACE, tls_dir: Path | None = None, cost: int = nats_auth.BCRYPT_COST
+    *, namespace: str = NAMESPACE, tls_dir: Path | None = None, cost: int = nats_conf.BCRYPT_COST
 ) -> list[dict[str, Any]]:
     """The Secrets' manifests; with ``tls_dir``, also the TLS ones from the PKI there."""
-    passwords = {u.name: nats_auth.generate_password() for u in nats_auth.USERS}
+    passwords = {u.name: nats_conf.generate_password() for u in nats_auth.USERS}
     docs = [
         _secret(USERS_SECRET, namespace, passwords),
-        _secret(SERVER_SECRET, namespace, nats_auth.server_environment(passwords, cost=cost)),
+        _secret(SERVER_SECRET, namespace, nats_conf.server_environment(passwords, cost=cost)),
     ]
     if tls_dir is not None:
         p = pki.ensure(tls_dir, clients={}, servers={"nats": server_names(namespace)})

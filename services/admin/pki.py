@@ -23,33 +23,27 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 _VALIDITY = dt.timedelta(days=3650)
 
 
+class _File:
+    """A file of the PKI directory, read as an attribute (``pki.ca_cert``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, pki: Pki, owner: type[Pki] | None = None) -> Path:
+        return pki.dir / self.name
+
+
 @dataclass(frozen=True)
 class Pki:
     dir: Path
 
-    @property
-    def ca_cert(self) -> Path:
-        return self.dir / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.dir / "ca.key"
-
-    @property
-    def serving_cert(self) -> Path:
-        return self.dir / "apiserver.crt"
-
-    @property
-    def serving_key(self) -> Path:
-        return self.dir / "apiserver.key"
-
-    @property
-    def sa_key(self) -> Path:
-        return self.dir / "sa.key"
-
-    @property
-    def sa_pub(self) -> Path:
-        return self.dir / "sa.pub"
+    ca_cert = _File("ca.crt")
+    ca_key = _File("ca.key")
+    serving_cert = _File("apiserver.crt")
+    serving_key = _File("apiserver.key")
+    # The key pair that signs and checks service account tokens.
+    sa_key = _File("sa.key")
+    sa_pub = _File("sa.pub")
 
     def server_cert(self, server: str) -> Path:
         return self.dir / f"server-{server}.crt"
@@ -90,14 +84,20 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
 
 
 def _issue(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    cert_path: Path,
+    key_path: Path,
     *,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
     subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
+) -> None:
+    """A fresh key and a certificate for it signed by the CA, written to the two paths,
+    unless the certificate exists (files are written once and reused)."""
+    if cert_path.exists():
+        return
+    ca_cert, ca_key = ca
+    key = _key()
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -112,7 +112,9 @@ def _issue(
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write(key_path, _pem_key(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -168,59 +170,43 @@ def ensure(
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     ca_key = loaded
 
-    if not pki.serving_cert.exists():
-        key = _key()
-        sans: list[x509.GeneralName] = [
-            x509.DNSName(n)
-            for n in (
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            )
-        ]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1")]
-        cert = _issue(
-            ca_cert=ca_cert,
-            ca_key=ca_key,
-            subject=_name("kube-apiserver"),
-            key=key,
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            sans=sans,
+    ca = (ca_cert, ca_key)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName(n)
+        for n in (
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
         )
-        _write(pki.serving_key, _pem_key(key), private=True)
-        _write(pki.serving_cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
-
+    ]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1")]
+    _issue(
+        ca,
+        pki.serving_cert,
+        pki.serving_key,
+        subject=_name("kube-apiserver"),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=sans,
+    )
     for server, names in (servers or {}).items():
-        if pki.server_cert(server).exists():
-            continue
-        key = _key()
-        cert = _issue(
-            ca_cert=ca_cert,
-            ca_key=ca_key,
+        _issue(
+            ca,
+            pki.server_cert(server),
+            pki.server_key(server),
             subject=_name(server),
-            key=key,
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
             sans=[_san(n) for n in names],
         )
-        _write(pki.server_key(server), _pem_key(key), private=True)
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        _write(pki.server_cert(server), pem, private=False)
-
     for user, group in clients.items():
-        if pki.client_cert(user).exists():
-            continue
-        key = _key()
-        cert = _issue(
-            ca_cert=ca_cert,
-            ca_key=ca_key,
+        _issue(
+            ca,
+            pki.client_cert(user),
+            pki.client_key(user),
             subject=_name(user, group),
-            key=key,
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         )
-        _write(pki.client_key(user), _pem_key(key), private=True)
-        _write(pki.client_cert(user), cert.public_bytes(serialization.Encoding.PEM), private=False)
 
     if not pki.sa_key.exists():
         sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)

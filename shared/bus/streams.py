@@ -111,63 +111,77 @@ def stream_max_bytes(stream: str, budget: int = DEFAULT_MAX_BYTES) -> int:
     return max(1, budget * _SHARES_OF_64[stream] // 64)
 
 
+def _file_stream(
+    name: str, job: str, subjects: list[str], *, replicas: int, max_bytes: int, **policy: Any
+) -> api.StreamConfig:
+    """A file-backed stream of the pipeline: what every store shares, and its own ``policy``."""
+    return api.StreamConfig(
+        name=name,
+        description=f"memcached-operator: {job}",
+        subjects=subjects,
+        max_bytes=max_bytes,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        **policy,
+    )
+
+
 def events_config(
     *,
     replicas: int = 1,
     max_age: float = DEFAULT_EVENTS_MAX_AGE,
     max_bytes: int = stream_max_bytes(EVENTS_STREAM),
 ) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=EVENTS_STREAM,
-        description="memcached-operator: watched changes and reconcile outcomes (audit, replay)",
-        subjects=[f"{PREFIX}.{EVENTS}.>", f"{PREFIX}.{OUTCOMES}.>"],
+    """The audit log and informer cache: watched changes and outcomes (see the module
+    docstring); ``max_age`` is the watcher's setting (--events-max-age)."""
+    return _file_stream(
+        EVENTS_STREAM,
+        "watched changes and reconcile outcomes (audit, replay)",
+        [f"{PREFIX}.{EVENTS}.>", f"{PREFIX}.{OUTCOMES}.>"],
+        replicas=replicas,
+        max_bytes=max_bytes,
         retention=api.RetentionPolicy.LIMITS,
         max_age=max_age,
-        max_bytes=max_bytes,
         # The oldest audit records go first (see the module docstring).
         discard=api.DiscardPolicy.OLD,
-        storage=api.StorageType.FILE,
         duplicate_window=min(EVENTS_DUPLICATE_WINDOW, max_age),
         allow_direct=True,
-        num_replicas=replicas,
     )
 
 
 def requests_config(
     *, replicas: int = 1, max_bytes: int = stream_max_bytes(REQUESTS_STREAM)
 ) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=REQUESTS_STREAM,
-        description="memcached-operator: reconcile requests, one pending per object",
-        subjects=[f"{PREFIX}.{REQUESTS}.>"],
+    return _file_stream(
+        REQUESTS_STREAM,
+        "reconcile requests, one pending per object",
+        [f"{PREFIX}.{REQUESTS}.>"],
+        replicas=replicas,
+        max_bytes=max_bytes,
         retention=api.RetentionPolicy.WORK_QUEUE,
         # A newer request for an object replaces the waiting one (discard old, per subject).
         max_msgs_per_subject=1,
         max_age=REQUESTS_MAX_AGE,
-        max_bytes=max_bytes,
         # When full, refuse a request for one more object rather than drop a pending one.
         discard=api.DiscardPolicy.NEW,
-        storage=api.StorageType.FILE,
         # The work queue asks "is a newer request for this subject waiting?" before it runs.
         allow_direct=True,
-        num_replicas=replicas,
     )
 
 
 def deadletter_config(
     *, replicas: int = 1, max_bytes: int = stream_max_bytes(DEADLETTER_STREAM)
 ) -> api.StreamConfig:
-    return api.StreamConfig(
-        name=DEADLETTER_STREAM,
-        description="memcached-operator: requests the work queue gave up on, with the reason",
-        subjects=[f"{PREFIX}.{DEADLETTER}.>"],
+    return _file_stream(
+        DEADLETTER_STREAM,
+        "requests the work queue gave up on, with the reason",
+        [f"{PREFIX}.{DEADLETTER}.>"],
+        replicas=replicas,
+        max_bytes=max_bytes,
         retention=api.RetentionPolicy.LIMITS,
         max_age=DEADLETTER_MAX_AGE,
-        max_bytes=max_bytes,
         # Never refuse a dead letter (the queue would retry the poison request for ever).
         discard=api.DiscardPolicy.OLD,
-        storage=api.StorageType.FILE,
-        num_replicas=replicas,
     )
 
 
@@ -178,16 +192,16 @@ def leases_config(
     max_bytes: int = stream_max_bytes(LEASES_STREAM),
 ) -> api.StreamConfig:
     """The ``mcop-leases`` KV bucket, spelled out as its stream (as ``nats kv add`` makes it)."""
-    return api.StreamConfig(
-        name=LEASES_STREAM,
-        description="memcached-operator: per-object reconcile leases",
-        subjects=[f"{LEASES_SUBJECT_PREFIX}>"],
+    return _file_stream(
+        LEASES_STREAM,
+        "per-object reconcile leases",
+        [f"{LEASES_SUBJECT_PREFIX}>"],
+        replicas=replicas,
+        max_bytes=max_bytes,
         retention=api.RetentionPolicy.LIMITS,
         max_msgs_per_subject=1,  # history 1
         max_age=ttl,
-        max_bytes=max_bytes,
         discard=api.DiscardPolicy.NEW,
-        storage=api.StorageType.FILE,
         duplicate_window=min(120.0, ttl),
         allow_rollup_hdrs=True,
         deny_delete=True,
@@ -196,7 +210,6 @@ def leases_config(
         allow_msg_ttl=True,
         max_consumers=-1,
         max_msgs=-1,
-        num_replicas=replicas,
     )
 
 

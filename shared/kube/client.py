@@ -174,25 +174,17 @@ class KubeClient:
         return headers
 
     async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str | None = None,
-        timeout: float | aiohttp.ClientTimeout = 30.0,
+        self, method: str, path: str, query: Mapping[str, str] | None, **options: Any
     ) -> aiohttp.ClientResponse:
-        url = f"{self._config.host}{path}"
+        """The REST layer's request, its response not yet read; ``options`` are its own
+        (headers, body, _request_timeout)."""
         # The REST layer JSON-encodes bodies itself for JSON and apply-patch content types.
         response: aiohttp.ClientResponse = await self._rest.request(
             method,
-            url,
+            f"{self._config.host}{path}",
             query_params=dict(query) if query else None,
-            headers=self._headers(content_type or ("application/json" if body else None)),
-            body=body,
             _preload_content=False,
-            _request_timeout=timeout,
+            **options,
         )
         return response
 
@@ -231,10 +223,10 @@ class KubeClient:
                 resp = await self._send(
                     method,
                     path,
-                    query=query,
+                    query,
+                    headers=self._headers(content_type or ("application/json" if body else None)),
                     body=body,
-                    content_type=content_type,
-                    timeout=timeout,
+                    _request_timeout=timeout,
                 )
             except (aiohttp.ClientError, TimeoutError) as err:
                 API_REQUESTS.labels(method, resource, "error").inc()
@@ -376,8 +368,12 @@ class KubeClient:
             resp = await self._send(
                 "GET",
                 res.path(namespace),
-                query=query,
-                timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 30),
+                query,
+                headers=self._headers(None),
+                body=None,
+                _request_timeout=aiohttp.ClientTimeout(
+                    sock_connect=10, sock_read=timeout_seconds + 30
+                ),
             )
         except (aiohttp.ClientError, TimeoutError) as err:
             raise TransientError(f"watch {res.plural}: {err}") from err

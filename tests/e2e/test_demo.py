@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.cluster import free_base_port
+from deploy.local.layout import free_base_port
 from deploy.local.processes import Supervisor
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import free_port
-from deploy.local.cluster import write_kubeconfig
+from deploy.local.layout import write_kubeconfig
 from deploy.local.processes import Supervisor
 from tests.conftest import Cluster
 from tests.e2e.test_reconciler import (

@@ -1,7 +1,7 @@
 """Issue 16: each service's Kubernetes role grants what its code calls, and nothing more.
 
 The services run as their ServiceAccounts' users (a client certificate each, see
-``deploy.local.cluster.service_kubeconfig``) with the ClusterRoles and bindings of
+``deploy.local.layout.service_kubeconfig``) with the ClusterRoles and bindings of
 ``deploy/base`` applied as they are, through a run that takes every path that reaches the API
 server: create, scale, drift, a Deployment name owned by someone else, a pod that is not
 ready, a PodDisruptionBudget created and deleted again, a PodDisruptionBudget and a Service
@@ -24,7 +24,7 @@ import nats
 import pytest
 import yaml
 
-from deploy.local.cluster import (
+from deploy.local.layout import (
     OPERATOR_NAMESPACE,
     SERVICES,
     service_account_user,

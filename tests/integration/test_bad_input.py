@@ -30,7 +30,8 @@ import pytest
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api import crd
 from memcached_operator.shared.api.contract import label_value
-from memcached_operator.shared.api.models import IMAGE_PATTERN, QUANTITY_PATTERN, Memcached
+from memcached_operator.shared.api.models import IMAGE_PATTERN, Memcached
+from memcached_operator.shared.api.quantity import QUANTITY_PATTERN
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from memcached_operator.shared.events import codec as events

@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from deploy.local import nats as local_nats
-from memcached_operator.admin.nats_auth import USERS, authorization_block, server_environment
+from deploy.local.layout import write_kubeconfig
+from memcached_operator.admin.nats_auth import USERS
+from memcached_operator.admin.nats_conf import authorization_block, server_environment
 from tests.conftest import Cluster
 from tests.support import services, wait_for
 
@@ -258,25 +260,7 @@ def service_account_kubeconfig(cluster: Cluster, account: str, path: Path) -> st
     token = cluster.kubectl(
         "create", "token", account, "-n", NAMESPACE, "--duration=1h"
     ).stdout.strip()
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "local",
-                "cluster": {
-                    "server": cluster.layout.server,
-                    "certificate-authority": str(cluster.layout.pki.ca_cert),
-                },
-            }
-        ],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": account}}],
-        "current-context": "local",
-    }
-    path.write_text(json.dumps(doc))
-    path.chmod(0o600)
-    return str(path)
+    return str(write_kubeconfig(cluster.layout, path, user=account, token=token))
 
 
 def test_services_converge_with_only_their_own_rights(

@@ -14,7 +14,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from deploy.local import cluster as local_cluster
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout
 from deploy.local.processes import Supervisor
 from tests.conftest import Cluster, free_port_block
 

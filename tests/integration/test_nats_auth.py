@@ -36,11 +36,10 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.cluster import Layout
+from deploy.local.layout import Layout, free_base_port
 from deploy.local.processes import Supervisor
-from memcached_operator.admin import nats_auth
+from memcached_operator.admin import nats_auth, nats_table
 from memcached_operator.audit.command import read_events
 from memcached_operator.reconciler.reconcile import publish_outcome
 from memcached_operator.shared.bus import connection as natsconn
@@ -440,8 +439,8 @@ async def test_each_user_may_do_exactly_what_the_generated_table_says(
     against the real server: the allowed ones are exactly the cells of the table that
     ``python -m memcached_operator.admin.nats_auth --markdown`` prints (the admin, unrestricted, is not
     probed: some of its allowed requests would delete the session's streams)."""
-    probes = nats_auth.probes()
-    expected = nats_auth.table()
+    probes = nats_table.probes()
+    expected = nats_table.table()
     async with connect_as(cluster, user) as (nc, errors):
         for probe in probes:
             if probe.action == "pub":
@@ -467,7 +466,7 @@ async def test_each_user_may_do_exactly_what_the_generated_table_says(
 
 
 def test_table_is_generated_from_the_permissions() -> None:
-    table = nats_auth.markdown_table()
+    table = nats_table.markdown_table()
     assert table.startswith("| request | watcher | reconciler | status | audit | admin |")
     assert "| `STREAM.UPDATE` | — | — | — | — | all |" in table
 
@@ -626,7 +625,7 @@ async def test_audit_shows_the_subjects_key_and_marks_what_headers_claim_otherwi
 def own_server(state_dir: Path, *, tls: bool) -> Iterator[Layout]:
     """A nats-server of its own (users as deploy/, TLS only if asked) in a layout of its own,
     without streams: for tests that must see the session's server unchanged."""
-    layout = Layout(state_dir, base_port=local_cluster.free_base_port())
+    layout = Layout(state_dir, base_port=free_base_port())
     layout.save()
     sup = Supervisor(layout.state_dir)
     local_nats.start(

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from memcached_operator.shared.api import crd as crd_module
 from memcached_operator.shared.api.crd import SchemaError, crd, crd_yaml
-from memcached_operator.shared.api.models import QUANTITY_PATTERN
+from memcached_operator.shared.api.quantity import QUANTITY_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from memcached_operator import cli
-from memcached_operator.admin import nats_auth
+from memcached_operator.admin import nats_auth, nats_conf
 
 pytestmark = pytest.mark.unit
 
@@ -64,10 +64,10 @@ def deployments() -> dict[str, dict[str, Any]]:
 
 
 def test_committed_auth_conf_is_current() -> None:
-    committed = (ROOT / nats_auth.AUTH_CONF_PATH).read_text()
-    assert committed == nats_auth.authorization_block(), (
-        f"{nats_auth.AUTH_CONF_PATH} is out of date with services/admin/nats_auth.py; "
-        f"regenerate it with `{nats_auth.REGENERATE}` and commit the result"
+    committed = (ROOT / nats_conf.AUTH_CONF_PATH).read_text()
+    assert committed == nats_conf.authorization_block(), (
+        f"{nats_conf.AUTH_CONF_PATH} is out of date with services/admin/nats_auth.py; "
+        f"regenerate it with `{nats_conf.REGENERATE}` and commit the result"
     )
 
 
@@ -219,7 +219,7 @@ def test_generated_passwords_read_as_strings_in_nats_config() -> None:
     """nats-server parses an environment variable like a config value: a password of digits
     would become a number and fail the server's start."""
     for _ in range(50):
-        password = nats_auth.generate_password()
+        password = nats_conf.generate_password()
         assert password[0].isalpha() and password.isalnum()
 
 
@@ -228,6 +228,6 @@ def test_every_user_has_a_password_variable_and_service_users_exist() -> None:
     assert len(set(names)) == len(names)
     assert set(nats_auth.SERVICE_USERS) <= set(names)
     assert {"audit", "admin"} <= set(names)
-    block = nats_auth.authorization_block()
+    block = nats_conf.authorization_block()
     for user in nats_auth.USERS:
         assert f"password: ${user.password_variable}\n" in block

@@ -20,12 +20,14 @@ from memcached_operator.shared.api.models import (
     DEFAULT_IMAGE,
     IMAGE_MAX_LENGTH,
     NODES_MAX,
-    QUANTITY_INT_MAX,
-    QUANTITY_MAX,
-    RESOURCES_MAX,
     Condition,
     Memcached,
     MemcachedStatus,
+)
+from memcached_operator.shared.api.quantity import (
+    QUANTITY_INT_MAX,
+    QUANTITY_MAX,
+    RESOURCES_MAX,
     parse_quantity,
 )
 from memcached_operator.shared.bus.subjects import ObjectKey

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memcached_operator.admin import nats_auth
+from memcached_operator.admin import nats_auth, nats_conf, nats_table
 from memcached_operator.shared.bus.connection import inbox_prefix
 
 pytestmark = pytest.mark.unit
@@ -54,25 +54,25 @@ def test_audit_is_alone_in_its_account_and_imports_only_reads() -> None:
     assert audit.permissions is not None
     assert audit.permissions.publish == nats_auth.AUDIT_IMPORTS
     assert all(".DIRECT.GET." in s for s in nats_auth.AUDIT_IMPORTS)
-    block = nats_auth.authorization_block()
+    block = nats_conf.authorization_block()
     assert block.count("imports: [") == 1 and block.count("exports: [") == 1
 
 
 def test_the_markdown_table_is_the_permission_model() -> None:
-    table = nats_auth.markdown_table()
+    table = nats_table.markdown_table()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
     names = [u.name for u in nats_auth.USERS]
     assert table.splitlines()[0] == "| request | " + " | ".join(names) + " |"
     for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
         assert rows[f"`STREAM.{verb}`"].endswith("| — | — | — | — | all |")
     assert rows["`CONSUMER.CREATE` ephemeral"].split(" | ")[4] == "—"  # audit: none at all
-    cells = nats_auth.table()
+    cells = nats_table.table()
     assert cells["publish `mcop.events`"]["watcher"] == ["memcached", "deployment", "pod"]
     assert cells["publish `mcop.events`"]["reconciler"] == []
 
 
 def test_server_environment_holds_quoted_bcrypt_hashes_not_passwords() -> None:
-    env = nats_auth.server_environment({"watcher": "mcopsecret"}, cost=4)
+    env = nats_conf.server_environment({"watcher": "mcopsecret"}, cost=4)
     (value,) = env.values()
     assert value.startswith('"$2') and value.endswith('"') and "mcopsecret" not in value
     import bcrypt
@@ -101,7 +101,7 @@ def test_credentials_generator_gives_fresh_passwords_and_only_hashes_to_the_serv
 
 def test_readme_shows_the_generated_permission_table() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert nats_auth.markdown_table().strip() in readme, (
+    assert nats_table.markdown_table().strip() in readme, (
         "README's NATS permission table differs from the generated one: "
         "python -m memcached_operator.admin.nats_auth --markdown"
     )
