@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 
 from memcached_operator.shared.runtime import process as runtime
-from memcached_operator.shared.workqueue.queue import (
-    ORIGIN,
-    DeadLetterCallback,
-    KeyedWorkQueue,
-)
+from memcached_operator.shared.workqueue.controller import Controller
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue
+from memcached_operator.shared.workqueue.settings import QueueSettings
+from memcached_operator.shared.workqueue.types import ORIGIN, DeadLetterCallback
 
 
 def add_queue_arguments(parser: argparse.ArgumentParser, *, prefix: str) -> None:
@@ -51,25 +50,28 @@ def queue_from_args(
     conn: runtime.Connections,
     args: argparse.Namespace,
     *,
-    controller: str,
+    controller: Controller | str,
     on_dead_letter: DeadLetterCallback | None = None,
-    yield_to: str | None = None,
+    yield_to: Controller | str | None = None,
     yield_backlog: int = 16,
     yield_pause: float = 10.0,
 ) -> KeyedWorkQueue:
     """The controller's work queue configured from the flags of add_queue_arguments."""
-    return KeyedWorkQueue(
-        conn.nc,
-        controller=controller,
+    settings = QueueSettings(
         concurrency=args.concurrency,
         ack_wait=args.ack_wait,
         lease_ttl=args.lease_ttl,
         max_deliveries=args.max_deliveries,
         backoff_cap=args.backoff_cap,
         required_headers=(ORIGIN,),
+        yield_backlog=yield_backlog,
+        yield_pause=yield_pause,
+    )
+    return KeyedWorkQueue(
+        conn.nc,
+        controller=controller,
+        settings=settings,
         on_dead_letter=on_dead_letter,
         worker_id=conn.worker,
         yield_to=yield_to,
-        yield_backlog=yield_backlog,
-        yield_pause=yield_pause,
     )
