@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, TracerProvider
 
 from memcached_operator.shared.runtime import telemetry
 from memcached_operator.shared.workqueue.controller import Controller
@@ -35,10 +35,11 @@ def consumer_span(
     worker: str,
     parent: Context | None = None,
     links: Sequence[Context | None] = (),
+    provider: TracerProvider | None = None,
 ) -> Iterator[Span]:
-    """The current span while ``request`` is handled."""
+    """The current span while ``request`` is handled (``provider``: the global one if None)."""
     context = telemetry.extract(request.headers) if parent is None else parent
-    tracer = trace.get_tracer(controller.tracer_name)
+    tracer = trace.get_tracer(controller.tracer_name, tracer_provider=provider)
     with tracer.start_as_current_span(
         f"process {controller.requests}",
         context=context,
@@ -57,7 +58,12 @@ def consumer_span(
 
 
 async def traced(
-    handler: Handler | PreparingHandler, request: Request, *, controller: Controller, worker: str
+    handler: Handler | PreparingHandler,
+    request: Request,
+    *,
+    controller: Controller,
+    worker: str,
+    provider: TracerProvider | None = None,
 ) -> Result:
     """Run ``handler`` on ``request`` inside its consumer span."""
     if isinstance(handler, PreparingHandler):
@@ -65,8 +71,13 @@ async def traced(
         if isinstance(prepared, Result):
             return prepared
         with consumer_span(
-            controller, request, worker=worker, parent=prepared.parent, links=prepared.links
+            controller,
+            request,
+            worker=worker,
+            parent=prepared.parent,
+            links=prepared.links,
+            provider=provider,
         ):
             return await prepared.run()
-    with consumer_span(controller, request, worker=worker):
+    with consumer_span(controller, request, worker=worker, provider=provider):
         return await handler(request)
