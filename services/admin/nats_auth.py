@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from memcached_operator.shared.api.contract import RECONCILE, STATUS
 from memcached_operator.shared.bus.connection import inbox_prefix
 from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
@@ -49,6 +50,7 @@ from memcached_operator.shared.bus.streams import (
     REQUESTS_STREAM,
 )
 from memcached_operator.shared.bus.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
+from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, Controller
 
 AUTH_CONF_PATH = "deploy/base/nats/auth.conf"
 REGENERATE = f"python -m memcached_operator.admin.nats_auth > {AUTH_CONF_PATH}"
@@ -61,9 +63,8 @@ BCRYPT_COST = 11
 
 API = "$JS.API"
 STREAMS = (EVENTS_STREAM, REQUESTS_STREAM, DEADLETTER_STREAM, LEASES_STREAM)
-# The work-queue controllers (consumer mcop-<controller> on the requests stream).
-RECONCILE = "reconcile"
-STATUS = "status"
+# The work-queue controllers (consumer mcop-<controller> on the requests stream): RECONCILE and
+# STATUS, the names of shared/workqueue/controller.py's values.
 # What the audit account imports from the operator's: batched direct gets of the event stream.
 AUDIT_IMPORTS = (f"{API}.DIRECT.GET.{EVENTS_STREAM}",)
 
@@ -128,9 +129,9 @@ def _ordered_consumer(stream: str) -> list[str]:
 
 
 def _work_queue(controller: str) -> list[str]:
-    """One controller's share of the keyed work queue (shared/workqueue/queue.py): its durable pull
+    """One controller's share of the keyed work queue (shared/workqueue/): its durable pull
     consumer, acks, its leases, newest-request direct gets, requeued copies, dead letters."""
-    durable = f"mcop-{controller}"
+    durable = Controller.of(controller).durable
     requests = _family(REQUESTS, controller)
     leases = f"{LEASES_SUBJECT_PREFIX}{controller}.>"
     return [
@@ -212,9 +213,9 @@ USERS: tuple[User, ...] = (
                 # events and a direct get of the newest one per namespace.
                 *_ordered_consumer(EVENTS_STREAM),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
-                # Yielding to the reconciler's backlog (shared/workqueue/queue.py): its consumer's
-                # info, which holds the count of requests waiting for a worker.
-                f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.mcop-{RECONCILE}",
+                # Yielding to the reconciler's backlog (shared/workqueue/yielding.py): its
+                # consumer's info, which holds the count of requests waiting for a worker.
+                f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.{RECONCILE_CONTROLLER.durable}",
             ),
             subscribe=(_inbox("status"),),
             publish_deny=(_family(EVENTS), _family(OUTCOMES), *_NO_STREAM_ADMIN),
@@ -457,7 +458,7 @@ def probes() -> list[Probe]:
         pub("`CONSUMER.MSG.NEXT` (any consumer)", s, f"{API}.CONSUMER.MSG.NEXT.{stream}.probe")
         pub("`$JS.FC` flow control", s, f"$JS.FC.{stream}.probe.1")
     for controller in (RECONCILE, STATUS):
-        durable = f"mcop-{controller}"
+        durable = Controller.of(controller).durable
         own = f"{REQUESTS_STREAM}.{durable}"
         filter_ = f"{PREFIX}.{REQUESTS}.{controller}.>"
         pub("`CONSUMER.CREATE` of a work queue", durable, f"{API}.CONSUMER.CREATE.{own}.{filter_}")
