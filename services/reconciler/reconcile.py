@@ -144,41 +144,14 @@ class MemcachedReconciler:
     async def __call__(self, request: Request) -> Result:
         # The queue runs this inside the request's consumer span (shared/workqueue/tracing.py)
         # and settles the request by what it returns or raises.
-        key, span = request.key, trace.get_current_span()
-        started = time.monotonic()
+        key, started = request.key, time.monotonic()
         cr_obj: dict[str, Any] | None = None
         previous: Outcome | None = None
         try:
-            # All the reads in one round trip to NATS.
-            seen = await state.snapshot(
-                self.js,
-                (
-                    state.event_subject("memcached", key),
-                    *(state.event_subject(kind, key) for kind, _ in OWNED),
-                    outcome_subject(key),
-                ),
-            )
-            previous = stored_outcome(seen.message(outcome_subject(key)))
-            observed = seen.observed("memcached", key)
-            verified = observed is None
-            if observed is None:
-                # Never streamed (a request published before the watcher ran): ask the API.
-                cr_obj = await self.kube.get(MEMCACHED, key.namespace, key.name)
-            elif observed.exists:
-                cr_obj = observed.obj
-                message = seen.message(state.event_subject("memcached", key))
-                verify.check_event(key, message.headers if message else {}, cr_obj)
-            if cr_obj is None:
-                raise Gone(key)
-            streamed = {kind: seen.object(kind, key) for kind, _ in OWNED}
+            cr_obj, streamed, previous, verified = await self._observe(key)
             cr_obj, plan = await self._plan(key, cr_obj, streamed, verified=verified)
-            written = False
-            for action in plan:
-                if isinstance(action, _Write):
-                    written = await self._write(key, action) or written
-                else:
-                    written = await self._delete(key, action) or written
-            span.set_attribute("reconcile.written", written)
+            written = await self._converge(key, plan)
+            trace.get_current_span().set_attribute("reconcile.written", written)
             log.debug(
                 "reconciled",
                 extra={"key": str(key), "written": written, "delivery": request.delivery},
@@ -188,7 +161,7 @@ class MemcachedReconciler:
             )
             return Result()
         except Gone:
-            span.set_attribute("reconcile.result", "gone")
+            trace.get_current_span().set_attribute("reconcile.result", "gone")
             return Result()
         except (PermanentError, ApiError) as err:
             # An API rejection is permanent or transient by its status; a permanent failure is
@@ -211,6 +184,46 @@ class MemcachedReconciler:
             if failure is err:
                 raise
             raise failure from err
+
+    async def _observe(
+        self, key: ObjectKey
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None], Outcome | None, bool]:
+        """The CR, its owned objects as streamed, its newest stored outcome, all in one round
+        trip to NATS, and whether the CR came from the API server (it was never streamed).
+        A CR that is gone is :class:`Gone`; a streamed CR its event does not vouch for is a
+        :class:`~memcached_operator.reconciler.verify.ForgedMessage`."""
+        seen = await state.snapshot(
+            self.js,
+            (
+                state.event_subject("memcached", key),
+                *(state.event_subject(kind, key) for kind, _ in OWNED),
+                outcome_subject(key),
+            ),
+        )
+        previous = stored_outcome(seen.message(outcome_subject(key)))
+        observed = seen.observed("memcached", key)
+        cr_obj: dict[str, Any] | None = None
+        if observed is None:
+            # Never streamed (a request published before the watcher ran): ask the API.
+            cr_obj = await self.kube.get(MEMCACHED, key.namespace, key.name)
+        elif observed.exists:
+            cr_obj = observed.obj
+            message = seen.message(state.event_subject("memcached", key))
+            verify.check_event(key, message.headers if message else {}, cr_obj)
+        if cr_obj is None:
+            raise Gone(key)
+        streamed = {kind: seen.object(kind, key) for kind, _ in OWNED}
+        return cr_obj, streamed, previous, observed is None
+
+    async def _converge(self, key: ObjectKey, plan: list[_Write | _Delete]) -> bool:
+        """Carry out the plan; whether anything was written."""
+        written = False
+        for action in plan:
+            if isinstance(action, _Write):
+                written = await self._write(key, action) or written
+            else:
+                written = await self._delete(key, action) or written
+        return written
 
     async def _plan(
         self,
