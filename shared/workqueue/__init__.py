@@ -52,6 +52,8 @@ ends, at ``max_deliveries``, in ``mcop.deadletter.<controller>.<namespace>.<name
 headers and body and ``Mcop-Deadletter-*`` headers saying why (deadletter.py). Poison requests
 (a subject that does not parse, too large, a body that is not a JSON object, a required header
 missing) go there at once. A ``requeue_after`` is a marked copy too, without the failure counts.
+The first delivery of a marked copy is naked with the remaining delay: the one redelivery that
+is not counted.
 
 Yielding (yielding.py). The status service's queue steps aside while the reconciler has a
 backlog: derived work waits, bounded, so that a burst of new objects gets its Deployments

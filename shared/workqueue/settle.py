@@ -22,6 +22,8 @@ decides one :class:`Settlement`, which the queue carries out with NATS.
 
 Each copy is published only while no newer request for the object waits (an
 expected-last-sequence check): otherwise the newer one runs, and the copy would replace it.
+When a transient retry's copy cannot be published (NATS itself unreachable), the queue falls
+back to a nak, which counts: once per request per NATS outage.
 """
 
 from __future__ import annotations
