@@ -37,6 +37,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from memcached_operator.shared.api.contract import RECONCILE, STATUS
 from memcached_operator.shared.bus.connection import inbox_prefix
 from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
@@ -46,6 +47,7 @@ from memcached_operator.shared.bus.streams import (
     REQUESTS_STREAM,
 )
 from memcached_operator.shared.bus.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
+from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, Controller
 
 # The operator's account (its streams, the services, the admin) and the audit user's own.
 ACCOUNT = "MCOP"
@@ -53,9 +55,8 @@ AUDIT_ACCOUNT = "MCOP_AUDIT"
 
 API = "$JS.API"
 STREAMS = (EVENTS_STREAM, REQUESTS_STREAM, DEADLETTER_STREAM, LEASES_STREAM)
-# The work-queue controllers (consumer mcop-<controller> on the requests stream).
-RECONCILE = "reconcile"
-STATUS = "status"
+# The work-queue controllers (consumer mcop-<controller> on the requests stream): RECONCILE and
+# STATUS, the names of shared/workqueue/controller.py's values.
 # What the audit account imports from the operator's: batched direct gets of the event stream.
 AUDIT_IMPORTS = (f"{API}.DIRECT.GET.{EVENTS_STREAM}",)
 
@@ -120,9 +121,9 @@ def _ordered_consumer(stream: str) -> list[str]:
 
 
 def _work_queue(controller: str) -> list[str]:
-    """One controller's share of the keyed work queue (shared/workqueue/queue.py): its durable pull
+    """One controller's share of the keyed work queue (shared/workqueue/): its durable pull
     consumer, acks, its leases, newest-request direct gets, requeued copies, dead letters."""
-    durable = f"mcop-{controller}"
+    durable = Controller.of(controller).durable
     requests = _family(REQUESTS, controller)
     leases = f"{LEASES_SUBJECT_PREFIX}{controller}.>"
     return [
@@ -204,9 +205,9 @@ USERS: tuple[User, ...] = (
                 # events and a direct get of the newest one per namespace.
                 *_ordered_consumer(EVENTS_STREAM),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
-                # Yielding to the reconciler's backlog (shared/workqueue/queue.py): its consumer's
-                # info, which holds the count of requests waiting for a worker.
-                f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.mcop-{RECONCILE}",
+                # Yielding to the reconciler's backlog (shared/workqueue/yielding.py): its
+                # consumer's info, which holds the count of requests waiting for a worker.
+                f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.{RECONCILE_CONTROLLER.durable}",
             ),
             subscribe=(_inbox("status"),),
             publish_deny=(_family(EVENTS), _family(OUTCOMES), *_NO_STREAM_ADMIN),

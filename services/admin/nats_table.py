@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memcached_operator.admin.nats_auth import API, RECONCILE, STATUS, STREAMS, USERS, allowed
+from memcached_operator.admin.nats_auth import API, STREAMS, USERS, allowed
+from memcached_operator.shared.api.contract import RECONCILE, STATUS
 from memcached_operator.shared.bus.connection import inbox_prefix
 from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
@@ -18,6 +19,7 @@ from memcached_operator.shared.bus.streams import (
     REQUESTS_STREAM,
 )
 from memcached_operator.shared.bus.subjects import DEADLETTER, EVENTS, OUTCOMES, PREFIX, REQUESTS
+from memcached_operator.shared.workqueue.controller import Controller
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def probes() -> list[Probe]:
         pub("`CONSUMER.MSG.NEXT` (any consumer)", s, f"{API}.CONSUMER.MSG.NEXT.{stream}.probe")
         pub("`$JS.FC` flow control", s, f"$JS.FC.{stream}.probe.1")
     for controller in (RECONCILE, STATUS):
-        durable = f"mcop-{controller}"
+        durable = Controller.of(controller).durable
         own = f"{REQUESTS_STREAM}.{durable}"
         filter_ = f"{PREFIX}.{REQUESTS}.{controller}.>"
         pub("`CONSUMER.CREATE` of a work queue", durable, f"{API}.CONSUMER.CREATE.{own}.{filter_}")

@@ -28,16 +28,15 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from memcached_operator.reconciler import verify
 from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.contract import FIELD_MANAGER, RECONCILE, STATUS, owned_by
+from memcached_operator.shared.api.contract import FIELD_MANAGER, owned_by
 from memcached_operator.shared.api.models import Memcached
-from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.directget import StoredMsg
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
@@ -53,14 +52,15 @@ from memcached_operator.shared.kube.client import (
     Resource,
 )
 from memcached_operator.shared.runtime import telemetry
-from memcached_operator.shared.runtime.errors import PermanentError, TransientError
-from memcached_operator.shared.workqueue.queue import ORIGIN, Request, Result, enqueue
+from memcached_operator.shared.runtime.errors import PermanentError
+from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
+from memcached_operator.shared.workqueue.queue import enqueue
+from memcached_operator.shared.workqueue.types import ORIGIN, Request, Result
 
 log = logging.getLogger("memcached_operator.reconciler")
 tracer = trace.get_tracer("memcached-operator.reconciler")
 
-CONTROLLER = RECONCILE
-STATUS_CONTROLLER = STATUS
+CONTROLLER = RECONCILE_CONTROLLER
 OUTCOME_TYPE = "io.memcached-operator.reconcile.outcome"
 
 OUTCOMES_NOT_STORED = Counter(
@@ -142,108 +142,88 @@ class MemcachedReconciler:
         self.progress_deadline_seconds = progress_deadline_seconds
 
     async def __call__(self, request: Request) -> Result:
-        parent = telemetry.extract(request.headers)
-        destination = subjects.subject(subjects.REQUESTS, CONTROLLER, request.key)
-        # One message per run (older requests for the key were replaced in the stream), so
-        # its creation context is the parent, as the messaging conventions say.
-        with tracer.start_as_current_span(
-            f"process {subjects.PREFIX}.{subjects.REQUESTS}.{CONTROLLER}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                **telemetry.messaging_attributes("process", destination),
-                "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
-                "messaging.message.delivery_count": request.delivery,
-                "messaging.nats.stream.sequence": request.sequence,
-                "k8s.object.key": str(request.key),
-                "worker": self.worker,
-            },
-        ) as span:
-            started = time.monotonic()
-            cr_obj: dict[str, Any] | None = None
-            previous: Outcome | None = None
-            try:
-                # All the reads in one round trip to NATS.
-                seen = await state.snapshot(
-                    self.js,
-                    (
-                        state.event_subject("memcached", request.key),
-                        *(state.event_subject(kind, request.key) for kind, _ in OWNED),
-                        outcome_subject(request.key),
-                    ),
-                )
-                previous = stored_outcome(seen.message(outcome_subject(request.key)))
-                observed = seen.observed("memcached", request.key)
-                verified = observed is None
-                if observed is None:
-                    # Never streamed (a request published before the watcher ran): ask the API.
-                    cr_obj = await self.kube.get(MEMCACHED, request.key.namespace, request.key.name)
-                elif observed.exists:
-                    cr_obj = observed.obj
-                    message = seen.message(state.event_subject("memcached", request.key))
-                    verify.check_event(request.key, message.headers if message else {}, cr_obj)
-                if cr_obj is None:
-                    span.set_attribute("reconcile.result", "gone")
-                    return Result()
-                streamed = {kind: seen.object(kind, request.key) for kind, _ in OWNED}
-                cr_obj, plan = await self._plan(request.key, cr_obj, streamed, verified=verified)
-                written = False
-                for action in plan:
-                    if isinstance(action, _Write):
-                        written = await self._write(request.key, action) or written
-                    else:
-                        written = await self._delete(request.key, action) or written
-                span.set_attribute("reconcile.written", written)
-                log.debug(
-                    "reconciled",
-                    extra={
-                        "key": str(request.key),
-                        "written": written,
-                        "delivery": request.delivery,
-                    },
-                )
+        # The queue runs this inside the request's consumer span (shared/workqueue/tracing.py)
+        # and settles the request by what it returns or raises.
+        key, started = request.key, time.monotonic()
+        cr_obj: dict[str, Any] | None = None
+        previous: Outcome | None = None
+        try:
+            cr_obj, streamed, previous, verified = await self._observe(key)
+            cr_obj, plan = await self._plan(key, cr_obj, streamed, verified=verified)
+            written = await self._converge(key, plan)
+            trace.get_current_span().set_attribute("reconcile.written", written)
+            log.debug(
+                "reconciled",
+                extra={"key": str(key), "written": written, "delivery": request.delivery},
+            )
+            await self._finish(
+                key, cr_obj, "success", started=started, previous=None if written else previous
+            )
+            return Result()
+        except Gone:
+            trace.get_current_span().set_attribute("reconcile.result", "gone")
+            return Result()
+        except (PermanentError, ApiError) as err:
+            # An API rejection is permanent or transient by its status; a permanent failure is
+            # reported on the CR (a forged message says nothing about the CR: not that one).
+            failure = err.classify() if isinstance(err, ApiError) else err
+            if (
+                isinstance(failure, PermanentError)
+                and cr_obj is not None
+                and not isinstance(err, verify.ForgedMessage)
+            ):
                 await self._finish(
-                    request.key,
+                    key,
                     cr_obj,
-                    "success",
+                    "error",
                     started=started,
-                    previous=None if written else previous,
+                    reason=failure.reason,
+                    message=failure.message,
+                    previous=previous,
                 )
-                return Result()
-            except Gone:
-                span.set_attribute("reconcile.result", "gone")
-                return Result()
-            except PermanentError as err:
-                span.set_status(Status(StatusCode.ERROR, err.reason))
-                # A forged message says nothing about the CR: no outcome, no condition on it.
-                if cr_obj is not None and not isinstance(err, verify.ForgedMessage):
-                    await self._finish(
-                        request.key,
-                        cr_obj,
-                        "error",
-                        started=started,
-                        reason=err.reason,
-                        message=err.message,
-                        previous=previous,
-                    )
+            if failure is err:
                 raise
-            except ApiError as err:
-                span.set_status(Status(StatusCode.ERROR, str(err)))
-                classified = err.classify()
-                if isinstance(classified, PermanentError) and cr_obj is not None:
-                    await self._finish(
-                        request.key,
-                        cr_obj,
-                        "error",
-                        started=started,
-                        reason=classified.reason,
-                        message=classified.message,
-                        previous=previous,
-                    )
-                raise classified from err
-            except TransientError as err:
-                span.set_status(Status(StatusCode.ERROR, err.message))
-                raise
+            raise failure from err
+
+    async def _observe(
+        self, key: ObjectKey
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None], Outcome | None, bool]:
+        """The CR, its owned objects as streamed, its newest stored outcome, all in one round
+        trip to NATS, and whether the CR came from the API server (it was never streamed).
+        A CR that is gone is :class:`Gone`; a streamed CR its event does not vouch for is a
+        :class:`~memcached_operator.reconciler.verify.ForgedMessage`."""
+        seen = await state.snapshot(
+            self.js,
+            (
+                state.event_subject("memcached", key),
+                *(state.event_subject(kind, key) for kind, _ in OWNED),
+                outcome_subject(key),
+            ),
+        )
+        previous = stored_outcome(seen.message(outcome_subject(key)))
+        observed = seen.observed("memcached", key)
+        cr_obj: dict[str, Any] | None = None
+        if observed is None:
+            # Never streamed (a request published before the watcher ran): ask the API.
+            cr_obj = await self.kube.get(MEMCACHED, key.namespace, key.name)
+        elif observed.exists:
+            cr_obj = observed.obj
+            message = seen.message(state.event_subject("memcached", key))
+            verify.check_event(key, message.headers if message else {}, cr_obj)
+        if cr_obj is None:
+            raise Gone(key)
+        streamed = {kind: seen.object(kind, key) for kind, _ in OWNED}
+        return cr_obj, streamed, previous, observed is None
+
+    async def _converge(self, key: ObjectKey, plan: list[_Write | _Delete]) -> bool:
+        """Carry out the plan; whether anything was written."""
+        written = False
+        for action in plan:
+            if isinstance(action, _Write):
+                written = await self._write(key, action) or written
+            else:
+                written = await self._delete(key, action) or written
+        return written
 
     async def _plan(
         self,
@@ -378,7 +358,7 @@ class MemcachedReconciler:
 
 def outcome_subject(key: ObjectKey) -> str:
     """Where the outcomes of a CR are stored (the newest is a direct get away)."""
-    return subjects.subject(subjects.OUTCOMES, CONTROLLER, key)
+    return CONTROLLER.outcome_subject(key)
 
 
 def stored_outcome(msg: StoredMsg | None) -> Outcome | None:
@@ -397,7 +377,7 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome, *, store: bool
     key = outcome.object_key
     subject = outcome_subject(key)
     with tracer.start_as_current_span(
-        f"send {subjects.PREFIX}.{subjects.OUTCOMES}.{CONTROLLER}",
+        f"send {CONTROLLER.outcomes}",
         kind=SpanKind.PRODUCER,
         attributes={
             **telemetry.messaging_attributes("send", subject),

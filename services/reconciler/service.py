@@ -1,7 +1,7 @@
 """`memcached-operator reconciler`: one worker process of the reconciler fleet.
 
 Start as many as you like; they share the requests like a consumer group (see
-shared/workqueue/queue.py for how one object is never reconciled twice at once). Each process runs
+shared/workqueue/ for how one object is never reconciled twice at once). Each process runs
 up to --concurrency reconciles at a time. On SIGTERM it stops taking requests, finishes the
 ones in flight and exits within the 30 s grace period.
 """
@@ -23,7 +23,7 @@ from memcached_operator.shared.runtime import metrics, settings
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.runtime.errors import PermanentError
 from memcached_operator.shared.workqueue.options import queue_from_args
-from memcached_operator.shared.workqueue.queue import Request
+from memcached_operator.shared.workqueue.types import Request
 
 log = logging.getLogger("memcached_operator.reconciler")
 
@@ -70,7 +70,7 @@ async def serve(args: ReconcilerSettings, stop: asyncio.Event) -> None:
         )
 
     queue = queue_from_args(conn, args, controller=CONTROLLER, on_dead_letter=on_dead_letter)
-    metrics.init_controller(CONTROLLER)
+    metrics.init_controller(CONTROLLER.metrics_label)
     await queue.start(
         MemcachedReconciler(
             kube, js, worker=conn.worker, progress_deadline_seconds=args.progress_deadline

@@ -4,10 +4,10 @@ RECONCILE_CONCURRENCY) and the managed Deployments' progress deadline."""
 from __future__ import annotations
 
 from memcached_operator.shared.runtime.settings import ServiceSettings, health_port, setting
-from memcached_operator.shared.workqueue.options import QueueSettings, concurrency
+from memcached_operator.shared.workqueue.options import QueueOptions, concurrency
 
 
-class ReconcilerSettings(QueueSettings, ServiceSettings):
+class ReconcilerSettings(QueueOptions, ServiceSettings):
     health_port: int = health_port(8082)
     concurrency: int = concurrency("RECONCILE")
     progress_deadline: int = setting(

@@ -29,7 +29,6 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from memcached_operator.shared.api.contract import (
@@ -47,8 +46,9 @@ from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
 from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
+from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
 from memcached_operator.shared.workqueue.options import queue_from_args
-from memcached_operator.shared.workqueue.queue import Request, Result
+from memcached_operator.shared.workqueue.types import Prepared, Request, Result
 from memcached_operator.status.conditions import fold_status
 from memcached_operator.status.endpoints import ready_endpoints, ready_nodes
 from memcached_operator.status.pod_index import INDEX, LIST, POD_READS, PodIndex
@@ -57,9 +57,8 @@ from memcached_operator.status.settings import StatusSettings
 from memcached_operator.status.transitions import status_changed, transitions
 
 log = logging.getLogger("memcached_operator.status")
-tracer = trace.get_tracer("memcached-operator.status")
 
-CONTROLLER = "status"
+CONTROLLER = STATUS_CONTROLLER.name
 STATUS_WRITES = Counter(
     "mcop_status_writes_total",
     "Status refreshes by what they did: written, skipped (nothing a reader sees changed), "
@@ -99,7 +98,7 @@ class StoredOutcome:
 
 
 def outcome_subject(key: subjects.ObjectKey) -> str:
-    return subjects.subject(subjects.OUTCOMES, "reconcile", key)
+    return RECONCILE_CONTROLLER.outcome_subject(key)
 
 
 def stored_outcome(msg: StoredMsg | None) -> StoredOutcome | None:
@@ -189,7 +188,9 @@ class StatusRefresher:
         # Stream sequence of the newest outcome folded per CR.
         self._folded: dict[subjects.ObjectKey, int] = {}
 
-    async def __call__(self, request: Request) -> Result:
+    async def prepare(self, request: Request) -> Result | Prepared:
+        """Read what the refresh needs, outside the consumer span: which trace the span joins
+        depends on the outcome read (see the class docstring). A deferral ends here, untraced."""
         key = request.key
         since = time.monotonic() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
@@ -219,24 +220,13 @@ class StatusRefresher:
             new_outcome = self._folded.get(key) != stored.sequence
             if new_outcome and _trace_of(other) not in (None, _trace_of(parent)):
                 parent, other = other, parent
-        with tracer.start_as_current_span(
-            f"process {subjects.PREFIX}.{subjects.REQUESTS}.{CONTROLLER}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=telemetry.links(other, besides=parent),
-            attributes={
-                **telemetry.messaging_attributes(
-                    "process", subjects.subject(subjects.REQUESTS, CONTROLLER, key)
-                ),
-                "messaging.consumer.group.name": f"mcop-{CONTROLLER}",
-                "messaging.message.delivery_count": request.delivery,
-                "messaging.nats.stream.sequence": request.sequence,
-                "k8s.object.key": str(key),
-            },
-        ) as span:
+
+        async def run() -> Result:
             result, what = await self._refresh(key, stored, cr, deployment, indexed=indexed)
-            span.set_attribute("status.result", what)
+            trace.get_current_span().set_attribute("status.result", what)
             return result
+
+        return Prepared(run=run, parent=parent, links=(other,))
 
     def _newest_status(self, key: subjects.ObjectKey, cr: dict[str, Any]) -> dict[str, Any] | None:
         """The CR's current status: the streamed one, unless this process wrote a newer one

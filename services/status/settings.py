@@ -4,10 +4,10 @@ STATUS_CONCURRENCY), the write pacing and the yielding to the reconcilers."""
 from __future__ import annotations
 
 from memcached_operator.shared.runtime.settings import ServiceSettings, health_port, setting
-from memcached_operator.shared.workqueue.options import QueueSettings, concurrency
+from memcached_operator.shared.workqueue.options import QueueOptions, concurrency
 
 
-class StatusSettings(QueueSettings, ServiceSettings):
+class StatusSettings(QueueOptions, ServiceSettings):
     health_port: int = health_port(8083)
     concurrency: int = concurrency("STATUS")
     min_interval: float = setting(

@@ -18,7 +18,7 @@ from nats.js.errors import APIError
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
-from memcached_operator.shared.workqueue.queue import (
+from memcached_operator.shared.workqueue.deadletter import (
     DL_BODY_TRUNCATED,
     DL_CONTROLLER,
     DL_DELIVERIES,

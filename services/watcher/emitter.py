@@ -33,7 +33,7 @@ from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import JsonObject
 from memcached_operator.shared.runtime import telemetry
-from memcached_operator.shared.workqueue.queue import ORIGIN
+from memcached_operator.shared.workqueue.types import ORIGIN
 from memcached_operator.watcher.deadletters import INVALID_SUBJECT
 from memcached_operator.watcher.informer import Known
 from memcached_operator.watcher.owners import Kind, Owner, believed_owner, find_owner

@@ -21,7 +21,7 @@ from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, PDB, POD, SERVICE, Resource
 from memcached_operator.shared.runtime import metrics, settings
 from memcached_operator.shared.runtime import process as runtime
-from memcached_operator.shared.workqueue.queue import ORIGIN
+from memcached_operator.shared.workqueue.types import ORIGIN
 from memcached_operator.watcher.emitter import Emitter
 from memcached_operator.watcher.informer import Informer
 from memcached_operator.watcher.known import load_known

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from memcached_operator.shared.api.models import API_VERSION, KIND, Memcached
+from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
 
 # memcached's port in every pod of a Memcached (and of its headless Service).
 MEMCACHED_PORT = 11211
@@ -33,9 +34,10 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 OWNER_ANNOTATION = "cache.example.com/memcached"
 
 # The pipeline's controllers, by the name their requests, outcomes, leases and metrics carry
-# (mcop.requests.<controller>.…, mcop.outcomes.<controller>.…).
-RECONCILE = "reconcile"
-STATUS = "status"
+# (mcop.requests.<controller>.…, mcop.outcomes.<controller>.…): the names of their Controller
+# values, which derive every other name they go by.
+RECONCILE = RECONCILE_CONTROLLER.name
+STATUS = STATUS_CONTROLLER.name
 
 # The condition types of a Memcached's status (the status service sets them; the watcher's
 # resync reads Degraded).

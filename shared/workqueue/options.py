@@ -1,5 +1,7 @@
-"""The work-queue settings a controller process takes from its flags and environment, and the
-queue built from them (the reconciler and the status service both run one)."""
+"""The work-queue options a controller process takes from its flags and environment
+(:class:`QueueOptions`, typed settings), and the queue built from them: the options become the
+queue's :class:`~memcached_operator.shared.workqueue.settings.QueueSettings` (the reconciler and
+the status service both run one)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from pydantic import Field
 
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.runtime.settings import Settings, setting
-from memcached_operator.shared.workqueue.queue import (
-    ORIGIN,
-    DeadLetterCallback,
-    KeyedWorkQueue,
-)
+from memcached_operator.shared.workqueue.controller import Controller
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue
+from memcached_operator.shared.workqueue.settings import QueueSettings
+from memcached_operator.shared.workqueue.types import ORIGIN, DeadLetterCallback
 
 
 def concurrency(prefix: str) -> Any:
@@ -24,7 +25,7 @@ def concurrency(prefix: str) -> Any:
     )
 
 
-class QueueSettings(Settings):
+class QueueOptions(Settings):
     """Work-queue settings shared by the reconciler and the status service. Each controller's
     settings redeclare ``concurrency`` with :func:`concurrency` and its own prefix (left without
     a variable here, add_flags refuses a model that forgot to)."""
@@ -46,27 +47,30 @@ class QueueSettings(Settings):
 
 def queue_from_args(
     conn: runtime.Connections,
-    args: QueueSettings,
+    args: QueueOptions,
     *,
-    controller: str,
+    controller: Controller | str,
     on_dead_letter: DeadLetterCallback | None = None,
-    yield_to: str | None = None,
+    yield_to: Controller | str | None = None,
     yield_backlog: int = 16,
     yield_pause: float = 10.0,
 ) -> KeyedWorkQueue:
-    """The controller's work queue configured from its settings."""
-    return KeyedWorkQueue(
-        conn.nc,
-        controller=controller,
+    """The controller's work queue, tuned by the process's options."""
+    settings = QueueSettings(
         concurrency=args.concurrency,
         ack_wait=args.ack_wait,
         lease_ttl=args.lease_ttl,
         max_deliveries=args.max_deliveries,
         backoff_cap=args.backoff_cap,
         required_headers=(ORIGIN,),
+        yield_backlog=yield_backlog,
+        yield_pause=yield_pause,
+    )
+    return KeyedWorkQueue(
+        conn.nc,
+        controller=controller,
+        settings=settings,
         on_dead_letter=on_dead_letter,
         worker_id=conn.worker,
         yield_to=yield_to,
-        yield_backlog=yield_backlog,
-        yield_pause=yield_pause,
     )

@@ -27,7 +27,8 @@ from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STRE
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
+from memcached_operator.shared.workqueue.queue import enqueue
+from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

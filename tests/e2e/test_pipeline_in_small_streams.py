@@ -26,7 +26,8 @@ from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
 from memcached_operator.shared.bus.subjects import ObjectKey
-from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
+from memcached_operator.shared.workqueue.queue import enqueue
+from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster
 from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
 

@@ -32,7 +32,8 @@ from deploy.local.layout import (
 )
 from memcached_operator.admin.rbac import namespaced_roles
 from memcached_operator.shared.bus.subjects import ObjectKey
-from memcached_operator.shared.workqueue.queue import ORIGIN, enqueue
+from memcached_operator.shared.workqueue.queue import enqueue
+from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster
 from tests.support import Services, wait_for
 

@@ -25,13 +25,13 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM, ensure_streams
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
-from memcached_operator.shared.workqueue.queue import (
+from memcached_operator.shared.workqueue.deadletter import (
     DL_BODY_TRUNCATED,
     DL_CONTROLLER,
     DL_REASON,
     DL_SUBJECT,
-    ORIGIN,
 )
+from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster, free_port
 from tests.support import Services, read_stream, wait_for
 

@@ -54,13 +54,9 @@ from memcached_operator.shared.bus.streams import (
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.workqueue.queue import (
-    Handler,
-    KeyedWorkQueue,
-    Request,
-    Result,
-    enqueue,
-)
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, enqueue
+from memcached_operator.shared.workqueue.settings import QueueSettings
+from memcached_operator.shared.workqueue.types import Handler, Request, Result
 from memcached_operator.status.service import last_outcome
 from tests.conftest import Cluster, free_port
 from tests.support import Services, await_for, read_stream, services, wait_for
@@ -314,11 +310,10 @@ async def run_queue(
     queue = KeyedWorkQueue(
         nc,
         controller=controller,
-        max_deliveries=2,
-        backoff_base=0.05,
-        backoff_cap=0.2,
+        settings=QueueSettings(
+            max_deliveries=2, backoff_base=0.05, backoff_cap=0.2, depth_interval=0.5
+        ),
         on_dead_letter=on_dead_letter,
-        depth_interval=0.5,
     )
     await queue.start(handler)
     try:

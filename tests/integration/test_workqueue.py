@@ -39,7 +39,8 @@ from memcached_operator.shared.bus.streams import (
     ensure_streams,
 )
 from memcached_operator.shared.bus.subjects import DEADLETTER, ObjectKey, subject
-from memcached_operator.shared.workqueue.queue import (
+from memcached_operator.shared.runtime.errors import PermanentError, TransientError
+from memcached_operator.shared.workqueue.deadletter import (
     DL_BODY_TRUNCATED,
     DL_DELIVERIES,
     DL_ERROR,
@@ -50,14 +51,10 @@ from memcached_operator.shared.workqueue.queue import (
     MISSING_HEADER,
     REQUEST_TOO_LARGE,
     UNPARSABLE_SUBJECT,
-    Handler,
-    KeyedWorkQueue,
-    PermanentError,
-    Request,
-    Result,
-    TransientError,
-    enqueue,
 )
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, enqueue
+from memcached_operator.shared.workqueue.settings import QueueSettings
+from memcached_operator.shared.workqueue.types import Handler, Request, Result
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +79,9 @@ async def queues(nats_server: Any) -> AsyncIterator[Callable[..., Awaitable[Keye
         conn = await nats.connect(nats_server.url)
         kwargs.setdefault("ack_wait", 2.0)
         kwargs.setdefault("lease_ttl", 2.0)
-        queue = KeyedWorkQueue(conn, **kwargs)
+        # The tuning goes into QueueSettings; the rest (controller, callbacks, ...) as is.
+        tuning = {k: kwargs.pop(k) for k in list(kwargs) if k in QueueSettings.__dataclass_fields__}
+        queue = KeyedWorkQueue(conn, settings=QueueSettings(**tuning), **kwargs)
         await queue.start(handler)
         started.append((queue, conn))
         return queue
@@ -935,8 +934,8 @@ async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_o
     the marker's revision, and any worker after the marker expired creates it afresh."""
     from nats.js.errors import NotFoundError
 
-    from memcached_operator.shared.bus.streams import LEASES_STREAM
-    from memcached_operator.shared.workqueue.queue import LEASES_SUBJECT_PREFIX, _Leases
+    from memcached_operator.shared.bus.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX
+    from memcached_operator.shared.workqueue.lease import Leases as _Leases
 
     js = nc.jetstream()
     subject_ = f"{LEASES_SUBJECT_PREFIX}{controller}.ns.obj"

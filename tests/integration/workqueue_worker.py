@@ -21,7 +21,9 @@ import time
 
 import nats
 
-from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, Request, Result
+from memcached_operator.shared.workqueue.queue import KeyedWorkQueue
+from memcached_operator.shared.workqueue.settings import QueueSettings
+from memcached_operator.shared.workqueue.types import Request, Result
 
 
 def main() -> None:
@@ -59,10 +61,12 @@ async def run(args: argparse.Namespace) -> None:
     queue = KeyedWorkQueue(
         nc,
         controller=args.controller,
-        concurrency=args.concurrency,
-        ack_wait=args.ack_wait,
-        lease_ttl=args.lease_ttl,
-        max_deliveries=args.max_deliveries,
+        settings=QueueSettings(
+            concurrency=args.concurrency,
+            ack_wait=args.ack_wait,
+            lease_ttl=args.lease_ttl,
+            max_deliveries=args.max_deliveries,
+        ),
         worker_id=args.worker,
     )
     stop = asyncio.Event()

@@ -14,7 +14,7 @@ from memcached_operator.reconciler.settings import ReconcilerSettings
 from memcached_operator.shared.bus.stream_admin import StreamAdminSettings
 from memcached_operator.shared.runtime import settings
 from memcached_operator.shared.runtime.settings import NatsSettings, Settings
-from memcached_operator.shared.workqueue.options import QueueSettings
+from memcached_operator.shared.workqueue.options import QueueOptions
 from memcached_operator.status.settings import StatusSettings
 from memcached_operator.watcher.settings import WatcherSettings
 
@@ -401,4 +401,4 @@ def test_help_gives_the_service_default() -> None:
 
 def test_a_queue_model_must_name_its_concurrency_variable() -> None:
     with pytest.raises(TypeError, match="concurrency has no environment variable"):
-        settings.add_flags(argparse.ArgumentParser(), QueueSettings)
+        settings.add_flags(argparse.ArgumentParser(), QueueOptions)

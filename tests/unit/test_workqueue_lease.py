@@ -1,0 +1,113 @@
+"""The lease's pure parts: which revision a create expects after this process's own release,
+how a conflict is read, and how a worker waits for a lease another run holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from memcached_operator.shared.workqueue.lease import (
+    MARKER_TTL,
+    Held,
+    Markers,
+    WaitSchedule,
+    conflict,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_create_expects_no_revision_when_this_process_left_no_marker() -> None:
+    assert Markers(clock=Clock()).expected("reconcile.ns.a") == 0
+
+
+def test_a_create_soon_after_a_release_expects_the_marker_revision_once() -> None:
+    clock = Clock()
+    markers = Markers(clock=clock)
+    markers.wrote("reconcile.ns.a", 41)
+    clock.now += MARKER_TTL / 2
+    assert markers.expected("reconcile.ns.a") == 41
+    # Used once: the create wrote over it, so the next one expects nothing of it.
+    assert markers.expected("reconcile.ns.a") == 0
+
+
+def test_an_expired_marker_is_gone_from_the_bucket_too_so_a_create_expects_nothing() -> None:
+    clock = Clock()
+    markers = Markers(clock=clock)
+    markers.wrote("reconcile.ns.a", 41)
+    clock.now += MARKER_TTL
+    assert markers.expected("reconcile.ns.a") == 0
+
+
+def test_markers_hold_only_the_last_seconds_releases() -> None:
+    clock = Clock()
+    markers = Markers(clock=clock)
+    for n in range(100):
+        markers.wrote(f"reconcile.ns.o{n}", n + 1)
+    clock.now += MARKER_TTL + 0.1
+    markers.wrote("reconcile.ns.last", 500)
+    assert len(markers) == 1
+    # A second release of one name replaces its marker (the newest revision counts).
+    markers.wrote("reconcile.ns.last", 501)
+    assert len(markers) == 1
+    assert markers.expected("reconcile.ns.last") == 501
+
+
+@pytest.mark.parametrize("operation", ["DEL", "PURGE"])
+def test_a_delete_marker_in_the_way_is_written_over_at_its_revision(operation: str) -> None:
+    assert conflict(operation, 77) == 77
+
+
+@pytest.mark.parametrize("operation", [None, "PUT"])
+def test_a_live_lease_in_the_way_means_another_run_holds_the_object(
+    operation: str | None,
+) -> None:
+    assert conflict(operation, 77) is None
+
+
+def test_waiting_polls_double_from_20ms_up_to_a_quarter_of_the_ttl_with_jitter() -> None:
+    schedule = WaitSchedule(ttl=1.0, ack_wait=30.0, clock=Clock(), jitter=lambda: 0.5)
+    # With jitter 0.5 each wait is exactly the current poll interval.
+    waits = [schedule.next_poll() for _ in range(8)]
+    assert waits == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25, 0.25])
+
+
+def test_the_poll_interval_is_capped_at_half_a_second_for_long_ttls() -> None:
+    schedule = WaitSchedule(ttl=30.0, ack_wait=30.0, clock=Clock(), jitter=lambda: 0.5)
+    waits = [schedule.next_poll() for _ in range(10)]
+    assert max(waits) == pytest.approx(0.5)
+
+
+def test_jitter_spreads_a_poll_between_half_and_one_and_a_half_times_the_interval() -> None:
+    low = WaitSchedule(ttl=30.0, ack_wait=30.0, clock=Clock(), jitter=lambda: 0.0)
+    high = WaitSchedule(ttl=30.0, ack_wait=30.0, clock=Clock(), jitter=lambda: 0.999)
+    assert low.next_poll() == pytest.approx(0.01)
+    assert high.next_poll() == pytest.approx(0.02 * 1.499)
+
+
+def test_a_waiting_worker_sends_an_in_progress_ack_every_third_of_the_ack_wait() -> None:
+    clock = Clock()
+    schedule = WaitSchedule(ttl=30.0, ack_wait=3.0, clock=clock)
+    assert not schedule.progress_due()
+    clock.now += 0.9
+    assert not schedule.progress_due()
+    clock.now += 0.1
+    assert schedule.progress_due()
+    # The next one is a period after that one, not after the start.
+    assert not schedule.progress_due()
+    clock.now += 0.99
+    assert not schedule.progress_due()
+    clock.now += 0.01
+    assert schedule.progress_due()
+
+
+def test_a_held_lease_starts_neither_lost_nor_waited_for() -> None:
+    held = Held("reconcile.ns.a", 5, b"{}")
+    assert (held.lost, held.waited) == (False, False)
