@@ -28,6 +28,13 @@ from deploy.local.processes import Supervisor
 from tests.support import Services, services
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Deselect with `-m "not packaging"`: it builds the wheel and installs it from PyPI.
+    config.addinivalue_line(
+        "markers", "packaging: builds the wheel and runs the services from a fresh venv"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,17 @@ async def await_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def http_status(port: int, path: str) -> int:
+    """The HTTP status of GET ``path`` on a local port (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (OSError, urllib.error.URLError):
+        return 0
+
+
 @dataclass
 class StoredMessage:
     subject: str
@@ -83,7 +96,17 @@ class Services:
     env: Mapping[str, str]
     started: list[str] = field(default_factory=list)
 
-    def start(self, service: str, *args: str, name: str | None = None, **env: str) -> Record:
+    def start(
+        self,
+        service: str,
+        *args: str,
+        name: str | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "memcached_operator.cli"),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> Record:
+        """Start ``service`` with ``args``; ``program`` is the command line before the service
+        name (default: this interpreter's `memcached-operator`)."""
         name = name or f"{service}-{uuid.uuid4().hex[:6]}"
         # Each service connects as its own NATS user, as in deploy/ (MCOP_STATE_DIR names the
         # local cluster whose generated passwords to use).
@@ -93,8 +116,9 @@ class Services:
             credentials = Layout.load(Path(state_dir)).nats_credentials(service)
         rec = self.supervisor.start(
             name,
-            [sys.executable, "-m", "memcached_operator.cli", service, "--health-port", "0", *args],
+            [*program, service, "--health-port", "0", *args],
             env={**self.env, "LOG_FORMAT": "json", **credentials, **env},
+            cwd=cwd,
         )
         self.started.append(name)
         return rec
