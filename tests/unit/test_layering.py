@@ -66,6 +66,13 @@ def test_the_package_imports_nothing_from_the_checkout() -> None:
     for folder in ("services", "shared"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for name in _imports(path):
-                if name.split(".")[0] in {"deploy", "bench", "chaos", "tests", "services", "shared"}:
+                if name.split(".")[0] in {
+                    "deploy",
+                    "bench",
+                    "chaos",
+                    "tests",
+                    "services",
+                    "shared",
+                }:
                     offending.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offending == []
