@@ -16,12 +16,14 @@ from typing import Any
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.admin import nats_auth
 from memcached_operator.shared.bus.replay import replay
-from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.bus.subjects import REQUESTS, wildcard
 from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 
 
@@ -84,6 +86,21 @@ async def read_stream(
             async for msg in replay(js, filter_subject, stream=stream, config=config)
             if msg is not None
         ]
+    finally:
+        await nc.close()
+
+
+async def pending_requests(nats_url: str, controller: str, namespace: str) -> int:
+    """How many requests of ``controller`` for objects of ``namespace`` wait in the requests
+    stream (taken or not: a request leaves the work-queue stream only when its run acks it)."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        filter_ = wildcard(REQUESTS, controller, namespace)
+        try:
+            info = await nc.jetstream().stream_info(REQUESTS_STREAM, subjects_filter=filter_)
+        except NotFoundError:
+            return 0  # no service has created the streams yet
+        return sum((info.state.subjects or {}).values())
     finally:
         await nc.close()
 

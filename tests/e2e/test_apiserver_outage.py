@@ -15,35 +15,27 @@ import asyncio
 import os
 import time
 
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
-from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
-from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
+from tests.support import (
+    Services,
+    create_many,
+    memcached_manifest,
+    pending_requests,
+    read_stream,
+    wait_for,
+)
 
 OUTAGE = float(os.environ.get("MCOP_TEST_APISERVER_OUTAGE", "180"))
 CRS = 100
 APISERVER = "kube-apiserver"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(OUTAGE + 900)]
-
-
-async def pending_requests(cluster: Cluster, namespace: str) -> int:
-    nc = await nats.connect(cluster.nats_url, connect_timeout=5)
-    try:
-        filter_ = subjects.wildcard(subjects.REQUESTS, "reconcile", namespace)
-        try:
-            info = await nc.jetstream().stream_info(REQUESTS_STREAM, subjects_filter=filter_)
-        except NotFoundError:
-            return 0  # the watcher has not created the streams yet
-        return sum((info.state.subjects or {}).values())
-    finally:
-        await nc.close()
 
 
 def converged(cluster: Cluster, namespace: str) -> dict[str, int] | None:
@@ -90,7 +82,7 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
         )
     )
     wait_for(
-        lambda: asyncio.run(pending_requests(cluster, namespace)) == CRS,
+        lambda: asyncio.run(pending_requests(cluster.nats_url, "reconcile", namespace)) == CRS,
         timeout=60,
         what=f"{CRS} reconcile requests waiting",
     )
@@ -107,6 +99,8 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
             timeout=60,
             what="the reconcilers retrying against the stopped API server",
         )
+        # The scenario itself: the API server stays away for OUTAGE seconds in all, while the
+        # reconcilers keep failing to reach it.
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
     finally:
         cluster.supervisor.start(APISERVER, record.argv)
