@@ -13,7 +13,7 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
-from tests.support import Services, services
+from tests.support import Services, condition, services, wait_for
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -150,6 +150,32 @@ class Cluster:
         }
         self.kubectl("apply", "-f", "-", input_=json.dumps(body))
 
+    def wait_conditions(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        reasons: Mapping[str, str] | None = None,
+        timeout: float = 60,
+        what: str = "",
+        **statuses: str,
+    ) -> dict[str, Any]:
+        """The Memcached once each condition ``type=status`` of ``statuses`` holds, and each
+        condition type of ``reasons`` has that reason."""
+        wanted = {**{(t, "status"): v for t, v in statuses.items()}}
+        wanted |= {(t, "reason"): v for t, v in (reasons or {}).items()}
+
+        def matching() -> dict[str, Any] | None:
+            mc = self.get_mc(namespace, name)
+            ok = all(condition(mc, t).get(field) == v for (t, field), v in wanted.items())
+            return mc if ok else None
+
+        default = ", ".join(f"{t} {field} {v}" for (t, field), v in wanted.items())
+        found: dict[str, Any] = wait_for(
+            matching, timeout=timeout, what=f"{name}: {what or default}"
+        )
+        return found
+
     def wait_available(
         self, namespace: str, name: str, timeout: int = 90
     ) -> subprocess.CompletedProcess[str]:
@@ -163,6 +189,31 @@ class Cluster:
             f"--timeout={timeout}s",
             timeout=timeout + 10,
         )
+
+    def audit_log_caught_up(self, timeout: float = 30) -> None:
+        """Return once every API request that completed before this call is in the audit log:
+        the log is written in batches, in order, so a marker write seen there is the proof."""
+        marker = "audit-marker"
+        if self.kubectl("get", "mc", "-n", "default", marker, check=False).returncode != 0:
+            self.apply_memcached("default", marker, {"size": 0})
+        log = self.layout.state_dir / "logs" / "audit.log"
+
+        def markers() -> int:
+            text = log.read_text() if log.exists() else ""
+            return sum(
+                1
+                for line in text.splitlines()
+                if f"/namespaces/default/memcacheds/{marker}/status" in line
+                and '"ResponseComplete"' in line
+            )
+
+        before = markers()
+        # No service watches "default", so this status write of the test's own changes nothing.
+        self.kubectl(
+            "patch", "mc", "-n", "default", marker, "--subresource=status", "--type=merge",
+            "-p", '{"status": {}}',
+        )  # fmt: skip
+        wait_for(lambda: markers() > before, timeout=timeout, what="the audit log's marker")
 
     def restart_nats(self, *, kill: bool = True) -> None:
         if kill:

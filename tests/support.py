@@ -17,6 +17,7 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.cluster import Layout
 from deploy.local.processes import Record, Supervisor
@@ -63,6 +64,19 @@ def http_status(port: int, path: str) -> int:
         return 0
 
 
+def metric(port: int, name: str, /, **labels: str) -> float:
+    """The sum of the samples ``name`` of a service's /metrics whose labels include ``labels``
+    (0 when there are none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 @dataclass
 class StoredMessage:
     subject: str
@@ -105,6 +119,20 @@ async def pending_requests(nats_url: str, controller: str, namespace: str) -> in
         await nc.close()
 
 
+def wait_requests_handled(nats_url: str, namespace: str, *, timeout: float = 60) -> None:
+    """Wait until no reconcile or status request for an object of ``namespace`` is left in
+    the work queue: every change seen so far has been handled (a deferred request stays in
+    the stream until its run)."""
+    wait_for(
+        lambda: all(
+            asyncio.run(pending_requests(nats_url, controller, namespace)) == 0
+            for controller in ("reconcile", "status")
+        ),
+        timeout=timeout,
+        what=f"the requests for {namespace} handled",
+    )
+
+
 @dataclass
 class Services:
     """Service processes (watcher, reconciler, status) run as real child processes."""
@@ -139,6 +167,13 @@ class Services:
         )
         self.started.append(name)
         return rec
+
+    def pipeline(self, namespace: str, *, reconcilers: int = 1, **env: str) -> None:
+        """The whole pipeline for ``namespace``: watcher, reconciler-0.., status-0."""
+        self.start("watcher", "--namespaces", namespace, name="watcher", **env)
+        for i in range(reconcilers):
+            self.start("reconciler", name=f"reconciler-{i}", **env)
+        self.start("status", name="status-0", **env)
 
     def kill(self, name: str) -> None:
         self.supervisor.kill(name)
