@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import urllib.error
 import urllib.request
@@ -32,7 +31,7 @@ from memcached_operator.shared.workqueue.queue import (
     ORIGIN,
 )
 from tests.conftest import Cluster, free_port
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, metric, read_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +45,6 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return int(err.code), err.read().decode()
     except OSError:
         return 0, ""
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """The value of one sample of the service's /metrics (0 when absent)."""
-    _, text = http_get(port, "/metrics")
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == want:
-            return float(match.group(2))
-    return 0.0
 
 
 def start_watcher(services: Services, namespaces: str, *args: str, **env: str) -> int:
