@@ -25,6 +25,8 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.cluster import Layout
 from deploy.local.processes import Supervisor
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
 from tests.support import Services, condition, services, wait_for
 
 
@@ -149,6 +151,26 @@ class Cluster:
             "spec": spec,
         }
         self.kubectl("apply", "-f", "-", input_=json.dumps(body))
+
+    def deployments_as_desired(
+        self, namespace: str
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+        """The Memcacheds and Deployments of ``namespace``, and the names of the Memcacheds
+        whose Deployment is as the reconciler would write it."""
+        crs = self.kubectl_json("get", "mc", "-n", namespace)["items"]
+        deployments = {
+            d["metadata"]["name"]: d
+            for d in self.kubectl_json("get", "deployments", "-n", namespace)["items"]
+        }
+        good = [
+            c["metadata"]["name"]
+            for c in crs
+            if c["metadata"]["name"] in deployments
+            and matches(
+                deployments[c["metadata"]["name"]], desired_deployment(Memcached.from_api(c))
+            )
+        ]
+        return crs, deployments, good
 
     def wait_conditions(
         self,

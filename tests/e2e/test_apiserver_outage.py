@@ -17,8 +17,6 @@ import time
 
 import pytest
 
-from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
@@ -41,19 +39,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(OUTAGE + 900)]
 def converged(cluster: Cluster, namespace: str) -> dict[str, int] | None:
     """Counts of CRs with the desired Deployment and with Available=True, once all have both."""
     try:
-        crs = cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
-        deps = {
-            d["metadata"]["name"]: d
-            for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
-        }
+        crs, _, as_desired = cluster.deployments_as_desired(namespace)
     except AssertionError:
         return None  # the API server is still coming back
-    good = sum(
-        1
-        for c in crs
-        if c["metadata"]["name"] in deps
-        and matches(deps[c["metadata"]["name"]], desired_deployment(Memcached.from_api(c)))
-    )
+    good = len(as_desired)
     available = sum(
         1
         for c in crs

@@ -16,8 +16,6 @@ from datetime import datetime, timedelta
 import nats
 import pytest
 
-from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from memcached_operator.shared.events.outcomes import Outcome
@@ -47,19 +45,7 @@ def start_pipeline(services: Services, namespace: str, *, workers: int, **env: s
 
 def converged(cluster: Cluster, namespace: str, expected: int) -> list[str] | None:
     """Names of CRs whose Deployment is exactly as desired, if all `expected` are."""
-    crs = {
-        c["metadata"]["name"]: c
-        for c in cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
-    }
-    deps = {
-        d["metadata"]["name"]: d
-        for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
-    }
-    good = [
-        name
-        for name, c in crs.items()
-        if name in deps and matches(deps[name], desired_deployment(Memcached.from_api(c)))
-    ]
+    _, deps, good = cluster.deployments_as_desired(namespace)
     return good if len(good) == expected and len(deps) == expected else None
 
 
