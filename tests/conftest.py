@@ -13,7 +13,7 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,16 @@ from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
 from deploy.local.layout import Layout, free_base_port
 from deploy.local.processes import Supervisor
-from tests.support import Services, services
+from memcached_operator.reconciler.desired import desired_deployment, matches
+from memcached_operator.shared.api.models import Memcached
+from tests.support import Services, condition, services, wait_for
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Deselect with `-m "not packaging"`: it builds the wheel and installs it from PyPI.
+    config.addinivalue_line(
+        "markers", "packaging: builds the wheel and runs the services from a fresh venv"
+    )
 
 
 def free_port() -> int:
@@ -143,6 +152,52 @@ class Cluster:
         }
         self.kubectl("apply", "-f", "-", input_=json.dumps(body))
 
+    def deployments_as_desired(
+        self, namespace: str
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+        """The Memcacheds and Deployments of ``namespace``, and the names of the Memcacheds
+        whose Deployment is as the reconciler would write it."""
+        crs = self.kubectl_json("get", "mc", "-n", namespace)["items"]
+        deployments = {
+            d["metadata"]["name"]: d
+            for d in self.kubectl_json("get", "deployments", "-n", namespace)["items"]
+        }
+        good = [
+            c["metadata"]["name"]
+            for c in crs
+            if c["metadata"]["name"] in deployments
+            and matches(
+                deployments[c["metadata"]["name"]], desired_deployment(Memcached.from_api(c))
+            )
+        ]
+        return crs, deployments, good
+
+    def wait_conditions(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        reasons: Mapping[str, str] | None = None,
+        timeout: float = 60,
+        what: str = "",
+        **statuses: str,
+    ) -> dict[str, Any]:
+        """The Memcached once each condition ``type=status`` of ``statuses`` holds, and each
+        condition type of ``reasons`` has that reason."""
+        wanted = {**{(t, "status"): v for t, v in statuses.items()}}
+        wanted |= {(t, "reason"): v for t, v in (reasons or {}).items()}
+
+        def matching() -> dict[str, Any] | None:
+            mc = self.get_mc(namespace, name)
+            ok = all(condition(mc, t).get(field) == v for (t, field), v in wanted.items())
+            return mc if ok else None
+
+        default = ", ".join(f"{t} {field} {v}" for (t, field), v in wanted.items())
+        found: dict[str, Any] = wait_for(
+            matching, timeout=timeout, what=f"{name}: {what or default}"
+        )
+        return found
+
     def wait_available(
         self, namespace: str, name: str, timeout: int = 90
     ) -> subprocess.CompletedProcess[str]:
@@ -156,6 +211,31 @@ class Cluster:
             f"--timeout={timeout}s",
             timeout=timeout + 10,
         )
+
+    def audit_log_caught_up(self, timeout: float = 30) -> None:
+        """Return once every API request that completed before this call is in the audit log:
+        the log is written in batches, in order, so a marker write seen there is the proof."""
+        marker = "audit-marker"
+        if self.kubectl("get", "mc", "-n", "default", marker, check=False).returncode != 0:
+            self.apply_memcached("default", marker, {"size": 0})
+        log = self.layout.state_dir / "logs" / "audit.log"
+
+        def markers() -> int:
+            text = log.read_text() if log.exists() else ""
+            return sum(
+                1
+                for line in text.splitlines()
+                if f"/namespaces/default/memcacheds/{marker}/status" in line
+                and '"ResponseComplete"' in line
+            )
+
+        before = markers()
+        # No service watches "default", so this status write of the test's own changes nothing.
+        self.kubectl(
+            "patch", "mc", "-n", "default", marker, "--subresource=status", "--type=merge",
+            "-p", '{"status": {}}',
+        )  # fmt: skip
+        wait_for(lambda: markers() > before, timeout=timeout, what="the audit log's marker")
 
     def restart_nats(self, *, kill: bool = True) -> None:
         if kill:

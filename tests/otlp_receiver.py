@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+
+from tests.support import wait_for
 
 KINDS = {
     ProtoSpan.SPAN_KIND_UNSPECIFIED: "UNSPECIFIED",
@@ -186,17 +187,12 @@ class OtlpReceiver:
         self, predicate: Callable[[list[ReceivedSpan]], Any], *, timeout: float, what: str
     ) -> Any:
         """Poll until ``predicate(all spans)`` is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = predicate(self.spans())
-            if last:
-                return last
-            time.sleep(0.2)
-        raise AssertionError(
-            f"timed out after {timeout}s waiting for {what}; "
-            f"{len(self.spans())} spans received: {self.spans()[-40:]}"
-        )
+        try:
+            return wait_for(lambda: predicate(self.spans()), timeout=timeout, what=what, every=0.2)
+        except AssertionError as err:
+            raise AssertionError(
+                f"{err}; {len(self.spans())} spans received: {self.spans()[-40:]}"
+            ) from None
 
     def start(self) -> None:
         self._thread.start()

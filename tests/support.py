@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +16,15 @@ from typing import Any
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.layout import Layout
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.admin import nats_auth
 from memcached_operator.shared.bus.replay import replay
-from memcached_operator.shared.bus.streams import EVENTS_STREAM
+from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.bus.subjects import REQUESTS, wildcard
 from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 
 
@@ -46,6 +51,30 @@ async def await_for(
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_status(port: int, path: str) -> int:
+    """The HTTP status of GET ``path`` on a local port (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (OSError, urllib.error.URLError):
+        return 0
+
+
+def metric(port: int, name: str, /, **labels: str) -> float:
+    """The sum of the samples ``name`` of a service's /metrics whose labels include ``labels``
+    (0 when there are none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 @dataclass
@@ -75,6 +104,35 @@ async def read_stream(
         await nc.close()
 
 
+async def pending_requests(nats_url: str, controller: str, namespace: str) -> int:
+    """How many requests of ``controller`` for objects of ``namespace`` wait in the requests
+    stream (taken or not: a request leaves the work-queue stream only when its run acks it)."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        filter_ = wildcard(REQUESTS, controller, namespace)
+        try:
+            info = await nc.jetstream().stream_info(REQUESTS_STREAM, subjects_filter=filter_)
+        except NotFoundError:
+            return 0  # no service has created the streams yet
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+def wait_requests_handled(nats_url: str, namespace: str, *, timeout: float = 60) -> None:
+    """Wait until no reconcile or status request for an object of ``namespace`` is left in
+    the work queue: every change seen so far has been handled (a deferred request stays in
+    the stream until its run)."""
+    wait_for(
+        lambda: all(
+            asyncio.run(pending_requests(nats_url, controller, namespace)) == 0
+            for controller in ("reconcile", "status")
+        ),
+        timeout=timeout,
+        what=f"the requests for {namespace} handled",
+    )
+
+
 @dataclass
 class Services:
     """Service processes (watcher, reconciler, status) run as real child processes."""
@@ -83,7 +141,17 @@ class Services:
     env: Mapping[str, str]
     started: list[str] = field(default_factory=list)
 
-    def start(self, service: str, *args: str, name: str | None = None, **env: str) -> Record:
+    def start(
+        self,
+        service: str,
+        *args: str,
+        name: str | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "memcached_operator.cli"),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> Record:
+        """Start ``service`` with ``args``; ``program`` is the command line before the service
+        name (default: this interpreter's `memcached-operator`)."""
         name = name or f"{service}-{uuid.uuid4().hex[:6]}"
         # Each service connects as its own NATS user, as in deploy/ (MCOP_STATE_DIR names the
         # local cluster whose generated passwords to use).
@@ -93,11 +161,19 @@ class Services:
             credentials = Layout.load(Path(state_dir)).nats_credentials(service)
         rec = self.supervisor.start(
             name,
-            [sys.executable, "-m", "memcached_operator.cli", service, "--health-port", "0", *args],
+            [*program, service, "--health-port", "0", *args],
             env={**self.env, "LOG_FORMAT": "json", **credentials, **env},
+            cwd=cwd,
         )
         self.started.append(name)
         return rec
+
+    def pipeline(self, namespace: str, *, reconcilers: int = 1, **env: str) -> None:
+        """The whole pipeline for ``namespace``: watcher, reconciler-0.., status-0."""
+        self.start("watcher", "--namespaces", namespace, name="watcher", **env)
+        for i in range(reconcilers):
+            self.start("reconciler", name=f"reconciler-{i}", **env)
+        self.start("status", name="status-0", **env)
 
     def kill(self, name: str) -> None:
         self.supervisor.kill(name)

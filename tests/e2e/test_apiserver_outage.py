@@ -15,16 +15,19 @@ import asyncio
 import os
 import time
 
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 
-from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
-from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, REQUESTS_STREAM
+from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from tests.conftest import Cluster
-from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
+from tests.support import (
+    Services,
+    create_many,
+    memcached_manifest,
+    pending_requests,
+    read_stream,
+    wait_for,
+)
 
 OUTAGE = float(os.environ.get("MCOP_TEST_APISERVER_OUTAGE", "180"))
 CRS = 100
@@ -33,35 +36,13 @@ APISERVER = "kube-apiserver"
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(OUTAGE + 900)]
 
 
-async def pending_requests(cluster: Cluster, namespace: str) -> int:
-    nc = await nats.connect(cluster.nats_url, connect_timeout=5)
-    try:
-        filter_ = subjects.wildcard(subjects.REQUESTS, "reconcile", namespace)
-        try:
-            info = await nc.jetstream().stream_info(REQUESTS_STREAM, subjects_filter=filter_)
-        except NotFoundError:
-            return 0  # the watcher has not created the streams yet
-        return sum((info.state.subjects or {}).values())
-    finally:
-        await nc.close()
-
-
 def converged(cluster: Cluster, namespace: str) -> dict[str, int] | None:
     """Counts of CRs with the desired Deployment and with Available=True, once all have both."""
     try:
-        crs = cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
-        deps = {
-            d["metadata"]["name"]: d
-            for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
-        }
+        crs, _, as_desired = cluster.deployments_as_desired(namespace)
     except AssertionError:
         return None  # the API server is still coming back
-    good = sum(
-        1
-        for c in crs
-        if c["metadata"]["name"] in deps
-        and matches(deps[c["metadata"]["name"]], desired_deployment(Memcached.from_api(c)))
-    )
+    good = len(as_desired)
     available = sum(
         1
         for c in crs
@@ -90,7 +71,7 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
         )
     )
     wait_for(
-        lambda: asyncio.run(pending_requests(cluster, namespace)) == CRS,
+        lambda: asyncio.run(pending_requests(cluster.nats_url, "reconcile", namespace)) == CRS,
         timeout=60,
         what=f"{CRS} reconcile requests waiting",
     )
@@ -107,6 +88,8 @@ def test_crs_in_flight_during_a_three_minute_api_server_outage_all_converge_none
             timeout=60,
             what="the reconcilers retrying against the stopped API server",
         )
+        # The scenario itself: the API server stays away for OUTAGE seconds in all, while the
+        # reconcilers keep failing to reach it.
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
     finally:
         cluster.supervisor.start(APISERVER, record.argv)

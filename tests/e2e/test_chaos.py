@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from chaos.run import run_chaos
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.events import codec as events
 from tests.conftest import Cluster, free_port
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, metric, read_stream, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -72,8 +71,15 @@ def test_a_watcher_starting_while_another_publishes_adds_no_second_added_event(
 
         service_procs.start("watcher", "--namespaces", namespace, name="watcher-a")
         wait_for(lambda: "watcher started" in service_procs.log("watcher-a"), timeout=60, what="A")
+        b_port = free_port()
         service_procs.start(
-            "watcher", "--namespaces", namespace, name="watcher-b", KUBECONFIG=str(slow)
+            "watcher",
+            "--namespaces",
+            namespace,
+            "--health-port",
+            str(b_port),
+            name="watcher-b",
+            KUBECONFIG=str(slow),
         )
         wait_for(
             lambda: "known memcached objects" in service_procs.log("watcher-b"),
@@ -95,7 +101,16 @@ def test_a_watcher_starting_while_another_publishes_adds_no_second_added_event(
             what="B's list through the slow proxy",
         )
         wait_for(lambda: added(), timeout=30, what="the added event")
-        time.sleep(3)  # B publishes what its list showed right after the list
+        # B publishes what its list showed right after the list: wait until the stream has
+        # confirmed it (stored, or dropped as one it already held).
+        wait_for(
+            lambda: (
+                metric(b_port, "mcop_events_published_total", kind="memcached")
+                + metric(b_port, "mcop_events_duplicates_total", kind="memcached")
+            ),
+            timeout=30,
+            what="B's events of what it listed, confirmed",
+        )
         assert len(added()) == 1, f"'added' stored more than once: {added()}"
     finally:
         service_procs.supervisor.stop(proxy.name)

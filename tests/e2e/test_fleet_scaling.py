@@ -34,7 +34,7 @@ from tests.e2e.test_reconciler import (
     dead_letters,
     outcomes,
 )
-from tests.support import Services, create_many, memcached_manifest, wait_for
+from tests.support import Services, create_many, http_status, memcached_manifest, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -68,18 +68,25 @@ def test_throughput_follows_reconcilers_started_and_stopped_during_a_burst(
         env = {"KUBECONFIG": str(slow)}
         service_procs.start("watcher", "--namespaces", namespace, name="watcher")
 
-        def worker(i: int) -> str:
-            name = f"reconciler-{i}"
-            service_procs.start("reconciler", "--concurrency", "1", name=name, **env)
-            return name
+        def worker(i: int) -> int:
+            """Start reconciler-<i>; its health port."""
+            health = free_port()
+            args = ("--concurrency", "1", "--health-port", str(health))
+            service_procs.start("reconciler", *args, name=f"reconciler-{i}", **env)
+            return health
 
-        worker(0)
-        time.sleep(3)  # the first worker is ready before the burst
+        first = worker(0)
+        wait_for(
+            lambda: http_status(first, "/readyz") == 200,
+            timeout=60,
+            what="the first worker ready before the burst",
+        )
         asyncio.run(
             create_many(
                 cluster.kubeconfig, [memcached_manifest(f"mc-{i:03d}", namespace) for i in range(N)]
             )
         )
+        # The scenario itself: 12 s of one worker, then 12 s of four.
         phases = [datetime.now(UTC)]
         time.sleep(12)
         phases.append(datetime.now(UTC))

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import nats
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.connection import inbox_prefix
@@ -30,7 +28,7 @@ from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.workqueue.queue import enqueue
 from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster, free_port
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, metric, read_stream, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -84,19 +82,8 @@ def _dead_letters(cluster: Cluster, namespace: str) -> list[Any]:
     return asyncio.run(read_stream(cluster.nats_url, filter_, stream=DEADLETTER_STREAM))
 
 
-def _metric(port: int, name: str, **labels: str) -> float:
-    """The value of one sample of a service's /metrics (0 when it has none)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
-
-
 def _distrusted(port: int, controller: str, reason: str) -> float:
-    return _metric(port, "mcop_messages_distrusted_total", controller=controller, reason=reason)
+    return metric(port, "mcop_messages_distrusted_total", controller=controller, reason=reason)
 
 
 def _deployment(cluster: Cluster, namespace: str, name: str = VICTIM) -> dict[str, Any] | None:

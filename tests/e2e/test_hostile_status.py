@@ -59,12 +59,10 @@ def test_pods_refused_by_a_limit_range_make_the_cr_degraded_with_the_apis_reason
     too_big = {"limits": {"memory": "128Mi"}, "requests": {"memory": "32Mi"}}
     cluster.apply_memcached(namespace, "greedy", {"size": 2, "resources": too_big})
 
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "greedy"))
-            and condition(m, "Degraded").get("status") == "True"
-            and m
-        ),
+    mc = cluster.wait_conditions(
+        namespace,
+        "greedy",
+        Degraded="True",
         timeout=90,
         what="Degraded=True for pods the LimitRange refuses",
     )
@@ -102,13 +100,11 @@ def test_pods_refused_by_a_limit_range_make_the_cr_degraded_with_the_apis_reason
         "greedy",
         {"size": 2, "resources": {"limits": {"memory": "64Mi"}, "requests": {"memory": "32Mi"}}},
     )
-    fixed = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "greedy"))
-            and condition(m, "Available").get("status") == "True"
-            and condition(m, "Degraded").get("status") == "False"
-            and m
-        ),
+    fixed = cluster.wait_conditions(
+        namespace,
+        "greedy",
+        Available="True",
+        Degraded="False",
         timeout=120,
         what="Available and no longer Degraded after the spec fits the LimitRange",
     )
@@ -145,12 +141,10 @@ def test_a_scale_past_the_namespaces_pod_quota_is_degraded_and_recovers(
     cluster.wait_available(namespace, "grows")
 
     cluster.kubectl("scale", "-n", namespace, "mc/grows", "--replicas=2")
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "grows"))
-            and condition(m, "Degraded").get("status") == "True"
-            and m
-        ),
+    mc = cluster.wait_conditions(
+        namespace,
+        "grows",
+        Degraded="True",
         timeout=90,
         what="Degraded=True for the pod the quota refuses",
     )
@@ -178,12 +172,11 @@ def test_a_scale_past_the_namespaces_pod_quota_is_degraded_and_recovers(
 
     # Scaled back within the quota: nothing is refused any more.
     cluster.kubectl("scale", "-n", namespace, "mc/grows", "--replicas=1")
-    wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "grows"))
-            and condition(m, "Degraded").get("status") == "False"
-            and condition(m, "Available").get("status") == "True"
-        ),
+    cluster.wait_conditions(
+        namespace,
+        "grows",
+        Degraded="False",
+        Available="True",
         timeout=120,
         what="no longer Degraded once the CR fits the quota again",
     )

@@ -24,7 +24,7 @@ from deploy.local import nats as local_nats
 from memcached_operator.shared.bus import subjects
 from tests.conftest import Cluster, free_port
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.support import Services, wait_for
+from tests.support import Services, http_status, wait_for, wait_requests_handled
 
 pytestmark = pytest.mark.e2e
 
@@ -78,16 +78,6 @@ def start_pipeline(
     for service, port in ports.items():
         wait_for(lambda p=port: http_status(p, "/healthz") == 200, timeout=30, what=f"{service} up")
     return ports
-
-
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except (OSError, urllib.error.URLError):
-        return 0
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -325,8 +315,9 @@ def test_b3_headers_continue_the_callers_trace(
     assert cluster.get_mc(namespace, "b3")["status"].get("lastTraceId")
     # Each status write is a change the watcher reports, in a new trace: the new trace id
     # alone must not cause another write, or the status would be rewritten for ever.
-    time.sleep(2)
+    wait_requests_handled(cluster.nats_url, namespace)
     settled = value(scrape(ports["status"]), "mcop_status_writes_total", result="written")
+    # The scenario itself: a while without any change, in which no write may happen.
     time.sleep(5)
     later = value(scrape(ports["status"]), "mcop_status_writes_total", result="written")
     assert later == settled, f"{later} status writes after {settled}, without a change"

@@ -21,8 +21,6 @@ import nats
 import pytest
 from nats.js.api import StreamInfo
 
-from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, ensure_streams
 from memcached_operator.shared.bus.subjects import ObjectKey
@@ -52,18 +50,8 @@ async def events_info(cluster: Cluster, *, max_bytes: int | None = None) -> Stre
 
 
 def converged(cluster: Cluster, namespace: str, expected: int) -> int | None:
-    crs = cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
-    deps = {
-        d["metadata"]["name"]: d
-        for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
-    }
-    good = sum(
-        1
-        for c in crs
-        if c["metadata"]["name"] in deps
-        and matches(deps[c["metadata"]["name"]], desired_deployment(Memcached.from_api(c)))
-    )
-    return good if good == expected == len(crs) else None
+    crs, _, good = cluster.deployments_as_desired(namespace)
+    return len(good) if len(good) == expected == len(crs) else None
 
 
 def dead_letters(cluster: Cluster, namespace: str) -> list[Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.workqueue.queue import enqueue
 from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster
-from tests.support import Services, wait_for
+from tests.support import Services, wait_for, wait_requests_handled
 
 pytestmark = pytest.mark.e2e
 
@@ -229,9 +228,18 @@ def test_each_role_grants_exactly_what_its_service_calls(
         what="the PodDisruptionBudget of the CR scaled to one pod to be deleted",
     )
     # Requests for a CR the stream has never shown: both services ask the API server.
+    resyncs = service_procs.log("watcher").count("resync requested")
     asyncio.run(_request_unseen(cluster, ObjectKey(namespace, "never-streamed")))
     cluster.kubectl("delete", "mc", "-n", namespace, "cache", "taken", "guarded", "named")
-    time.sleep(6)  # a resync after the deletions, and the audit log's 1 s batches
+    # A resync after the deletions (the second to end from now: the first may have begun
+    # before them), every request handled, and the calls in the audit log.
+    wait_for(
+        lambda: service_procs.log("watcher").count("resync requested") >= resyncs + 2,
+        timeout=30,
+        what="a resync after the deletions",
+    )
+    wait_requests_handled(cluster.nats_url, namespace)
+    cluster.audit_log_caught_up()
 
     used, refused = _used(cluster)
     assert refused == [], f"requests the roles refused: {refused}"

@@ -16,14 +16,19 @@ from datetime import datetime, timedelta
 import nats
 import pytest
 
-from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM
 from memcached_operator.shared.events.outcomes import Outcome
 from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 from tests.conftest import Cluster
-from tests.support import Services, create_many, memcached_manifest, read_stream, wait_for
+from tests.support import (
+    Services,
+    create_many,
+    memcached_manifest,
+    pending_requests,
+    read_stream,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,19 +45,7 @@ def start_pipeline(services: Services, namespace: str, *, workers: int, **env: s
 
 def converged(cluster: Cluster, namespace: str, expected: int) -> list[str] | None:
     """Names of CRs whose Deployment is exactly as desired, if all `expected` are."""
-    crs = {
-        c["metadata"]["name"]: c
-        for c in cluster.kubectl_json("get", "mc", "-n", namespace)["items"]
-    }
-    deps = {
-        d["metadata"]["name"]: d
-        for d in cluster.kubectl_json("get", "deployments", "-n", namespace)["items"]
-    }
-    good = [
-        name
-        for name, c in crs.items()
-        if name in deps and matches(deps[name], desired_deployment(Memcached.from_api(c)))
-    ]
+    _, deps, good = cluster.deployments_as_desired(namespace)
     return good if len(good) == expected and len(deps) == expected else None
 
 
@@ -145,11 +138,30 @@ def test_rapid_spec_changes_coalesce(
         timeout=60,
         what="the Deployment to match the last spec",
     )
-    time.sleep(2)
+    # Every request for the object is done (acked, so gone from the work-queue stream) and the
+    # run of the last spec has published its outcome: no run can still be on its way.
+    generation = cluster.get_mc(namespace, "hot")["metadata"]["generation"]
+    wait_for(
+        lambda: (
+            asyncio.run(pending_requests(cluster.nats_url, "reconcile", namespace)) == 0
+            and any(o.generation == generation for o in outcomes(cluster, namespace))
+        ),
+        timeout=60,
+        what="the requests drained and the outcome of the last spec",
+    )
     runs = len(outcomes(cluster, namespace)) - before
     print(f"100 spec changes -> {runs} reconciles")
     assert 1 <= runs <= 5, f"{runs} reconciles for 100 rapid changes: requests did not coalesce"
     assert_no_overlap(outcomes(cluster, namespace))
+
+
+def sigkill(services: Services, name: str) -> tuple[int, int]:
+    """SIGKILL the running process ``name`` and reap it: its pid and exit code."""
+    rec = services.supervisor.running(name)
+    assert rec is not None, f"{name} was not running when its turn to be killed came"
+    os.kill(rec.pid, signal.SIGKILL)
+    _, status = os.waitpid(rec.pid, 0)  # the services are children of this process
+    return rec.pid, os.waitstatus_to_exitcode(status)
 
 
 def test_sigkill_workers_during_200_cr_run(
@@ -157,21 +169,29 @@ def test_sigkill_workers_during_200_cr_run(
 ) -> None:
     workers = start_pipeline(service_procs, namespace, workers=3, **FAST)
     rng = random.Random(7)
-    kills = 0
+    killed: list[tuple[int, int]] = []  # (pid, exit code) of each worker killed
     # CRs arrive in waves while a random worker is SIGKILLed (and restarted) every ~2 s, so
     # kills land in the middle of reconciles, not after the run.
     for wave in range(5):
         objs = [memcached_manifest(f"k-{wave}-{i:02d}", namespace, 2) for i in range(40)]
         asyncio.run(create_many(cluster.kubeconfig, objs))
         for _ in range(2):
+            # The scenario itself: a random moment of the wave, not a wait for a condition.
             time.sleep(rng.uniform(0.2, 1.0))
             victim = rng.choice(workers)
-            service_procs.kill(victim)
+            killed.append(sigkill(service_procs, victim))
             service_procs.stop(victim)
-            kills += 1
             service_procs.start("reconciler", name=victim, **FAST)
-    assert kills == 10
+    # Ten different processes died of the SIGKILL itself (a worker that had already exited, or
+    # was never restarted, would show another exit code or the same pid twice)...
+    assert [code for _, code in killed] == [-signal.SIGKILL] * 10, killed
+    assert len({pid for pid, _ in killed}) == 10, killed
     wait_for(lambda: converged(cluster, namespace, 200), timeout=120, what="all 200 to converge")
+    # ... and each worker runs again, as a process none of the kills hit.
+    for name in workers:
+        rec = service_procs.supervisor.running(name)
+        assert rec is not None, f"{name} is not running after its restarts"
+        assert rec.pid not in {pid for pid, _ in killed}
     assert dead_letters(cluster, namespace) == []
     assert_no_overlap(outcomes(cluster, namespace))
 

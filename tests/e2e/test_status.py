@@ -13,17 +13,10 @@ import pytest
 
 from deploy.local.cluster import NEVER_READY_IMAGE, SLOW_READY_IMAGE
 from tests.conftest import Cluster
-from tests.support import Services, condition, wait_for
+from tests.support import Services, condition, wait_for, wait_requests_handled
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-
-
-def pipeline(services: Services, namespace: str, **env: str) -> None:
-    services.start("watcher", "--namespaces", namespace, name="watcher", **env)
-    services.start("reconciler", name="reconciler-0", **env)
-    services.start("reconciler", name="reconciler-1", **env)
-    services.start("status", name="status-0", **env)
 
 
 class StatusRecorder:
@@ -74,7 +67,7 @@ class StatusRecorder:
 def test_sample_becomes_available_with_nodes(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace, reconcilers=2)
     cluster.kubectl(
         "apply", "-n", namespace, "-f", str(REPO / "deploy/samples/memcached-sample.yaml")
     )
@@ -100,7 +93,7 @@ def test_sample_becomes_available_with_nodes(
 def test_scale_goes_through_progressing_to_available(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace, reconcilers=2)
     # Pods of this image take 3 s to become ready (kwok stage), as real ones do, so the
     # rollout lasts long enough to be seen.
     cluster.apply_memcached(namespace, "memcached-sample", {"size": 3, "image": SLOW_READY_IMAGE})
@@ -108,7 +101,7 @@ def test_scale_goes_through_progressing_to_available(
     available_since = condition(cluster.get_mc(namespace, "memcached-sample"), "Available")
     recorder = StatusRecorder(cluster, namespace, "memcached-sample")
     try:
-        time.sleep(0.5)
+        wait_for(lambda: recorder.versions, timeout=30, what="the watch's first version")
         cluster.kubectl("scale", "-n", namespace, "mc/memcached-sample", "--replicas=5")
         wait_for(
             lambda: (
@@ -147,14 +140,12 @@ def test_scale_goes_through_progressing_to_available(
 def test_pods_that_never_become_ready_exceed_the_progress_deadline(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace, PROGRESS_DEADLINE_SECONDS="8")
+    service_procs.pipeline(namespace, reconcilers=2, PROGRESS_DEADLINE_SECONDS="8")
     cluster.apply_memcached(namespace, "stuck", {"size": 2, "image": NEVER_READY_IMAGE})
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "stuck"))
-            and condition(m, "Progressing").get("reason") == "ProgressDeadlineExceeded"
-            and m
-        ),
+    mc = cluster.wait_conditions(
+        namespace,
+        "stuck",
+        reasons={"Progressing": "ProgressDeadlineExceeded"},
         timeout=120,
         what="Progressing=False ProgressDeadlineExceeded",
     )
@@ -176,17 +167,11 @@ def test_pods_that_never_become_ready_exceed_the_progress_deadline(
 def test_ownership_conflict_is_degraded_until_fixed(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace, RESYNC_PERIOD="3")
+    service_procs.pipeline(namespace, reconcilers=2, RESYNC_PERIOD="3")
     cluster.kubectl("create", "deployment", "taken", "-n", namespace, "--image=nginx")
     cluster.apply_memcached(namespace, "taken", {"size": 1})
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "taken"))
-            and condition(m, "Degraded").get("status") == "True"
-            and m
-        ),
-        timeout=60,
-        what="Degraded=True",
+    mc = cluster.wait_conditions(
+        namespace, "taken", Degraded="True", timeout=60, what="Degraded=True"
     )
     degraded = condition(mc, "Degraded")
     assert degraded["reason"] == "OwnershipConflict"
@@ -197,12 +182,11 @@ def test_ownership_conflict_is_degraded_until_fixed(
     assert image == "nginx", "the operator took over a Deployment it does not own"
 
     cluster.kubectl("delete", "deployment", "-n", namespace, "taken")
-    wait_for(
-        lambda: (
-            condition(cluster.get_mc(namespace, "taken"), "Degraded").get("status") == "False"
-            and condition(cluster.get_mc(namespace, "taken"), "Available").get("status") == "True"
-        ),
-        timeout=60,
+    cluster.wait_conditions(
+        namespace,
+        "taken",
+        Degraded="False",
+        Available="True",
         what="Degraded to clear after the conflicting Deployment is removed",
     )
 
@@ -232,15 +216,19 @@ def _status_writes(cluster: Cluster, namespace: str) -> int:
 def test_no_status_writes_without_changes(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace, RESYNC_PERIOD="10")
+    service_procs.pipeline(namespace, reconcilers=2, RESYNC_PERIOD="10")
     cluster.kubectl(
         "apply", "-n", namespace, "-f", str(REPO / "deploy/samples/memcached-sample.yaml")
     )
     cluster.wait_available(namespace, "memcached-sample")
-    time.sleep(5)  # let the last writes of the rollout land in the audit log
+    wait_requests_handled(cluster.nats_url, namespace)  # the rollout's last writes done...
+    cluster.audit_log_caught_up()  # ... and in the audit log
     before = _status_writes(cluster, namespace)
     assert before >= 1
-    time.sleep(60)  # six resyncs happen meanwhile: each reconciles and refreshes the status
+    # The scenario itself: a minute without changes, in which six resyncs each reconcile and
+    # refresh the status.
+    time.sleep(60)
+    cluster.audit_log_caught_up()
     after = _status_writes(cluster, namespace)
     assert after == before, f"{after - before} status writes in 60 s without any change"
 
@@ -251,13 +239,14 @@ def test_a_new_memcached_costs_few_status_writes_and_one_event(
     """A healthy new CR goes from "rolling out" to Available: the status shows both steps, and
     `kubectl describe` one Normal Event for reaching Available — not a write per intermediate
     step of the Deployment and its pod, nor Warnings for the not-yet states every CR starts in."""
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace, reconcilers=2)
     names = [f"frugal-{i}" for i in range(5)]
     for name in names:
         cluster.apply_memcached(namespace, name, {"size": 1})
     for name in names:
         cluster.wait_available(namespace, name)
-    time.sleep(5)  # let the last writes land in the audit log
+    wait_requests_handled(cluster.nats_url, namespace)
+    cluster.audit_log_caught_up()
     writes = _status_writes_by_name(cluster, namespace)
     # Two steps to show (rolling out, Available); a third write is allowed for a Deployment
     # message that changed in between. Each pod, Deployment and outcome event used to be one.
@@ -276,7 +265,7 @@ def test_nodes_follow_a_replaced_pod(
 ) -> None:
     """A pod of an Available CR is deleted and its ReplicaSet replaces it: `nodes` ends naming
     exactly the pods that run, with the replacement and without the deleted one."""
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace, reconcilers=2)
     cluster.apply_memcached(namespace, "replaced", {"size": 2})
     cluster.wait_available(namespace, "replaced")
 

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pipeline(services: Services, namespace: str, **env: str) -> None:
-    services.start("watcher", "--namespaces", namespace, name="watcher", **env)
-    services.start("reconciler", name="reconciler-0", **env)
-    services.start("status", name="status-0", **env)
-
-
 def pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
     items = cluster.kubectl_json(
         "get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}"
@@ -87,7 +81,7 @@ def test_a_namespace_enforcing_restricted_admits_every_pod(
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/enforce-version=latest",
     )
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     for name, spec in RESTRICTED_SPECS:
         cluster.apply_memcached(namespace, name, spec)
     for name, spec in RESTRICTED_SPECS:
@@ -120,7 +114,7 @@ def test_pods_spread_over_the_nodes(
 ) -> None:
     nodes = [n["metadata"]["name"] for n in cluster.kubectl_json("get", "nodes")["items"]]
     assert len(nodes) >= 2, nodes
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     size = 2 * len(nodes)
     cluster.apply_memcached(namespace, "spread", {"size": size})
     available_or_degraded(cluster, namespace, "spread")
@@ -157,7 +151,7 @@ def owned_by_cr(obj: dict[str, Any], mc: dict[str, Any]) -> bool:
 def test_a_disruption_budget_guards_two_or_more_pods_and_follows_the_size(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     cluster.apply_memcached(namespace, "guarded", {"size": 3})
     mc = available_or_degraded(cluster, namespace, "guarded")
     pdb = wait_for(
@@ -226,20 +220,14 @@ def test_a_disruption_budget_guards_two_or_more_pods_and_follows_the_size(
 def test_a_foreign_disruption_budget_is_an_ownership_conflict_and_left_alone(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     cluster.kubectl(
         "create", "poddisruptionbudget", "taken", "-n", namespace,
         "--selector=app=other", "--min-available=1",
     )  # fmt: skip
     cluster.apply_memcached(namespace, "taken", {"size": 2})
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "taken"))
-            and condition(m, "Degraded").get("status") == "True"
-            and m
-        ),
-        timeout=60,
-        what="Degraded=True",
+    mc = cluster.wait_conditions(
+        namespace, "taken", Degraded="True", timeout=60, what="Degraded=True"
     )
     degraded = condition(mc, "Degraded")
     assert degraded["reason"] == "OwnershipConflict"
@@ -253,7 +241,7 @@ def test_a_foreign_disruption_budget_is_an_ownership_conflict_and_left_alone(
 def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     cluster.apply_memcached(namespace, "pool", {"size": 2})
     mc = available_or_degraded(cluster, namespace, "pool")
     service = wait_for(
@@ -332,19 +320,13 @@ def test_a_headless_service_selects_the_pods_and_is_kept_as_desired(
 def test_a_foreign_service_is_an_ownership_conflict_and_never_overwritten(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     cluster.kubectl("create", "service", "clusterip", "taken", "-n", namespace, "--tcp=80")
     before = get_or_none(cluster, namespace, "service", "taken")
     assert before is not None
     cluster.apply_memcached(namespace, "taken", {"size": 1})
-    mc = wait_for(
-        lambda: (
-            (m := cluster.get_mc(namespace, "taken"))
-            and condition(m, "Degraded").get("status") == "True"
-            and m
-        ),
-        timeout=60,
-        what="Degraded=True",
+    mc = cluster.wait_conditions(
+        namespace, "taken", Degraded="True", timeout=60, what="Degraded=True"
     )
     degraded = condition(mc, "Degraded")
     assert degraded["reason"] == "OwnershipConflict"
@@ -364,7 +346,7 @@ def memcached_command(cluster: Cluster, namespace: str, name: str) -> list[str]:
 def test_memory_connections_and_item_size_reach_memcached_and_changes_converge(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    pipeline(service_procs, namespace)
+    service_procs.pipeline(namespace)
     limit = {"resources": {"limits": {"memory": "256Mi"}}}
     cluster.apply_memcached(namespace, "sized", {"size": 1, **limit})
     available_or_degraded(cluster, namespace, "sized")

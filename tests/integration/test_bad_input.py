@@ -66,9 +66,21 @@ def pipeline(services: Services, namespaces: str, *, only_watcher: bool = False)
 
 
 def apply(
-    cluster: Cluster, obj: dict[str, Any], *, check: bool = True
+    cluster: Cluster, obj: dict[str, Any], *, check: bool = True, request_timeout: int = 0
 ) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl("apply", "--server-side", "-f", "-", input_=json.dumps(obj), check=check)
+    """`kubectl apply --server-side` of ``obj``; with ``request_timeout`` (seconds), a request
+    the API server spends longer on fails instead of hanging the test."""
+    flags = [f"--request-timeout={request_timeout}s"] if request_timeout else []
+    return cluster.kubectl(
+        "apply",
+        "--server-side",
+        *flags,
+        "-f",
+        "-",
+        input_=json.dumps(obj),
+        check=check,
+        timeout=2 * request_timeout or 120,
+    )
 
 
 def converged(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
@@ -565,16 +577,7 @@ def test_every_spec_field_past_its_bound_is_rejected_naming_it(
 ) -> None:
     obj = cr(name, namespace)
     obj["spec"] = spec
-    proc = cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--request-timeout=30s",
-        "-f",
-        "-",
-        input_=json.dumps(obj),
-        check=False,
-        timeout=60,
-    )
+    proc = apply(cluster, obj, check=False, request_timeout=30)
     assert proc.returncode != 0, f"the API server accepted {name}"
     assert errors(proc.stderr) == ([error] if isinstance(error, str) else error), proc.stderr
     assert cluster.kubectl("get", "mc", "-n", namespace, name, check=False).returncode != 0
@@ -635,16 +638,7 @@ def test_an_unbounded_exponent_is_refused_by_the_schema_and_costs_the_api_server
     obj = cr("hostile", namespace)
     obj["spec"] = {"resources": {"limits": {"memory": "1e999999999"}, "requests": {"memory": "1"}}}
     before = cpu_seconds(apiserver.pid)
-    proc = cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--request-timeout=30s",
-        "-f",
-        "-",
-        input_=json.dumps(obj),
-        check=False,
-        timeout=60,
-    )
+    proc = apply(cluster, obj, check=False, request_timeout=30)
     spent = cpu_seconds(apiserver.pid) - before
     assert "request did not complete" not in proc.stderr, proc.stderr
     assert errors(proc.stderr) == [quantity_error("1e999999999")], proc.stderr

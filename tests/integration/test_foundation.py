@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nats
@@ -17,18 +16,10 @@ from deploy.local import cluster as local_cluster
 from deploy.local.layout import Layout
 from deploy.local.processes import Supervisor
 from tests.conftest import Cluster, free_port_block
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate, *, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 def test_sample_applies_and_printer_columns_show(cluster: Cluster) -> None:
@@ -91,7 +82,7 @@ def test_plain_deployment_becomes_available(cluster: Cluster) -> None:
             d = cluster.kubectl_json("get", "deployment", "plain")
             return d.get("status", {}).get("availableReplicas") == 3
 
-        _wait_for(available, timeout=60, what="3 available replicas")
+        wait_for(available, timeout=60, what="3 available replicas")
         pods = cluster.kubectl_json("get", "pods", "-l", "app=plain")["items"]
         assert len(pods) == 3
         assert all(p["spec"].get("nodeName", "").startswith("kwok-node-") for p in pods)

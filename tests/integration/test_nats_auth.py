@@ -363,7 +363,7 @@ async def test_work_queue_paths_need_no_more_than_the_service_user(
                 if runs["requeued"] == 1:
                     return Result(requeue_after=0.2)
             if request.key.name == "contended":
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # the scenario: a run long enough to be contended
             return Result()
 
         for name in ("requeued", "failing", "contended"):

@@ -14,7 +14,7 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import MEMCACHED, KubeClient
 from tests.conftest import Cluster, free_port
-from tests.support import Services, read_stream, wait_for
+from tests.support import Services, metric, read_stream, wait_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -31,16 +31,16 @@ def mc(name: str, namespace: str, size: int = 1) -> str:
     )
 
 
-def start_watcher(services: Services, namespace: str, name: str = "watcher") -> str:
-    services.start(
-        "watcher", "--namespaces", namespace, "--health-port", str(free_port()), name=name
-    )
+def start_watcher(services: Services, namespace: str, name: str = "watcher") -> int:
+    """Start a watcher of ``namespace`` and wait for its first list; its health port."""
+    port = free_port()
+    services.start("watcher", "--namespaces", namespace, "--health-port", str(port), name=name)
     wait_for(
         lambda: "listed memcacheds" in services.log(name),
         timeout=30,
         what=f"{name} to list Memcacheds",
     )
-    return name
+    return port
 
 
 def memcached_events(cluster: Cluster, namespace: str) -> list[events.Event]:
@@ -76,8 +76,10 @@ def test_create_update_delete_gives_three_events_in_order(
 def test_two_watchers_store_each_change_once(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
-    start_watcher(service_procs, namespace, "watcher-a")
-    start_watcher(service_procs, namespace, "watcher-b")
+    ports = [
+        start_watcher(service_procs, namespace, "watcher-a"),
+        start_watcher(service_procs, namespace, "watcher-b"),
+    ]
     names = [f"dup-{i}" for i in range(5)]
     for name in names:
         cluster.kubectl("apply", "-f", "-", input_=mc(name, namespace))
@@ -90,10 +92,18 @@ def test_two_watchers_store_each_change_once(
         timeout=30,
         what="15 events",
     )
-    # Give a slow second replica time to publish its copies, then count again.
-    import time
-
-    time.sleep(2)
+    # Each replica has published its copy of all 15 (stored, or dropped as a duplicate): the
+    # slower one's copies come too late to change what is counted next.
+    for port in ports:
+        wait_for(
+            lambda p=port: (
+                metric(p, "mcop_events_published_total", kind="memcached")
+                + metric(p, "mcop_events_duplicates_total", kind="memcached")
+                >= 15
+            ),
+            timeout=30,
+            what=f"the watcher on port {port} to publish all 15 changes",
+        )
     got = memcached_events(cluster, namespace)
     ids = Counter(e.id for e in got)
     assert len(got) == 15, [(e.name, e.change) for e in got]

@@ -55,6 +55,7 @@ from memcached_operator.shared.workqueue.deadletter import (
 from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, enqueue
 from memcached_operator.shared.workqueue.settings import QueueSettings
 from memcached_operator.shared.workqueue.types import Handler, Request, Result
+from tests.support import await_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +96,7 @@ async def queues(nats_server: Any) -> AsyncIterator[Callable[..., Awaitable[Keye
 async def eventually(
     predicate: Callable[[], bool], *, within: float = 30.0, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await await_for(predicate, timeout=within, what=what, every=0.05)
 
 
 async def dead_letters(js: JetStreamContext, controller: str) -> list[Msg]:
@@ -296,14 +293,20 @@ async def test_pending_requests_for_a_key_coalesce_into_the_newest(
     recorder = Recorder()
     await queues(recorder, controller=controller, concurrency=3, depth_interval=0.2)
     await eventually(lambda: len(recorder.runs) >= 2, what="both keys handled")
-    await asyncio.sleep(1.5)  # time for any extra run to show up
+    # No request left in the stream and no run under way: no extra run can still come.
+    assert await drained(js, controller)
+    await eventually(lambda: all(r.ended is not None for r in recorder.runs), what="the runs")
     assert sorted((r.key, r.n) for r in recorder.runs) == sorted([(k, 19), (other, 4)])
 
     assert metric("workqueue_adds_total", name=controller) == 25
     assert metric("workqueue_work_duration_seconds_count", name=controller) == 2
     assert metric("workqueue_queue_duration_seconds_count", name=controller) == 2
     assert metric("controller_runtime_max_concurrent_reconciles", controller=controller) == 3
-    assert REGISTRY.get_sample_value("workqueue_depth", {"name": controller}) == 0
+    # The depth gauge is sampled every depth_interval: its next sample sees the empty queue.
+    await eventually(
+        lambda: REGISTRY.get_sample_value("workqueue_depth", {"name": controller}) == 0,
+        what="the depth gauge at 0",
+    )
 
 
 async def test_yielding_to_a_controller_without_workers_yet_holds_nothing_back(
@@ -363,12 +366,13 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
     )
     await eventually(lambda: queue.yielding, what="the queue yielding")
     assert metric("mcop_workqueue_yielding", name=controller) == 1
-    # A fetch already waiting when the pause began may still bring its batch: let it expire.
+    # A fetch already waiting when the pause began may still bring its batch: let it expire
+    # (the scenario: longer than fetch_timeout).
     await asyncio.sleep(0.7)
     keys = [ObjectKey("default", f"y{n}") for n in range(8)]
     for n, key in enumerate(keys):
         await enqueue(js, controller=controller, key=key, body=body(n))
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the scenario: a second of the pause, in which nothing may run
     assert recorder.runs == [], "a run started during the pause"
     await eventually(lambda: len(recorder.runs) == 8, what="every request run while yielding")
     assert max(recorder.max_active.values()) == 1
@@ -410,10 +414,10 @@ async def test_a_request_arriving_during_a_run_causes_exactly_one_more_run(
     await enqueue(js, controller=controller, key=k, body=body(1))
     await eventually(lambda: len(recorder.runs) == 1, what="the first run")
     await enqueue(js, controller=controller, key=k, body=body(2))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: the third request comes later in the first run
     await enqueue(js, controller=controller, key=k, body=body(3))
     await eventually(lambda: len(recorder.runs) == 2 and recorder.runs[1].ended is not None)
-    await asyncio.sleep(1.5)
+    assert await drained(js, controller)  # nothing left that could run a third time
 
     first, second = recorder.of(k)  # exactly two runs: 2 and 3 coalesced
     assert (first.n, second.n) == (1, 3)
@@ -435,7 +439,7 @@ async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
         key = random.choice(keys)
         await enqueue(js, controller=controller, key=key, body=body(n))
         last[key] = n
-        await asyncio.sleep(random.uniform(0, 0.03))
+        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
 
     def caught_up() -> bool:
         return all(
@@ -465,7 +469,7 @@ async def test_runs_of_one_key_never_overlap_across_processes(
         key = random.choice(keys)
         await enqueue(js, controller=controller, key=key, body=body(n))
         last[str(key)] = n
-        await asyncio.sleep(random.uniform(0, 0.03))
+        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
 
     def caught_up() -> bool:
         ended = {(f[1], f[4]) for f in workers.lines() if f[0] == "end"}
@@ -647,7 +651,7 @@ async def test_failures_of_the_handler_still_count_across_transient_retries(
     assert letter.headers[DL_REASON] == MAX_DELIVERIES_EXCEEDED
     assert letter.headers[DL_DELIVERIES] == "3"
     assert "handler bug" in letter.headers[DL_ERROR]
-    await asyncio.sleep(0.5)
+    assert await drained(js, controller)  # nothing left that could run it again
     assert len(recorder.of(k)) == 5
 
 
@@ -684,7 +688,7 @@ async def test_permanent_error_stops_retrying_and_is_reported(
     )
     await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
     await eventually(lambda: bool(reported), what="the permanent error reported")
-    await asyncio.sleep(1.5)
+    assert await drained(js, controller)  # nothing left that could run it again
 
     assert len(recorder.runs) == 1
     request, error = reported[0]
@@ -708,7 +712,7 @@ async def test_requeue_after_runs_again_later_without_counting_as_a_failure(
     js = nc.jetstream()
     await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
     await eventually(lambda: len(runs) == 2, what="the requeued run")
-    await asyncio.sleep(1.5)
+    assert await drained(js, controller)  # nothing left that could run it a third time
 
     (first_at, _), (second_at, second) = runs
     assert second_at - first_at >= 1.0
@@ -766,7 +770,7 @@ async def test_request_failing_every_delivery_is_dead_lettered_and_the_worker_ca
 
     await enqueue(js, controller=controller, key=fine)
     await eventually(lambda: bool(recorder.of(fine)), what="the worker handling the next key")
-    await asyncio.sleep(1.0)
+    assert await drained(js, controller)  # nothing left that could run either again
     assert len(recorder.of(broken)) == 3
     assert await pending_subjects(js, controller) == {}
 
@@ -842,11 +846,7 @@ async def test_request_of_a_killed_worker_is_redelivered_to_another(
     assert not workers.has("end", "doomed")
     # The rescuer acks after its handler returns (which is when "end" is written): give the
     # ack a moment to reach the stream.
-    for _ in range(50):
-        if not await pending_subjects(js, controller):
-            break
-        await asyncio.sleep(0.1)
-    assert await pending_subjects(js, controller) == {}
+    assert await drained(js, controller)
     assert await dead_letters(js, controller) == []
 
 
@@ -887,7 +887,7 @@ async def test_long_run_keeps_its_message_and_its_lease(
         await queues(recorder, controller=controller, ack_wait=1.5, lease_ttl=1.5, max_deliveries=2)
     await enqueue(js, controller=controller, key=k, body=body(1))
     await eventually(lambda: len(recorder.runs) == 1, what="the long run")
-    await asyncio.sleep(3.5)
+    await asyncio.sleep(3.5)  # the scenario: the run outlasts the ack wait twice over
     assert (await js.consumer_info(REQUESTS_STREAM, f"mcop-{controller}")).num_redelivered == 0
     await enqueue(js, controller=controller, key=k, body=body(2))
     await eventually(lambda: len(recorder.runs) == 2 and recorder.runs[1].ended is not None)
@@ -950,12 +950,13 @@ async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_o
     again = await mine.try_acquire(name, b"a")
     assert again is not None and again > marker.seq  # created over its own marker
     await mine.release(name, again)
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def marker_expired() -> bool:
         try:
             await js.get_last_msg(LEASES_STREAM, subject_, direct=True)
         except NotFoundError:
-            break
-        assert time.monotonic() < deadline, "the release marker did not expire"
-        await asyncio.sleep(0.2)
+            return True
+        return False
+
+    await await_for(marker_expired, timeout=5, what="the release marker to expire", every=0.2)
     assert await other.try_acquire(name, b"b") is not None

@@ -85,7 +85,7 @@ def test_a_deployment_streamed_before_its_outcome_is_left_to_the_outcome() -> No
     assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), reported, new)
     # An outcome that never comes: the next refresh after the settle time writes.
     assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
-    time.sleep(0.25)
+    time.sleep(0.25)  # the scenario: past the settle time (the refresher reads the real clock)
     assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
 
 
@@ -99,5 +99,5 @@ def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever
     assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=1), old, counted)
     # A Deployment that never counts them: the next refresh after the settle time writes.
     assert r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
-    time.sleep(0.25)
+    time.sleep(0.25)  # the scenario: past the settle time (the refresher reads the real clock)
     assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
