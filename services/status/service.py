@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,8 +173,10 @@ class StatusRefresher:
         pods: PodIndex,
         index_wait: float = 2.0,
         settle: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
+        self.clock = clock
         self.js = js
         self.pods = pods
         self.index_wait = index_wait
@@ -192,7 +195,7 @@ class StatusRefresher:
         """Read what the refresh needs, outside the consumer span: which trace the span joins
         depends on the outcome read (see the class docstring). A deferral ends here, untraced."""
         key = request.key
-        since = time.monotonic() - self._last_write.get(key, float("-inf"))
+        since = self.clock() - self._last_write.get(key, float("-inf"))
         if since < self.min_interval:
             # Too soon after this process's last write of the CR: come back without reading
             # anything (a burst of changes costs one deferral each, not one refresh each).
@@ -286,7 +289,7 @@ class StatusRefresher:
         written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
         self._written[key] = (_revision(written), written.get("status") or new)
         self._note_folded(key, stored)
-        self._last_write[key] = time.monotonic()
+        self._last_write[key] = self.clock()
         STATUS_WRITES.labels(WRITTEN).inc()
         log.debug("status written", extra={"key": str(key)})
         changed = [t for t in transitions(old, new) if t.newsworthy]
@@ -352,8 +355,8 @@ class StatusRefresher:
 
     def _within_settle(self, key: subjects.ObjectKey) -> bool:
         """True until --settle seconds after this CR's refreshes started waiting for a step."""
-        first = self._unsettled.setdefault(key, time.monotonic())
-        return time.monotonic() - first < self.settle
+        first = self._unsettled.setdefault(key, self.clock())
+        return self.clock() - first < self.settle
 
     async def _ready_pods(
         self, key: subjects.ObjectKey, deployment: dict[str, Any] | None, *, indexed: bool

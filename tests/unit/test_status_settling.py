@@ -4,7 +4,6 @@ for how long."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any, cast
 
 import pytest
@@ -21,10 +20,26 @@ KEY = ObjectKey("team-a", "cache")
 UID = "0b5f0c1e-2d43-4c39-9e31-4f7ad1b0c001"
 
 
-def refresher(settle: float = 30.0) -> StatusRefresher:
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refresher(settle: float = 30.0, clock: Clock | None = None) -> StatusRefresher:
     none: Any = None
     return StatusRefresher(
-        none, none, recorder=none, min_interval=1.0, pods=cast(Any, None), settle=settle
+        none,
+        none,
+        recorder=none,
+        min_interval=1.0,
+        pods=cast(Any, None),
+        settle=settle,
+        clock=clock or Clock(),
     )
 
 
@@ -75,7 +90,8 @@ def test_an_applied_deployment_not_streamed_yet_is_left_to_its_own_event() -> No
 
 
 def test_a_deployment_streamed_before_its_outcome_is_left_to_the_outcome() -> None:
-    r = refresher(settle=0.2)
+    clock = Clock()
+    r = refresher(settle=0.2, clock=clock)
     gen2 = cr(generation=2)
     new = fold(gen2, deployment(), [])
     assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
@@ -85,12 +101,13 @@ def test_a_deployment_streamed_before_its_outcome_is_left_to_the_outcome() -> No
     assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), reported, new)
     # An outcome that never comes: the next refresh after the settle time writes.
     assert r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
-    time.sleep(0.25)  # the scenario: past the settle time (the refresher reads the real clock)
+    clock.now += 0.25  # past the settle time
     assert not r._awaiting(KEY, gen2, stored(generation=1), deployment(), None, new)
 
 
 def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever() -> None:
-    r = refresher(settle=0.2)
+    clock = Clock()
+    r = refresher(settle=0.2, clock=clock)
     old = fold(cr(), deployment(ready=0), [])
     new = fold(cr(status=old), deployment(ready=0), ["cache-1"])
     assert r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
@@ -99,5 +116,5 @@ def test_newly_ready_pods_wait_for_the_deployment_to_count_them_but_not_for_ever
     assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=1), old, counted)
     # A Deployment that never counts them: the next refresh after the settle time writes.
     assert r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
-    time.sleep(0.25)  # the scenario: past the settle time (the refresher reads the real clock)
+    clock.now += 0.25  # past the settle time
     assert not r._awaiting(KEY, cr(status=old), stored(), deployment(ready=0), old, new)
