@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted paths to their leaves (lists are leaves)."""
-    if isinstance(value, dict) and value:
+    """Nested mappings as dotted paths to their leaves (lists are leaves; an empty mapping
+    says nothing a diff should show)."""
+    if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key in sorted(value, key=str):
             out.update(flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
