@@ -205,6 +205,30 @@ def test_explain_says_why_a_rollout_is_stalled(scenario: Scenario) -> None:
     assert json.loads(proc.stdout)["traceUrl"] == f"https://traces.example/trace/{doc['traceId']}"
 
 
+def test_the_human_forms_say_it_in_a_few_lines(scenario: Scenario) -> None:
+    ns = scenario.namespace
+    explained = scenario.plugin("explain", "stuck", "-n", ns).stdout
+    labels = [line.split()[0] for line in explained.splitlines()]
+    for label in ("Memcached", "Available", "Last", "Queue", "Dead", "Rollout", "Not", "Trace"):
+        assert label in labels, explained
+    assert "ContainersNotReady" in explained and "0/2 ready" in explained
+    letters = scenario.plugin("dlq", "list", "-n", ns).stdout
+    assert letters.split()[:6] == [
+        "SEQ",
+        "TIME",
+        "CONTROLLER",
+        "NAMESPACE/NAME",
+        "REASON",
+        "DELIVERIES",
+    ]
+    assert "MissingHeader" in letters
+    wide = scenario.plugin("history", "cache", "-n", ns, "-o", "wide").stdout
+    assert "GENERATION" in wide.splitlines()[0] and "UID" in wide.splitlines()[0]
+    # Printed for the README (run with -s to see them).
+    for text in (scenario.plugin("history", "cache", "-n", ns).stdout, explained, letters):
+        print(text)
+
+
 def test_dead_letters_are_listed_shown_and_redriven_by_the_admin_only(scenario: Scenario) -> None:
     ns, seq = scenario.namespace, scenario.poison_seq
     (letter,) = scenario.json("dlq", "list", "cache")["items"]
