@@ -86,7 +86,7 @@ def dead_letter_record(msg: Stored) -> dict[str, Any]:
         controller, key = h.get(queue.DL_CONTROLLER, ""), ObjectKey("", "")
     return {
         "sequence": msg.sequence,
-        "time": h.get(queue.DL_TIME) or h.get("Nats-Time-Stamp", ""),
+        "time": (h.get(queue.DL_TIME) or h.get("Nats-Time-Stamp", "")).replace("+00:00", "Z"),
         "controller": controller,
         "namespace": key.namespace,
         "name": key.name,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from memcached_operator.audit import render
 from memcached_operator.audit.command import Stored, read_events
+from memcached_operator.shared.api.contract import FIELD_MANAGER
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
@@ -113,6 +114,16 @@ def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _author(manager: str, *, created: bool) -> str:
+    """Who changed the spec: the field manager the watcher recorded (the newest managedFields
+    entry). The operator never writes a CR's spec, so when that is one of its own managers (a
+    status write timed later than a write through the scale subresource, whose entries carry no
+    time), the author is not on record: ''."""
+    if not created and manager.startswith(FIELD_MANAGER):
+        return ""
+    return manager
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -145,7 +156,7 @@ def build(
                 "generation": generation,
                 "uid": uid,
                 "time": event.time,
-                "fieldManager": event.field_manager,
+                "fieldManager": _author(event.field_manager, created=created),
                 "change": describe(changes, created=created),
                 "changes": changes,
                 "traceId": event.trace_id,
@@ -209,9 +220,13 @@ def build(
             else ""
         )
         r["message"] = newest["message"] if newest else ""
-        r["status"] = ", ".join(
-            f"{t['type']}={t['status']}" for t in r["transitions"] if t["type"] != "Deleted"
-        ) or ("deleted" if r["transitions"] else "")
+        # Each condition as this revision left it (every transition is in the JSON).
+        final = {t["type"]: t.get("status", "") for t in r["transitions"]}
+        r["status"] = (
+            "deleted"
+            if "Deleted" in final
+            else ", ".join(f"{ctype}={status}" for ctype, status in final.items())
+        )
         if not r["traceId"] and newest:
             r["traceId"] = newest["traceId"]
     return revisions

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import sys
 import urllib.parse
@@ -233,6 +234,10 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A command's own close is not news: the connection's state changes, which a service logs
+    # as warnings, stay out of a person's terminal (failures still end the command with an
+    # error message).
+    logging.getLogger("memcached_operator.nats").setLevel(logging.ERROR)
     try:
         return asyncio.run(_main(args))
     except (KeyboardInterrupt, BrokenPipeError):

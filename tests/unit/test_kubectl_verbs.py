@@ -217,3 +217,15 @@ def test_the_plugin_parses_every_verb() -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["history", "c", "-A"])  # one object's history has one namespace
     json.dumps(vars(parser.parse_args(["dlq", "list"])), default=str)
+
+
+def test_a_spec_change_recorded_under_the_operators_own_manager_has_no_known_author() -> None:
+    memcached = [
+        _event(1, "added", 1, {"size": 1}),
+        # kubectl scale writes through the scale subresource, whose managedFields entry has no
+        # time: the newest entry by time is then the status service's.
+        _event(2, "modified", 2, {"size": 3}, manager="memcached-operator-status"),
+    ]
+    created, scaled = history.build(memcached, [])
+    assert created["fieldManager"] == "kubectl-client-side-apply"
+    assert scaled["fieldManager"] == ""
