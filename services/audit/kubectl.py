@@ -36,6 +36,7 @@ from nats.aio.client import Client
 
 from memcached_operator.audit import render
 from memcached_operator.shared.bus import connection as natsconn
+from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.kube.client import KubeClient, Resource
 from memcached_operator.shared.runtime.errors import TransientError
 
@@ -44,6 +45,7 @@ NATS_CONFIGMAP = "memcached-operator-nats"
 NATS_CONFIGMAP_KEY = "url"
 DEFAULT_OPERATOR_NAMESPACE = "memcached-operator"
 PROG = "kubectl memcached"
+CONNECT_TIMEOUT = 10.0
 
 
 class UsageError(Exception):
@@ -179,7 +181,12 @@ async def session(args: argparse.Namespace, *, needs_kube: bool) -> AsyncIterato
     try:
         url = await nats_url(args, kube)
         try:
-            nc = await natsconn.connect("kubectl-memcached", url)
+            # The services' connection keeps trying for ever; a command gives up and says so.
+            nc = await asyncio.wait_for(natsconn.connect("kubectl-memcached", url), CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise UsageError(
+                f"cannot connect to NATS at {_redacted(url)} within {CONNECT_TIMEOUT:.0f}s"
+            ) from None
         except Exception as err:
             raise UsageError(f"cannot connect to NATS at {_redacted(url)}: {err!r}") from None
         try:
@@ -233,7 +240,11 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    name = getattr(args, "name", None)
+    if name and not subjects.is_object_name(name):
+        parser.error(f"not a valid Kubernetes object name: {subjects.shown(name)}")
     # A command's own close is not news: the connection's state changes, which a service logs
     # as warnings, stay out of a person's terminal (failures still end the command with an
     # error message).
@@ -244,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (UsageError, RuntimeError, ValueError, TransientError) as err:
         sys.stderr.write(f"error: {err}\n")
+        return 1
+    except Exception as err:  # e.g. no kubeconfig, an API server that refused: say which
+        sys.stderr.write(f"error: {type(err).__name__}: {err}\n")
         return 1
 
 
