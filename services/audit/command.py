@@ -1,11 +1,12 @@
-"""`memcached-operator audit`: replay or follow the event stream, filtered, as a table or JSON.
+"""`memcached-operator audit`: replay or follow the event stream, filtered, as a table or data.
 
 Batched direct gets read the events stream from where the filters say (the start, a duration
 ago, or only new events), with the NATS subject filter built from --namespace/--name/--kind so
-the server does the filtering. They are the only JetStream request the audit user may make
-(services/admin/nats_auth.py: its account imports nothing else), so the audit reads without
-creating a consumer. Without --follow it stops at the end of the history it found and exits 0;
-with it, it asks again for newer messages every half second.
+the server does the filtering. Direct gets are the only JetStream requests the audit user may
+make (services/admin/nats_auth.py: its account imports nothing else), so the audit reads without
+creating a consumer; ``kubectl memcached`` reads the dead-letter stream the same way
+(:func:`read_events` with ``stream``). Without --follow it stops at the end of the history it
+found and exits 0; with it, it asks again for newer messages every half second.
 
 Who and what a record is about comes from the subject, the part the NATS permissions scope
 (only the watcher may publish ``mcop.events.``, only the reconciler ``mcop.outcomes.``); the
