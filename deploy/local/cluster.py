@@ -32,6 +32,8 @@ from deploy.local import nats as local_nats
 from deploy.local.layout import SERVICES, Layout, service_account_user, write_kubeconfig
 from deploy.local.processes import Supervisor
 from memcached_operator.admin import pki
+from memcached_operator.audit.kubectl import DEFAULT_OPERATOR_NAMESPACE as OPERATOR_NAMESPACE
+from memcached_operator.audit.kubectl import NATS_CONFIGMAP, NATS_CONFIGMAP_KEY
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -304,6 +306,7 @@ def up(layout: Layout, *, nats_tls: bool | None = None) -> None:
             "crd/memcacheds.cache.example.com",
         )
         log("CRD installed")
+    publish_nats_configmap(layout)
     _wait(
         "nodes Ready and the default service account",
         lambda: _nodes_ready(layout) and _has_default_sa(layout),
@@ -312,6 +315,24 @@ def up(layout: Layout, *, nats_tls: bool | None = None) -> None:
         name="kwok",
     )
     log(f"cluster ready in {time.monotonic() - started:.1f}s")
+
+
+def publish_nats_configmap(layout: Layout) -> None:
+    """What deploy/base's ConfigMap memcached-operator-nats is in a cluster: where people's
+    tools (`kubectl memcached`) find NATS when NATS_URL is unset. The URL only: credentials
+    stay in each person's environment."""
+    url = layout.nats_credentials("audit")["NATS_URL"]
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": NATS_CONFIGMAP, "namespace": OPERATOR_NAMESPACE},
+            "data": {NATS_CONFIGMAP_KEY: url},
+        },
+    ]
+    for doc in docs:
+        kubectl(layout, "apply", "--server-side", "-f", "-", input_=json.dumps(doc))
 
 
 def _insecure() -> ssl.SSLContext:

@@ -20,7 +20,8 @@ ensure``); a service may only read their info. Each user receives replies on its
 prefix (``_INBOX_<user>.``, see shared/bus/connection.py), so no user can read another's replies.
 
 The audit user lives in an account of its own, which sees the operator's account only through
-two imported services: the batched direct get of the event stream and nothing else. Within one
+imported services: the batched direct gets of the event, dead-letter and requests streams and
+the lease bucket, and nothing else. Within one
 account NATS permissions cannot make a JetStream user read-only: a request's reply subject is
 chosen by the requester, and the server publishes the reply (for a direct get: a stored
 message, with its headers) there, where any stream capturing that subject stores it; and a
@@ -57,8 +58,16 @@ API = "$JS.API"
 STREAMS = (EVENTS_STREAM, REQUESTS_STREAM, DEADLETTER_STREAM, LEASES_STREAM)
 # The work-queue controllers (consumer mcop-<controller> on the requests stream): RECONCILE and
 # STATUS, the names of shared/workqueue/controller.py's values.
-# What the audit account imports from the operator's: batched direct gets of the event stream.
-AUDIT_IMPORTS = (f"{API}.DIRECT.GET.{EVENTS_STREAM}",)
+# What the audit account imports from the operator's: batched direct gets of the event stream,
+# and for `kubectl memcached explain` and `dlq list|show` (services/audit/) those of the
+# dead-letter stream, the requests stream (is a request waiting?) and the lease bucket (does a
+# worker hold the object?). Reads only: each answers with stored messages, nothing else.
+AUDIT_IMPORTS = (
+    f"{API}.DIRECT.GET.{EVENTS_STREAM}",
+    f"{API}.DIRECT.GET.{DEADLETTER_STREAM}",
+    f"{API}.DIRECT.GET.{REQUESTS_STREAM}",
+    f"{API}.DIRECT.GET.{LEASES_STREAM}",
+)
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,8 @@ USERS: tuple[User, ...] = (
     ),
     User(
         "audit",
-        "read-only: replays and follows the event stream (batched direct gets, no consumers)",
+        "read-only: replays and follows the event stream, reads dead letters, pending requests "
+        "and leases (batched direct gets, no consumers)",
         Permissions(
             publish=AUDIT_IMPORTS,
             subscribe=(_inbox("audit"),),

@@ -1,11 +1,12 @@
-"""`memcached-operator audit`: replay or follow the event stream, filtered, as a table or JSON.
+"""`memcached-operator audit`: replay or follow the event stream, filtered, as a table or data.
 
 Batched direct gets read the events stream from where the filters say (the start, a duration
 ago, or only new events), with the NATS subject filter built from --namespace/--name/--kind so
-the server does the filtering. They are the only JetStream request the audit user may make
-(services/admin/nats_auth.py: its account imports nothing else), so the audit reads without
-creating a consumer. Without --follow it stops at the end of the history it found and exits 0;
-with it, it asks again for newer messages every half second.
+the server does the filtering. Direct gets are the only JetStream requests the audit user may
+make (services/admin/nats_auth.py: its account imports nothing else), so the audit reads without
+creating a consumer; ``kubectl memcached`` reads the dead-letter stream the same way
+(:func:`read_events` with ``stream``). Without --follow it stops at the end of the history it
+found and exits 0; with it, it asks again for newer messages every half second.
 
 Who and what a record is about comes from the subject, the part the NATS permissions scope
 (only the watcher may publish ``mcop.events.``, only the reconciler ``mcop.outcomes.``); the
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="only objects (or owners' outcomes) with this name")
     parser.add_argument(
         "--kind",
-        choices=["memcached", "deployment", "pod", "pdb", "service", "reconcile"],
+        choices=["memcached", "deployment", "pod", "pdb", "service", "reconcile", "deadletter"],
         help="only this kind",
     )
     parser.add_argument(
@@ -70,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--since", type=parse_duration, help="events newer than this, e.g. 10m")
     when.add_argument("--from-start", action="store_true", help="the whole history")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "-o", "--output", choices=["table", "wide", "json", "yaml"], default="table"
+    )
 
 
 def filter_subject(args: argparse.Namespace) -> str:
@@ -163,6 +167,9 @@ def _print(rec: dict[str, Any], output: str, out: TextIO) -> None:
     if output == "json":
         out.write(json.dumps(rec) + "\n")
         return
+    if output == "yaml":  # a stream of YAML documents, one per record
+        out.write("---\n" + yaml.safe_dump(rec, sort_keys=False))
+        return
     check = "DISAGREES: " + " ".join(rec["disagrees"]) if rec["disagrees"] else ""
     key = f"{rec['namespace']}/{rec['name']}" if rec["namespace"] else rec["name"]
     row = dict(rec, key=key, check=check)
@@ -184,8 +191,11 @@ FOLLOW_INTERVAL = 0.5
 _REPLY_TIMEOUT = 5.0
 
 
-async def _batch(nc: Client, request: dict[str, Any]) -> tuple[list[Stored], int]:
-    """One batched direct get: the messages, and how many more match after the last one."""
+async def _batch(
+    nc: Client, request: dict[str, Any], stream: str = EVENTS_STREAM
+) -> tuple[list[Stored], int]:
+    """One batched direct get on ``stream``: the messages, and how many more match after the
+    last one."""
     inbox = nc.new_inbox()
     replies: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -194,9 +204,7 @@ async def _batch(nc: Client, request: dict[str, Any]) -> tuple[list[Stored], int
 
     sub = await nc.subscribe(inbox, cb=on_reply)
     try:
-        await nc.publish(
-            f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", json.dumps(request).encode(), reply=inbox
-        )
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
         found: list[Stored] = []
         pending = 0
         while True:
@@ -204,7 +212,7 @@ async def _batch(nc: Client, request: dict[str, Any]) -> tuple[list[Stored], int
                 msg = await asyncio.wait_for(replies.get(), _REPLY_TIMEOUT)
             except TimeoutError:
                 raise RuntimeError(
-                    f"no answer to a direct get of {EVENTS_STREAM} within {_REPLY_TIMEOUT:.0f}s "
+                    f"no answer to a direct get of {stream} within {_REPLY_TIMEOUT:.0f}s "
                     "(is the stream there, and may this NATS user read it?)"
                 ) from None
             headers = dict(msg.headers or {})
@@ -232,14 +240,16 @@ async def read_events(
     *,
     since: dt.datetime | None = None,
     follow: bool = False,
+    stream: str = EVENTS_STREAM,
 ) -> AsyncIterator[Stored]:
-    """The stream's messages matching ``filter_subject`` in order, from ``since`` or the
-    start; with ``follow``, then the new ones as they arrive."""
+    """The messages of ``stream`` (the events stream unless told) matching ``filter_subject``
+    in order, from ``since`` or the start; with ``follow``, then the new ones as they arrive."""
     start: dict[str, Any] = {"seq": 1}
     if since is not None:
         start = {"start_time": since.isoformat().replace("+00:00", "Z")}
     while True:
-        found, pending = await _batch(nc, {**start, "next_by_subj": filter_subject, "batch": BATCH})
+        request = {**start, "next_by_subj": filter_subject, "batch": BATCH}
+        found, pending = await _batch(nc, request, stream)
         for stored in found:
             yield stored
         if found:
@@ -251,6 +261,13 @@ async def read_events(
         await asyncio.sleep(FOLLOW_INTERVAL)
 
 
+def _after(stamp: str, until: dt.datetime) -> bool:
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")) > until
+    except ValueError:
+        return False
+
+
 async def audit(args: argparse.Namespace, nats: NatsSettings, out: TextIO = sys.stdout) -> int:
     nc = await natsconn.connect("audit", nats.nats_url)
     try:
@@ -259,7 +276,7 @@ async def audit(args: argparse.Namespace, nats: NatsSettings, out: TextIO = sys.
             since = dt.datetime.now(dt.UTC) - args.since
         elif args.follow and not args.from_start:
             since = dt.datetime.now(dt.UTC)  # only new events
-        if args.output == "table":
+        if args.output in ("table", "wide"):
             out.write("  ".join(h.ljust(w) for h, _, w in _COLUMNS).rstrip() + "\n")
         async for msg in read_events(nc, filter_subject(args), since=since, follow=args.follow):
             try:
@@ -271,6 +288,11 @@ async def audit(args: argparse.Namespace, nats: NatsSettings, out: TextIO = sys.
                     where = str(subjects.parse(msg.subject).key)
                 sys.stderr.write(f"audit: malformed message {msg.sequence} for {where}: {err}\n")
                 continue
+            until: dt.datetime | None = getattr(args, "until", None)
+            if until is not None and _after(rec["time"], until):
+                if args.follow:
+                    continue
+                break  # stream order is time order
             if matches_type(rec["type"], args.types):
                 _print(rec, args.output, out)
                 out.flush()

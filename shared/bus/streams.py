@@ -182,6 +182,9 @@ def deadletter_config(
         max_age=DEADLETTER_MAX_AGE,
         # Never refuse a dead letter (the queue would retry the poison request for ever).
         discard=api.DiscardPolicy.OLD,
+        # `kubectl memcached dlq` and `explain` read dead letters by subject as the audit user,
+        # whose account may make direct gets only (services/admin/nats_auth.py).
+        allow_direct=True,
     )
 
 

@@ -138,11 +138,17 @@ class KubeClient:
         self._config = configuration
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
+    async def connect(
+        cls, kubeconfig: str | None = None, *, context: str | None = None
+    ) -> KubeClient:
+        """A client from ``kubeconfig`` (or KUBECONFIG, ~/.kube/config; ``context``: one of
+        its contexts instead of the current one), or in-cluster when there is none."""
         configuration = Configuration()
         path = kubeconfig or os.environ.get("KUBECONFIG")
-        if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
+        if path or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            await kube_config.load_kube_config(
+                config_file=path, context=context, client_configuration=configuration
+            )
         else:
             kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration

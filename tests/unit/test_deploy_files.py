@@ -74,7 +74,8 @@ def test_committed_auth_conf_is_current() -> None:
 def test_entrypoint_is_the_console_script() -> None:
     scripts = pyproject()["project"]["scripts"]
     assert exec_form("ENTRYPOINT") == [next(iter(scripts))]
-    assert list(scripts) == ["memcached-operator"]
+    # The image runs the operator; `kubectl-memcached` is the kubectl plugin for people.
+    assert list(scripts) == ["memcached-operator", "kubectl-memcached"]
 
 
 def test_default_command_is_a_subcommand() -> None:
