@@ -1,9 +1,11 @@
 """The API floor: the least an operator can do to converge the CRs, as a plain client.
 
 No queue, no retries beyond the client's, no leases, no outcomes: three list+watches (the
-CRs, to learn of them; the Deployments and pods, to know when to write status), one
-server-side apply of the desired Deployment per new CR, and a status write whenever a
-Deployment change alters the folded status (the same ``fold_status`` the status service uses).
+CRs, to learn of them; the Deployments and pods, to know when to write status), per new CR one
+server-side apply of each object this operator's reconciler owns for it, built by the same
+functions (the Deployment, the headless Service, and the PodDisruptionBudget when size >= 2),
+and a status write whenever a Deployment or pod change alters the folded status (the same
+``fold_status`` the status service uses).
 Applies and status writes share one semaphore of ``--concurrency``. It runs as its own
 process so that its memory and CPU are measured like the contenders'.
 """
@@ -19,11 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.watch import watch_forever
+from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment
 from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, POD, JsonObject, KubeClient
+from memcached_operator.shared.kube.client import (
+    DEPLOYMENT,
+    MEMCACHED,
+    PDB,
+    POD,
+    SERVICE,
+    JsonObject,
+    KubeClient,
+)
 from memcached_operator.status.conditions import fold_status, ready_nodes, status_changed
 
 log = logging.getLogger("bench.floor")
@@ -82,9 +93,18 @@ class Floor:
 
     async def apply(self, cr_obj: JsonObject) -> None:
         cr = Memcached.from_api(cr_obj)
-        async with self.sem:
-            await self.kube.apply(DEPLOYMENT, desired_deployment(cr), field_manager="bench-floor")
-        self.applies += 1
+        # A new CR has none of them yet: nothing to read or delete first, only to apply.
+        wanted = (
+            (DEPLOYMENT, desired_deployment(cr)),
+            (SERVICE, desired_service(cr)),
+            (PDB, desired_pdb(cr)),
+        )
+        for resource, desired in wanted:
+            if desired is None:
+                continue
+            async with self.sem:
+                await self.kube.apply(resource, desired, field_manager="bench-floor")
+            self.applies += 1
         meta = cr_obj["metadata"]
         self.outcomes[cr.name] = Outcome(
             key=f"{cr.namespace}/{cr.name}",

@@ -1,9 +1,11 @@
 """What every scenario shares: creating the CRs, watching them converge, and measuring.
 
 The harness talks to the API server as the admin user, so none of its requests count as the
-operator's. :class:`Observer` watches the scenario's Deployments and Memcacheds and records,
-per CR, the first moment its Deployment matched the desired one and the first moment the CR
-reported Available=True for its current generation. :class:`RssPoller` samples the resident
+operator's. :class:`Observer` watches the scenario's Memcacheds and the objects each owns
+(Deployment, headless Service, PodDisruptionBudget) and records, per CR, the first moment its
+Deployment matched the desired one, the first moment all of its objects did (the Service, and
+the PodDisruptionBudget when size >= 2, too), and the first moment the CR reported
+Available=True for its current generation. :class:`RssPoller` samples the resident
 memory of the contender's processes from /proc. All times are ``time.monotonic()``.
 """
 
@@ -24,11 +26,14 @@ from typing import Any
 
 from bench.watch import watch_forever
 from deploy.local.layout import Layout, free_base_port
+from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.kube.client import (
     DEPLOYMENT,
     MEMCACHED,
+    PDB,
+    SERVICE,
     ApiError,
     JsonObject,
     KubeClient,
@@ -158,6 +163,10 @@ def _available(cr: JsonObject) -> bool:
     return False
 
 
+# The objects a CR owns besides its Deployment, by the name the Observer keeps them under.
+COMPANIONS = (("service", SERVICE, desired_service), ("pdb", PDB, desired_pdb))
+
+
 @dataclass
 class Observer:
     """Watches one namespace and timestamps convergence per CR."""
@@ -167,8 +176,13 @@ class Observer:
     expected: int
     crs: dict[str, JsonObject] = field(default_factory=dict)
     desired: dict[str, JsonObject] = field(default_factory=dict)
+    # kind -> CR name -> the desired Service or PDB (None: the CR must not have one).
+    desired_companions: dict[str, dict[str, JsonObject | None]] = field(default_factory=dict)
     last_deployment: dict[str, JsonObject] = field(default_factory=dict)
+    last_companion: dict[str, dict[str, JsonObject]] = field(default_factory=dict)
     deployment_ok: dict[str, float] = field(default_factory=dict)
+    # Every owned object as desired: the Deployment, the Service and the PDB (when wanted).
+    objects_ok: dict[str, float] = field(default_factory=dict)
     available: dict[str, float] = field(default_factory=dict)
     deployments_seen: set[str] = field(default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -176,7 +190,11 @@ class Observer:
     deployments_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        watches = ((DEPLOYMENT, self._on_deployment), (MEMCACHED, self._on_cr))
+        watches: list[tuple[Any, Any]] = [
+            (DEPLOYMENT, self._on_deployment),
+            (MEMCACHED, self._on_cr),
+            *((res, self._on_companion(kind)) for kind, res, _ in COMPANIONS),
+        ]
         synced = [asyncio.Event() for _ in watches]
         self._tasks = [
             asyncio.create_task(
@@ -202,9 +220,13 @@ class Observer:
         now = time.monotonic()
         self.crs[name] = cr
         if name not in self.desired:
-            self.desired[name] = desired_deployment(Memcached.from_api(cr))
+            model = Memcached.from_api(cr)
+            self.desired[name] = desired_deployment(model)
+            for companion, _, desired in COMPANIONS:
+                self.desired_companions.setdefault(companion, {})[name] = desired(model)
             if name in self.last_deployment:
                 self._check_deployment(name, now)
+            self._check_objects(name, now)
         if name not in self.available and _available(cr):
             self.available[name] = now
             self._changed.set()
@@ -216,7 +238,22 @@ class Observer:
             return
         self.deployments_seen.add(name)
         self.last_deployment[name] = dep
-        self._check_deployment(name, time.monotonic())
+        now = time.monotonic()
+        self._check_deployment(name, now)
+        self._check_objects(name, now)
+
+    def _on_companion(self, companion: str) -> Any:
+        def on_event(kind: str, obj: JsonObject) -> None:
+            name = obj["metadata"]["name"]
+            seen = self.last_companion.setdefault(companion, {})
+            if kind == "DELETED":
+                # A budget the CR should not have, gone: that may be the last step.
+                seen.pop(name, None)
+            else:
+                seen[name] = obj
+            self._check_objects(name, time.monotonic())
+
+        return on_event
 
     def _check_deployment(self, name: str, now: float) -> None:
         desired = self.desired.get(name)
@@ -228,8 +265,23 @@ class Observer:
             if len(self.deployment_ok) >= self.expected:
                 self.deployments_done.set()
 
+    def _check_objects(self, name: str, now: float) -> None:
+        """Record the first moment every object ``name`` should own is as desired (and none it
+        should not own exists)."""
+        if name in self.objects_ok or name not in self.deployment_ok:
+            return
+        for companion, _, _ in COMPANIONS:
+            desired = self.desired_companions.get(companion, {}).get(name)
+            live = self.last_companion.get(companion, {}).get(name)
+            if (desired is None) != (live is None):
+                return
+            if desired is not None and live is not None and not matches(live, desired):
+                return
+        self.objects_ok[name] = now
+        self._changed.set()
+
     def done(self, *, need_available: bool = True) -> bool:
-        if len(self.deployment_ok) < self.expected:
+        if len(self.objects_ok) < self.expected:
             return False
         return not need_available or len(self.available) >= self.expected
 

@@ -41,7 +41,7 @@ from memcached_operator.shared.bus.streams import EVENTS_STREAM, GiB, ensure_str
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.workqueue import queue
+from memcached_operator.shared.workqueue import deadletter, queue, types
 from tests.conftest import free_port
 
 NAMESPACES = 20
@@ -122,10 +122,13 @@ async def populate(url: str, crs: int) -> int:
                 await js.publish(
                     subjects.subject(subjects.DEADLETTER, "reconcile", key),
                     b"",
-                    headers={queue.DL_REASON: "MissingHeader", queue.DL_ERROR: "no origin"},
+                    headers={
+                        deadletter.DL_REASON: "MissingHeader",
+                        deadletter.DL_ERROR: "no origin",
+                    },
                 )
                 await queue.enqueue(
-                    js, controller="reconcile", key=key, headers={queue.ORIGIN: "bench"}
+                    js, controller="reconcile", key=key, headers={types.ORIGIN: "bench"}
                 )
         await asyncio.gather(*pending)
         info = await js.stream_info(EVENTS_STREAM)

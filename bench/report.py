@@ -198,15 +198,20 @@ def markdown(results: dict[str, Any]) -> str:
     kopf = scenarios.get("kopf", {})
     floor = scenarios.get("floor", {})
     with_load = any("load_avg_1m" in s for s in scenarios.values())
+    # Runs since the CR owns a Service and a PDB too: the time until all of them are correct.
+    with_objects = any("t_objects" in s for s in scenarios.values())
     lines = [
         f"# Benchmark: {meta['n']} Memcached CRs, API latency {meta['latency_ms']:g} ms",
         "",
-        "| scenario | CRs created (s) | Deployments correct (s) | all Available (s)"
-        " | → Deployment p50 / p99 (ms)"
+        "| scenario | CRs created (s) | Deployments correct (s)"
+        + (" | all objects correct (s)" if with_objects else "")
+        + " | all Available (s) | → Deployment p50 / p99 (ms)"
         " | → Available p50 / p99 (ms) | CRs/s | reconciles/s | API requests / CR"
         " | peak RSS (MB) | kopf ÷ this (Available) | this ÷ floor (Available) |"
         + (" load 1m |" if with_load else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        "|---|---:|---:|"
+        + ("---:|" if with_objects else "")
+        + "---:|---:|---:|---:|---:|---:|---|---:|---:|"
         + ("---|" if with_load else ""),
     ]
     if not scenarios:
@@ -220,6 +225,7 @@ def markdown(results: dict[str, Any]) -> str:
                     name + ("" if s.get("complete") else " (incomplete)"),
                     _fmt(s.get("t_create")),
                     _fmt(s.get("t_deployments")),
+                    *([_fmt(s.get("t_objects"))] if with_objects else []),
                     _fmt(s.get("t_available")),
                     f"{_fmt(s.get('p50_deployment_ms'), 0)} / {_fmt(s.get('p99_deployment_ms'), 0)}",
                     f"{_fmt(s.get('p50_available_ms'), 0)} / {_fmt(s.get('p99_available_ms'), 0)}",
@@ -291,13 +297,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"scheduler, kwok with {meta['nodes']} fake nodes, nats-server), each scenario in its own "
         "namespace, in the order of the table; a scenario's namespace is deleted, and gone with "
         "everything in it, before the next one starts.",
-        f"- N = {meta['n']} CRs (spec.size 1) created by a plain async client, "
+        f"- N = {meta['n']} CRs (spec.size {meta.get('size', 1)}) created by a plain async "
+        "client, "
         f"{meta['create_concurrency']} at a time; every time counts from the first create. "
         "CRs created: until the last create returned (the same client and requests in every "
         "scenario, so what differs is how much of the API server the contender leaves them). "
         "Per-object latency: from the create call's return to the harness's watch seeing the "
         "Deployment as desired (`matches(desired_deployment(cr))`), and the CR's "
-        "Available=True for its generation.",
+        "Available=True for its generation. All objects correct (when shown): the Deployment, "
+        "the headless Service and, from size 2, the PodDisruptionBudget each as desired "
+        "(`matches` on the reconciler's own `desired_*`), and no PodDisruptionBudget below.",
         f"- This system: 1 watcher, 1 status (--concurrency {meta['status_concurrency']}), and "
         f"1/2/4 reconciler processes with --concurrency {meta['concurrency']} each. kopf: "
         "bench/peers/kopf_operator.py under `kopf run --standalone --namespace`. Floor: "

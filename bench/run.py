@@ -95,6 +95,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "duration_s": round((dt.datetime.now(dt.UTC) - started_at).total_seconds(), 1),
             "machine": info,
             "n": args.n,
+            "size": args.size,
             "nodes": args.nodes,
             "latency_ms": args.latency_ms,
             "create_concurrency": args.create_concurrency,
@@ -125,6 +126,12 @@ async def main_async(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--n", type=int, default=1000, help="CRs per scenario (default 1000)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=1,
+        help="spec.size of every CR (default 1; from 2 each CR also owns a PodDisruptionBudget)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="API latency added by a proxy")
     p.add_argument("--create-concurrency", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=8, help="reconciler --concurrency")

@@ -132,7 +132,7 @@ class Bench:
         rss.start()
         cpu = CpuMeter({**self.cluster.pids(), **contender.pids()})
         cpu.start()
-        objs = [memcached(f"mc-{i:05d}", namespace) for i in range(n)]
+        objs = [memcached(f"mc-{i:05d}", namespace, size=self.args.size) for i in range(n)]
         isolated = self.args.scaling and not self.args.with_downstream
         if isolated:
             self._pause_downstream(True)
@@ -177,6 +177,8 @@ class Bench:
         dep_lat = [t - created[k] for k, t in observer.deployment_ok.items() if k in created]
         av_lat = [t - created[k] for k, t in observer.available.items() if k in created]
         t_dep = max(observer.deployment_ok.values()) - t0 if observer.deployment_ok else None
+        obj_lat = [t - created[k] for k, t in observer.objects_ok.items() if k in created]
+        t_obj = max(observer.objects_ok.values()) - t0 if len(observer.objects_ok) >= n else None
         t_av = max(observer.available.values()) - t0 if observer.available else None
         reconciles = reconcile_runs(name, metrics, n)
         result: dict[str, Any] = {
@@ -187,9 +189,14 @@ class Bench:
             "t_available": rounded(t_av) if len(observer.available) >= n else None,
             "t_waited": round(t_done, 3),
             "deployments_correct": len(observer.deployment_ok),
+            # Every owned object as desired: Deployment, Service, and PDB when size >= 2.
+            "t_objects": rounded(t_obj),
+            "objects_correct": len(observer.objects_ok),
             "available": len(observer.available),
             "p50_deployment_ms": rounded(percentile(dep_lat, 50) * 1000),
             "p99_deployment_ms": rounded(percentile(dep_lat, 99) * 1000),
+            "p50_objects_ms": rounded(percentile(obj_lat, 50) * 1000),
+            "p99_objects_ms": rounded(percentile(obj_lat, 99) * 1000),
             "p50_available_ms": rounded(percentile(av_lat, 50) * 1000),
             "p99_available_ms": rounded(percentile(av_lat, 99) * 1000),
             "crs_per_s": rounded(n / t_dep) if t_dep and complete else None,
@@ -219,7 +226,7 @@ class Bench:
         }
         log(
             f"{name}: {'done' if complete else 'INCOMPLETE'} — deployments {result['t_deployments']}"
-            f" s, available {result['t_available']} s, {result['api_requests_per_cr']} req/CR, "
+            f" s, all objects {result['t_objects']} s, available {result['t_available']} s, {result['api_requests_per_cr']} req/CR, "
             f"rss {peak}, cpu s {cpu_s}"
         )
         return result

@@ -1,9 +1,11 @@
 """The same Memcached operator written the ordinary kopf way, for the benchmark.
 
 Run with ``kopf run --standalone --namespace NS bench/peers/kopf_operator.py``. On create,
-resume or spec update of a Memcached it builds the same desired Deployment as our reconciler
-(``desired_deployment``) and applies it with server-side apply unless the live one already
-matches; on every change of a managed Deployment or pod it folds the same status
+resume or spec update of a Memcached it builds the same objects as our reconciler (the
+Deployment, the headless Service, and the PodDisruptionBudget when size >= 2: the functions
+of ``desired.py`` and ``companions.py``) and, for each, reads the live one and applies it with
+server-side apply unless it already matches (a PodDisruptionBudget the CR no longer wants is
+deleted); on every change of a managed Deployment or pod it folds the same status
 (``fold_status``) and writes it when it changed. Deployments, pods and CRs are kept in kopf
 indexes, as the kopf documentation suggests, so a status refresh reads nothing from the API.
 
@@ -22,11 +24,23 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, start_http_server
 
+from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment, matches
-from memcached_operator.shared.api.contract import LABEL_MANAGED_BY, MANAGED_BY, OWNER_ANNOTATION
+from memcached_operator.shared.api.contract import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    OWNER_ANNOTATION,
+    owned_by,
+)
 from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
+from memcached_operator.shared.kube.client import (
+    DEPLOYMENT,
+    MEMCACHED,
+    PDB,
+    SERVICE,
+    KubeClient,
+)
 from memcached_operator.status.conditions import fold_status, ready_nodes, status_changed
 
 GROUP, VERSION, PLURAL = "cache.example.com", "v1", "memcacheds"
@@ -86,10 +100,17 @@ async def reconcile(
     assert _kube is not None
     RECONCILES.labels("reconcile").inc()
     cr = Memcached.from_api(dict(body))
-    desired = desired_deployment(cr)
-    live = await _kube.get(DEPLOYMENT, namespace, name)
-    if live is None or not matches(live, desired):
-        await _kube.apply(DEPLOYMENT, desired, field_manager="kopf-memcached")
+    for resource, desired in (
+        (DEPLOYMENT, desired_deployment(cr)),
+        (SERVICE, desired_service(cr)),
+        (PDB, desired_pdb(cr)),
+    ):
+        live = await _kube.get(resource, namespace, name)
+        if desired is None:
+            if live is not None and owned_by(live, cr.uid or ""):
+                await _kube.delete(resource, namespace, name, uid=live["metadata"]["uid"])
+        elif live is None or not matches(live, desired):
+            await _kube.apply(resource, desired, field_manager="kopf-memcached")
     meta = body["metadata"]
     _outcomes[(namespace, name)] = Outcome(
         key=f"{namespace}/{name}",

@@ -149,19 +149,26 @@ def _work_queue(controller: str) -> list[str]:
     ]
 
 
-def _observed_state() -> list[str]:
-    """Direct gets of the newest Memcached and Deployment events (shared/events/state.py): the
-    reconciler and the status service read objects from the stream, not the API server.
+# The kinds of object each service reads from the event stream (shared/events/state.py): the
+# reconciler a Memcached and every object it owns (services/reconciler/reconcile.py, OWNED), the
+# status service a Memcached and its Deployment (services/status/service.py; pods through the
+# pod index, granted beside it). tests/unit/test_nats_permissions.py checks both against the
+# services' code.
+RECONCILER_READS = ("memcached", "deployment", "pdb", "service")
+STATUS_READS = ("memcached", "deployment")
+
+
+def _observed_state(kinds: tuple[str, ...]) -> list[str]:
+    """Direct gets of the newest event of each object of ``kinds`` (shared/events/state.py):
+    the reconciler and the status service read objects from the stream, not the API server.
     They read several subjects in one batched direct get (shared/bus/directget.py), whose subjects
     are in the request's body: NATS cannot scope that permission by subject, so it grants
-    reads of the whole event stream (the operator's own audit log). The per-subject grants
-    are for servers without batched gets."""
+    reads of the whole event stream (the operator's own audit log). The per-subject grants,
+    exactly the kinds the service reads, are what it falls back to on servers without batched
+    gets (or when its batch goes unanswered)."""
     return [
         f"{API}.DIRECT.GET.{EVENTS_STREAM}",
-        *(
-            f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, kind)}"
-            for kind in ("memcached", "deployment")
-        ),
+        *(f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, kind)}" for kind in kinds),
     ]
 
 
@@ -192,7 +199,7 @@ USERS: tuple[User, ...] = (
                 _family(REQUESTS, STATUS),
                 *_stream_info(),
                 *_work_queue(RECONCILE),
-                *_observed_state(),
+                *_observed_state(RECONCILER_READS),
                 # Its newest outcome of a CR: an unchanged one is not stored again.
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
             ),
@@ -209,7 +216,7 @@ USERS: tuple[User, ...] = (
                 *_stream_info(),
                 *_work_queue(STATUS),
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
-                *_observed_state(),
+                *_observed_state(STATUS_READS),
                 # The pod index (services/status/pod_index.py): an ordered consumer of the pod
                 # events and a direct get of the newest one per namespace.
                 *_ordered_consumer(EVENTS_STREAM),

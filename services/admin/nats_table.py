@@ -66,6 +66,8 @@ def probes() -> list[Probe]:
         ("memcached", EVENTS_STREAM, f"{PREFIX}.{EVENTS}.memcached.{key}"),
         ("deployment", EVENTS_STREAM, f"{PREFIX}.{EVENTS}.deployment.{key}"),
         ("pod", EVENTS_STREAM, f"{PREFIX}.{EVENTS}.pod.{key}"),
+        ("pdb", EVENTS_STREAM, f"{PREFIX}.{EVENTS}.pdb.{key}"),
+        ("service", EVENTS_STREAM, f"{PREFIX}.{EVENTS}.service.{key}"),
         ("outcome", EVENTS_STREAM, f"{PREFIX}.{OUTCOMES}.{RECONCILE}.{key}"),
         ("requests.reconcile", REQUESTS_STREAM, f"{PREFIX}.{REQUESTS}.{RECONCILE}.{key}"),
         ("requests.status", REQUESTS_STREAM, f"{PREFIX}.{REQUESTS}.{STATUS}.{key}"),

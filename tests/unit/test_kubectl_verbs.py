@@ -17,7 +17,7 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.workqueue import queue
+from memcached_operator.shared.workqueue import deadletter
 
 pytestmark = pytest.mark.unit
 
@@ -108,8 +108,8 @@ def test_a_long_diff_is_summarised_in_words_but_complete_in_json() -> None:
 
 def test_a_dead_letter_record_comes_from_its_subject_and_headers() -> None:
     headers = {
-        queue.DL_REASON: "MissingHeader", queue.DL_ERROR: "missing header(s): Mcop-Origin",
-        queue.DL_DELIVERIES: "1", queue.DL_CONTROLLER: "reconcile", queue.DL_TIME: "2026-12-02T10:00:00+00:00",
+        deadletter.DL_REASON: "MissingHeader", deadletter.DL_ERROR: "missing header(s): Mcop-Origin",
+        deadletter.DL_DELIVERIES: "1", deadletter.DL_CONTROLLER: "reconcile", deadletter.DL_TIME: "2026-12-02T10:00:00+00:00",
         "X-Test": "poison",
     }  # fmt: skip
     rec = dlq.dead_letter_record(Stored("mcop.deadletter.reconcile.team-a.cache", 42, headers, b""))

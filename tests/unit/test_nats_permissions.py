@@ -105,3 +105,67 @@ def test_readme_shows_the_generated_permission_table() -> None:
         "README's NATS permission table differs from the generated one: "
         "python -m memcached_operator.admin.nats_auth --markdown"
     )
+
+
+# Every kind of object the watcher streams (one subject per object under mcop.events.<kind>).
+STREAMED_KINDS = ("memcached", "deployment", "pod", "pdb", "service")
+
+
+def _event_kinds_read(folder: str) -> set[str]:
+    """The kinds a service names in ``state.event_subject("<kind>", ...)``, read from its source
+    with ast: what it asks of the event stream by direct get."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "services" / folder
+    kinds: set[str] = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "event_subject"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                kinds.add(str(node.args[0].value))
+    return kinds
+
+
+def _direct_gets_of_events(name: str) -> set[str]:
+    """The kinds whose per-object direct get on the event stream ``name`` may publish."""
+    u = nats_auth.user(name)
+    key = f"{nats_table.PROBE_NAMESPACE}.probe"
+    return {
+        kind
+        for kind in STREAMED_KINDS
+        if nats_auth.allowed(
+            u, "pub", f"{nats_auth.API}.DIRECT.GET.MCOP_EVENTS.mcop.events.{kind}.{key}"
+        )
+    }
+
+
+def test_the_reconciler_may_get_exactly_the_kinds_it_reads() -> None:
+    """The reconciler reads the CR and each object it owns (the PodDisruptionBudget and the
+    Service too) from the stream: when its batched get falls back to one subject at a time, a
+    missing grant is a reconcile that never completes, a broader one reads pods it never needs."""
+    from memcached_operator.reconciler.reconcile import OWNED
+    from memcached_operator.shared.bus.streams import EVENTS_STREAM
+
+    assert EVENTS_STREAM == "MCOP_EVENTS"
+    reads = {"memcached", *(kind for kind, _ in OWNED)} | _event_kinds_read("reconciler")
+    assert reads == {"memcached", "deployment", "pdb", "service"}
+    assert set(nats_auth.RECONCILER_READS) == reads
+    assert _direct_gets_of_events("reconciler") == reads
+
+
+def test_the_status_service_may_get_exactly_the_kinds_it_reads() -> None:
+    reads = _event_kinds_read("status")
+    assert reads == {"memcached", "deployment"}
+    assert set(nats_auth.STATUS_READS) == reads
+    # Pods beside them: the pod index's newest pod event per namespace (pod_index.py).
+    assert _direct_gets_of_events("status") == reads | {"pod"}
+
+
+def test_no_other_user_may_get_single_events() -> None:
+    assert _direct_gets_of_events("watcher") == set()
+    assert _direct_gets_of_events("audit") == set()
