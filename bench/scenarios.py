@@ -18,8 +18,9 @@ from typing import Any
 
 import nats
 
+from bench import versus_go
 from bench.cluster import BenchCluster
-from bench.contenders import REPO, Contender, FloorClient, KopfPeer, Pipeline
+from bench.contenders import REPO, Contender, FloorClient, GoPeer, KopfPeer, Pipeline
 from bench.figures import (
     breakdown,
     median_runs,
@@ -51,6 +52,10 @@ from memcached_operator.shared.api.models import Memcached
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
+
+
+# The controller-runtime peer's runs: (MaxConcurrentReconciles, replicas under leader election).
+GO_PEERS = ((1, 1), (32, 1), (32, 2))
 
 
 def log(message: str) -> None:
@@ -347,6 +352,7 @@ class Bench:
             results["scaling"] = scaling
         if not a.skip_tracing and "pipeline-4" in scenarios:
             results["tracing"] = await self.tracing(scenarios)
+        results["versus_go"] = versus_go.summary(repetitions, results.get("tracing"))
         if not a.skip_watcher:
             results["watcher"] = await self.watcher_throughput(a.watcher_changes)
         return results
@@ -365,6 +371,10 @@ class Bench:
         if not a.skip_kopf:
             kopf = self.contender(KopfPeer, f"bench-kopf{suffix}")
             scenarios["kopf"] = await self.scenario("kopf", kopf)
+        for workers, replicas in () if a.skip_go_peer else GO_PEERS:
+            name = f"go-{workers}" + (f"x{replicas}" if replicas > 1 else "")
+            go = self.contender(GoPeer, f"bench-{name}{suffix}", workers=workers, replicas=replicas)
+            scenarios[name] = await self.scenario(name, go)
         for workers in a.workers:
             name = f"pipeline-{workers}"
             scenarios[name] = await self.scenario(
