@@ -53,7 +53,6 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
 
-
 # The controller-runtime peer's runs: (MaxConcurrentReconciles, replicas under leader election).
 GO_PEERS = ((1, 1), (32, 1), (32, 2))
 

@@ -81,9 +81,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---|",
     ]
     for key, label in names.items():
-        each = ", ".join(
-            f"{r[key]:.2f}" if r.get(key) is not None else "-" for r in versus["runs"]
-        )
+        each = ", ".join(f"{r[key]:.2f}" if r.get(key) is not None else "-" for r in versus["runs"])
         value = versus["median"].get(key)
         lines.append(
             f"| {label} | {each if key != 'tracing' else '-'} | "

@@ -67,6 +67,8 @@ def go_peer(
     finally:
         for rec in supervisor.records():
             supervisor.stop(rec.name)
+            # Shown by pytest only when the test fails: what the peer said.
+            print(f"--- {rec.name}", Path(rec.log).read_text(errors="replace")[-6000:])
 
 
 def test_same_objects_and_status_as_the_pipeline(
@@ -112,14 +114,17 @@ def test_same_objects_and_status_as_the_pipeline(
             "patch", "mc", "mc", "-n", namespace, "--type=merge", "-p", '{"spec":{"size":1}}'
         )
         wait_for(
-            lambda: cluster.kubectl("get", "pdb", "-n", namespace, "mc", check=False).returncode
-            != 0,
+            lambda: (
+                cluster.kubectl("get", "pdb", "-n", namespace, "mc", check=False).returncode != 0
+            ),
             timeout=60,
             what="the PDB deleted below two replicas",
         )
         wait_for(
-            lambda: cluster.get_mc(namespace, "mc").get("status", {}).get("readyReplicas") == 1
-            and len(cluster.get_mc(namespace, "mc")["status"]["nodes"]) == 1,
+            lambda: (
+                cluster.get_mc(namespace, "mc").get("status", {}).get("readyReplicas") == 1
+                and len(cluster.get_mc(namespace, "mc")["status"]["nodes"]) == 1
+            ),
             timeout=90,
             what="the status at one replica",
         )

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -24,7 +23,6 @@ import (
 
 func main() {
 	var (
-		kubeconfig       string
 		namespace        string
 		metricsAddr      string
 		probeAddr        string
@@ -34,7 +32,7 @@ func main() {
 		leaderElect      bool
 		progressDeadline int
 	)
-	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, in-cluster)")
+	// --kubeconfig is controller-runtime's own flag (pkg/client/config), read by GetConfig.
 	flag.StringVar(&namespace, "namespace", "", "the one namespace to watch (default: all)")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of /metrics (0: off)")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz, /readyz")
@@ -49,12 +47,7 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
 
-	loading := clientcmd.NewDefaultClientConfigLoadingRules()
-	if kubeconfig != "" {
-		loading.ExplicitPath = kubeconfig
-	}
-	config, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		loading, &clientcmd.ConfigOverrides{}).ClientConfig()
+	config, err := ctrl.GetConfig()
 	if err != nil {
 		log.Error(err, "cannot load the kubeconfig")
 		os.Exit(1)
