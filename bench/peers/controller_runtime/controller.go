@@ -2,8 +2,9 @@
 // each owned object (Deployment, headless Service, PDB from two replicas) with a controller
 // reference, or update it when the live one lacks a field we set (semantic DeepDerivative, so
 // server defaults are no difference and an unchanged object is not rewritten); list the pods
-// from the cache; write the status when it changed. Errors requeue with the workqueue's
-// rate-limited backoff, as controller-runtime does by default.
+// from the cache; write the status when it changed. It runs on every change of the CR, of an
+// owned object, and of a pod whose owner annotation names the CR. Errors requeue with the
+// workqueue's rate-limited backoff, as controller-runtime does by default.
 package main
 
 import (
@@ -18,9 +19,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
 
 type MemcachedReconciler struct {
@@ -180,12 +184,27 @@ func mergeMeta(live, desired *metav1.ObjectMeta) {
 	maps.Copy(live.Annotations, desired.Annotations)
 }
 
+func podOwner(_ context.Context, pod client.Object) []reconcile.Request {
+	name := pod.GetAnnotations()[ownerAnnotation]
+	if name == "" || pod.GetLabels()[labelManagedBy] != managedBy {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{
+		Namespace: pod.GetNamespace(), Name: name,
+	}}}
+}
+
 func (r *MemcachedReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&Memcached{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// Pods belong to ReplicaSets, not to the CR, so Owns cannot map them; the owner
+		// annotation of our template names the CR. Without this watch a pod's readiness would
+		// reach status.nodes/endpoints only with the next Deployment event, where the status
+		// service folds every pod event in.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podOwner)).
 		Named("memcached").
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Complete(r)
