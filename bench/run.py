@@ -142,6 +142,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip-go-peer", action="store_true", help="skip the controller-runtime peer's runs"
     )
+    p.add_argument(
+        "--go-workers",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        help="MaxConcurrentReconciles of the Go peer's runs; the largest also runs as 2 "
+        "replicas under leader election",
+    )
     p.add_argument("--skip-tracing", action="store_true")
     p.add_argument("--skip-watcher", action="store_true")
     p.add_argument(

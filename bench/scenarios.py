@@ -53,9 +53,6 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, JsonObject, KubeClient
 
-# The controller-runtime peer's runs: (MaxConcurrentReconciles, replicas under leader election).
-GO_PEERS = ((1, 1), (32, 1), (32, 2))
-
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -370,7 +367,8 @@ class Bench:
         if not a.skip_kopf:
             kopf = self.contender(KopfPeer, f"bench-kopf{suffix}")
             scenarios["kopf"] = await self.scenario("kopf", kopf)
-        for workers, replicas in () if a.skip_go_peer else GO_PEERS:
+        go_peers = [(w, 1) for w in a.go_workers] + [(max(a.go_workers), 2)]
+        for workers, replicas in () if a.skip_go_peer else go_peers:
             name = f"go-{workers}" + (f"x{replicas}" if replicas > 1 else "")
             go = self.contender(GoPeer, f"bench-{name}{suffix}", workers=workers, replicas=replicas)
             scenarios[name] = await self.scenario(name, go)
