@@ -147,8 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[1, 32],
-        help="MaxConcurrentReconciles of the Go peer's runs; the largest also runs as 2 "
-        "replicas under leader election",
+        help="MaxConcurrentReconciles of the Go peer's runs; the largest also runs in "
+        "--go-replicas replicas under leader election",
+    )
+    p.add_argument(
+        "--go-replicas", type=int, default=2, help="replicas of the Go peer's last run (1: none)"
     )
     p.add_argument("--skip-tracing", action="store_true")
     p.add_argument("--skip-watcher", action="store_true")

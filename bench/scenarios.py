@@ -367,8 +367,8 @@ class Bench:
         if not a.skip_kopf:
             kopf = self.contender(KopfPeer, f"bench-kopf{suffix}")
             scenarios["kopf"] = await self.scenario("kopf", kopf)
-        go_peers = [(w, 1) for w in a.go_workers] + [(max(a.go_workers), 2)]
-        for workers, replicas in () if a.skip_go_peer else go_peers:
+        go_peers = [(w, 1) for w in a.go_workers] + [(max(a.go_workers), a.go_replicas)]
+        for workers, replicas in () if a.skip_go_peer else dict.fromkeys(go_peers):
             name = f"go-{workers}" + (f"x{replicas}" if replicas > 1 else "")
             go = self.contender(GoPeer, f"bench-{name}{suffix}", workers=workers, replicas=replicas)
             scenarios[name] = await self.scenario(name, go)
