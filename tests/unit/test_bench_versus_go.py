@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import versus_go
+from bench import figures, versus_go
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +53,12 @@ def test_the_report_shows_the_comparison() -> None:
     lines = "\n".join(versus_go.markdown({"versus_go": versus}))
     assert "| all Available | 0.80 | 0.80x | ≤ 1.00x | yes |" in lines
     assert "| operator CPU-s (ours incl. nats-server) | 2.00 | 2.00x | ≤ 1.50x | no |" in lines
+
+
+def test_the_go_peer_reconciles_are_counted_from_its_controller() -> None:
+    text = (
+        'controller_runtime_reconcile_total{controller="memcached",result="success"} 5\n'
+        'controller_runtime_reconcile_total{controller="memcached",result="error"} 2\n'
+    )
+    metrics = {"go-0": text, "go-1": ""}
+    assert figures.reconcile_runs("go-32x2", metrics, 1000) == 7.0
