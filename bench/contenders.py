@@ -1,4 +1,5 @@
-"""How each contender is started and stopped: this pipeline, the kopf peer, the floor client.
+"""How each contender is started and stopped: this pipeline, the kopf and controller-runtime
+peers, the floor client.
 
 Every contender runs as real child processes (recorded by the local Supervisor, so teardown
 stops exactly them), authenticates as the ``bench-operator`` user through the kubeconfig it is
@@ -16,6 +17,7 @@ from pathlib import Path
 from bench.harness import (
     REPO,
     free_port,
+    metric_sum,
     nats_env,
     process_env,
     scrape,
@@ -23,6 +25,7 @@ from bench.harness import (
     wait_http_ok,
     wait_service_ready,
 )
+from bench.peers.build import ensure_built as ensure_go_peer
 from deploy.local.layout import Layout
 from deploy.local.processes import Record, Supervisor
 
@@ -118,6 +121,53 @@ class KopfPeer(Contender):
         rec = self._start("kopf", argv, port=metrics, BENCH_METRICS_PORT=str(metrics))
         await wait_http_ok(health, "/healthz", timeout=60, alive=rec.alive)
         await wait_http_ok(metrics, "/metrics", timeout=30, alive=rec.alive)
+
+
+@dataclass
+class GoPeer(Contender):
+    """bench/peers/controller_runtime: ``replicas`` copies of the controller-runtime operator,
+    under leader election when more than one (only the leader reconciles). Client QPS/burst
+    are raised so that client-go's own rate limiter is not what it measures: this pipeline's
+    client has none."""
+
+    workers: int = 32
+    replicas: int = 1
+    qps: float = 1000.0
+    burst: int = 2000
+
+    async def start(self) -> None:
+        binary = await asyncio.to_thread(ensure_go_peer)
+        for i in range(self.replicas):
+            metrics, probe = free_port(), free_port()
+            argv = [
+                str(binary),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--namespace={self.namespace}",
+                f"--metrics-bind-address=127.0.0.1:{metrics}",
+                f"--health-probe-bind-address=127.0.0.1:{probe}",
+                f"--max-concurrent-reconciles={self.workers}",
+                f"--qps={self.qps:g}",
+                f"--burst={self.burst}",
+                f"--leader-elect={'true' if self.replicas > 1 else 'false'}",
+            ]
+            rec = self._start(f"go-{i}", argv, port=metrics)
+            await wait_http_ok(probe, "/readyz", timeout=60, alive=rec.alive)
+        # Ready to work once the controller has started its workers: after its caches synced,
+        # and (under leader election) in the one replica that holds the Lease.
+        for _ in range(600):
+            started = sum(
+                metric_sum(
+                    text, "controller_runtime_max_concurrent_reconciles", controller="memcached"
+                )
+                for text in self.metrics().values()
+            )
+            if started:
+                return
+            for role in self.records:
+                if not self.alive(role):
+                    raise RuntimeError(f"the Go peer exited; see {self.records[role].log}")
+            await asyncio.sleep(0.1)
+        raise TimeoutError("the Go peer's controller did not start in 60 s")
 
 
 @dataclass

@@ -181,6 +181,11 @@ def _by_labels(metrics: dict[str, str], metric: str, *labels: str) -> dict[str, 
 def reconcile_runs(name: str, metrics: dict[str, str], n: int) -> float | None:
     if name == "floor":
         return float(n)
+    if name.startswith("go-"):
+        return sum(
+            metric_sum(text, "controller_runtime_reconcile_total", controller="memcached")
+            for text in metrics.values()
+        )
     if name == "kopf":
         return metric_sum(
             metrics.get("kopf", ""), "bench_kopf_reconcile_total", handler="reconcile"

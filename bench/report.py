@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench import summary
+from bench import summary, versus_go
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -253,6 +253,7 @@ def markdown(results: dict[str, Any]) -> str:
             *cpu_rows,
             "",
         ]
+    lines += versus_go.markdown(results)
     lines += _repetition_lines(results)
     scaling = results.get("scaling")
     if scaling and meta.get("scaling"):

@@ -1,8 +1,9 @@
 """`python -m bench.run`: one run of every scenario against one local cluster it brings up.
 
 Scenarios, each in its own namespace and timed from the first of N concurrent CR creates:
-the API floor (bench/floor.py), kopf (bench/peers/kopf_operator.py), this pipeline with 1, 2
-and 4 reconciler processes, the 4-worker pipeline again with tracing exported over OTLP/HTTP
+the API floor (bench/floor.py), kopf (bench/peers/kopf_operator.py), the controller-runtime
+peer (bench/peers/controller_runtime/: 1 and 32 workers, and 32 in 2 replicas under leader
+election), this pipeline with 1, 2 and 4 reconciler processes, the 4-worker pipeline again with tracing exported over OTLP/HTTP
 to a real receiver (bench/otlp.py), and the watcher alone for 5,000 changes. With
 ``--latency-ms`` every contender reaches the API server through bench/proxy.py. Results go to
 bench/results/ (JSON, Markdown, PNG); ``--rss-10k`` instead measures the services' memory with
@@ -145,6 +146,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--watcher-changes", type=int, default=5000)
     p.add_argument("--skip-kopf", action="store_true")
     p.add_argument("--skip-floor", action="store_true")
+    p.add_argument(
+        "--skip-go-peer", action="store_true", help="skip the controller-runtime peer's runs"
+    )
+    p.add_argument(
+        "--go-workers",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        help="MaxConcurrentReconciles of the Go peer's runs; the largest also runs in "
+        "--go-replicas replicas under leader election",
+    )
+    p.add_argument(
+        "--go-replicas", type=int, default=2, help="replicas of the Go peer's last run (1: none)"
+    )
     p.add_argument("--skip-tracing", action="store_true")
     p.add_argument("--skip-watcher", action="store_true")
     p.add_argument(
@@ -184,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.workers = [1, 2, 4, 8]
         args.n = args.n if args.n != p.get_default("n") else 300
         args.skip_kopf = args.skip_floor = args.skip_tracing = args.skip_watcher = True
+        args.skip_go_peer = True
     if not args.timeout:
         args.timeout = 120 + 0.5 * args.n
     return args

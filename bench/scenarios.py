@@ -18,8 +18,9 @@ from typing import Any
 
 import nats
 
+from bench import versus_go
 from bench.cluster import BenchCluster
-from bench.contenders import REPO, Contender, FloorClient, KopfPeer, Pipeline
+from bench.contenders import REPO, Contender, FloorClient, GoPeer, KopfPeer, Pipeline
 from bench.figures import (
     breakdown,
     median_runs,
@@ -354,6 +355,7 @@ class Bench:
             results["scaling"] = scaling
         if not a.skip_tracing and "pipeline-4" in scenarios:
             results["tracing"] = await self.tracing(scenarios)
+        results["versus_go"] = versus_go.summary(repetitions, results.get("tracing"))
         if not a.skip_watcher:
             results["watcher"] = await self.watcher_throughput(a.watcher_changes)
         return results
@@ -372,6 +374,11 @@ class Bench:
         if not a.skip_kopf:
             kopf = self.contender(KopfPeer, f"bench-kopf{suffix}")
             scenarios["kopf"] = await self.scenario("kopf", kopf)
+        go_peers = [(w, 1) for w in a.go_workers] + [(max(a.go_workers), a.go_replicas)]
+        for workers, replicas in () if a.skip_go_peer else dict.fromkeys(go_peers):
+            name = f"go-{workers}" + (f"x{replicas}" if replicas > 1 else "")
+            go = self.contender(GoPeer, f"bench-{name}{suffix}", workers=workers, replicas=replicas)
+            scenarios[name] = await self.scenario(name, go)
         for workers in a.workers:
             name = f"pipeline-{workers}"
             scenarios[name] = await self.scenario(
