@@ -19,6 +19,7 @@ before.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -216,14 +217,23 @@ class MemcachedReconciler:
         return cr_obj, streamed, previous, observed is None
 
     async def _converge(self, key: ObjectKey, plan: list[_Write | _Delete]) -> bool:
-        """Carry out the plan; whether anything was written."""
-        written = False
-        for action in plan:
-            if isinstance(action, _Write):
-                written = await self._write(key, action) or written
-            else:
-                written = await self._delete(key, action) or written
-        return written
+        """Carry out the plan, the owned objects' writes at once (each is one request of its
+        own kind, none depends on another): a reconcile waits one API round trip, not one per
+        object. Every write is carried out; the first failure, in plan order, is raised.
+        Whether anything was written."""
+        results = await asyncio.gather(
+            *(
+                self._write(key, action)
+                if isinstance(action, _Write)
+                else self._delete(key, action)
+                for action in plan
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return any(results)
 
     async def _plan(
         self,
