@@ -129,7 +129,10 @@ def test_nats_configuration_is_the_generated_one_and_valid(cluster: Cluster) -> 
     """The ConfigMap holds exactly the users of services/admin/nats_auth.py, and the real
     nats-server accepts the configuration with the environment the StatefulSet gives it."""
     docs = build(cluster, "base")
-    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (config_map,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and "auth.conf" in (d.get("data") or {})
+    ]
+    assert config_map["metadata"]["name"].startswith("nats-config")
     assert config_map["data"]["auth.conf"] == authorization_block()
     (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
     env = {e["name"]: e for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -121,11 +121,12 @@ def test_the_wheel_declares_the_console_script_license_and_runtime_requirements(
     with zipfile.ZipFile(wheel) as whl:
         entry_points = metadata(whl, "entry_points.txt")
         meta = email.parser.Parser(policy=email.policy.compat32).parsestr(metadata(whl, "METADATA"))
-    assert re.search(
-        r"^\[console_scripts\]\nmemcached-operator = memcached_operator\.cli:console$",
-        entry_points,
-        re.M,
-    ), entry_points
+    # The operator's command, and the kubectl plugin (kubectl finds kubectl-memcached on PATH).
+    assert entry_points.strip().splitlines() == [
+        "[console_scripts]",
+        "kubectl-memcached = memcached_operator.audit.kubectl:console",
+        "memcached-operator = memcached_operator.cli:console",
+    ], entry_points
     assert meta["License-Expression"] == "Apache-2.0"
     assert meta["License"] is None  # the SPDX expression only, not the deprecated free text
     assert not [c for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
