@@ -32,9 +32,7 @@ from bench.figures import (
     worker_rows,
 )
 from bench.harness import (
-    CpuMeter,
     Observer,
-    RssPoller,
     create_crs,
     create_namespace,
     delete_namespace,
@@ -46,6 +44,7 @@ from bench.harness import (
     wait_http_ok,
     wait_service_ready,
 )
+from bench.meters import CpuMeter, RssPoller
 from deploy.local.processes import Supervisor
 from memcached_operator.reconciler.desired import desired_deployment
 from memcached_operator.shared.api.models import Memcached
