@@ -10,6 +10,7 @@ reads first and names the span's parent and links itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -27,6 +28,14 @@ from memcached_operator.shared.workqueue.types import (
 )
 
 
+@functools.lru_cache(maxsize=16)
+def _tracer(name: str, provider: TracerProvider | None) -> trace.Tracer:
+    """One tracer per controller (and provider), not one per request: the span is on the
+    queue's path for every message. A tracer of the global provider made before the provider
+    is set is a proxy that follows it, so caching it is safe."""
+    return trace.get_tracer(name, tracer_provider=provider)
+
+
 @contextmanager
 def consumer_span(
     controller: Controller,
@@ -39,7 +48,7 @@ def consumer_span(
 ) -> Iterator[Span]:
     """The current span while ``request`` is handled (``provider``: the global one if None)."""
     context = telemetry.extract(request.headers) if parent is None else parent
-    tracer = trace.get_tracer(controller.tracer_name, tracer_provider=provider)
+    tracer = _tracer(controller.tracer_name, provider)
     with tracer.start_as_current_span(
         f"process {controller.requests}",
         context=context,
