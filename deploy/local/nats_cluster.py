@@ -148,9 +148,7 @@ class NatsCluster:
             return
         client, monitor, _ = self.layout.nats_node_ports(node)
         peers = local_nats.Peers(node, tuple(route for _, _, route in self.layout.nats_ports))
-        local_nats.start(
-            self.supervisor, port=client, monitor_port=monitor, peers=peers, wait=wait
-        )
+        local_nats.start(self.supervisor, port=client, monitor_port=monitor, peers=peers, wait=wait)
 
     def healthy(self, node: int) -> bool:
         """Whether node ``node`` says it is healthy, JetStream included (its ``/healthz``)."""

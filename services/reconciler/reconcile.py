@@ -171,6 +171,7 @@ class MemcachedReconciler:
                         *(state.event_subject(kind, request.key) for kind, _ in OWNED),
                         outcome_subject(request.key),
                     ),
+                    at_least=state.after(request.headers),
                 )
                 previous = stored_outcome(seen.message(outcome_subject(request.key)))
                 observed = seen.observed("memcached", request.key)
@@ -429,13 +430,19 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome, *, store: bool
         headers[events.MSG_ID] = attrs["id"]
         headers.update(trace_headers)
         span.set_attribute("messaging.message.id", attrs["id"])
+        stored_at = 0
         if store:
-            await js.publish(subject, outcome.to_json(), headers=headers)
+            stored_at = (await js.publish(subject, outcome.to_json(), headers=headers)).seq
         else:
             OUTCOMES_NOT_STORED.inc()
         await enqueue(
             js,
             controller=STATUS_CONTROLLER,
             key=key,
-            headers={**trace_headers, ORIGIN: f"reconciler:{outcome.result}"},
+            # The status service reads this outcome: from a replica that holds it.
+            headers={
+                **trace_headers,
+                ORIGIN: f"reconciler:{outcome.result}",
+                **state.after_header(stored_at),
+            },
         )
