@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from memcached_operator.shared.kube.client import KubeClient
@@ -29,11 +30,52 @@ Check = Callable[[], Awaitable[bool]]
 LiveCheck = Callable[[], str | None]
 
 
+class JetStreamProbe:
+    """Whether JetStream answers, asked every few seconds in the background.
+
+    Work that waits on a JetStream without a quorum (two of three nodes lost) makes no
+    progress, and a restart cannot change that: the service then stays alive and reports not
+    ready (/readyz's streams check fails), rather than being restarted in a loop. The probe
+    reads one stream's info, which every service's NATS user may.
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, *, every: float = 2.0) -> None:
+        self._js = js
+        self._stream = stream
+        self._every = every
+        self.answering = True
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._js.stream_info(self._stream), timeout=self._every)
+                self.answering = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.answering = False
+            await asyncio.sleep(self._every)
+
+
 def liveness_checks(
-    *, nc: Client, stall: float, progress: Progress = TRACKER
+    *,
+    nc: Client,
+    stall: float,
+    progress: Progress = TRACKER,
+    jetstream: JetStreamProbe | None = None,
 ) -> dict[str, LiveCheck]:
     """The NATS client is not closed for good, and work that waits progresses within
-    ``stall`` seconds (0 or less turns the progress check off)."""
+    ``stall`` seconds (0 or less turns the progress check off) unless ``jetstream`` says
+    JetStream does not answer (a restart would not help: see :class:`JetStreamProbe`)."""
 
     def nats_open() -> str | None:
         if not nc.is_closed:
@@ -44,6 +86,8 @@ def liveness_checks(
         stalled = progress.stalled_for()
         if stall <= 0 or stalled <= stall:
             return None
+        if jetstream is not None and not jetstream.answering:
+            return None  # not ready (the streams check), but alive
         return (
             f"{progress.pending} units of work waiting, no progress for {stalled:.0f}s "
             f"(bound {stall:.0f}s)"
