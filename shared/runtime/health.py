@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from memcached_operator.shared.bus.stream_admin import stream_problems
 from memcached_operator.shared.kube.client import KubeClient
 from memcached_operator.shared.runtime.progress import TRACKER, Progress
 
@@ -36,12 +37,15 @@ class JetStreamProbe:
     Work that waits on a JetStream without a quorum (two of three nodes lost) makes no
     progress, and a restart cannot change that: the service then stays alive and reports not
     ready (/readyz's streams check fails), rather than being restarted in a loop. The probe
-    reads one stream's info, which every service's NATS user may.
+    reads the service's streams' info (stream_admin.stream_problems, quorum included), which
+    every service's NATS user may.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, *, every: float = 2.0) -> None:
+    def __init__(
+        self, js: JetStreamContext, streams: tuple[str, ...], *, every: float = 2.0
+    ) -> None:
         self._js = js
-        self._stream = stream
+        self._streams = streams
         self._every = every
         self.answering = True
         self._task: asyncio.Task[None] | None = None
@@ -57,8 +61,10 @@ class JetStreamProbe:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._js.stream_info(self._stream), timeout=self._every)
-                self.answering = True
+                problems = await asyncio.wait_for(
+                    stream_problems(self._js, self._streams), timeout=self._every
+                )
+                self.answering = not problems
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -130,7 +130,7 @@ class Connections:
                 return nc.is_connected and not await stream_problems(js, streams)
 
             checks["streams"] = streams_as_needed
-            probe = JetStreamProbe(js, streams[0]) if streams else None
+            probe = JetStreamProbe(js, streams) if streams else None
             health = HealthServer(
                 port=settings.health_port,
                 checks=checks,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,8 @@ import pytest
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import REQUESTS_STREAM
 from memcached_operator.shared.events import codec as events
-from tests.conftest import Cluster
+from tests.conftest import Cluster, free_port
+from tests.e2e.test_observability import http_status
 from tests.e2e.test_reconciler import converged, dead_letters
 from tests.support import (
     Services,
@@ -187,3 +189,52 @@ def _start_fleet(svc: Services, namespace: str) -> None:
         svc.start("watcher", "--namespaces", namespace, name=f"watcher-{i}")
         svc.start("reconciler", name=f"reconciler-{i}")
         svc.start("status", name=f"status-{i}")
+
+
+def test_one_node_lost_keeps_working_two_lost_is_unready_not_a_restart_loop(
+    nats_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster, namespace = nats_cluster, "nats-cluster-quorum"
+    cluster.kubectl("create", "namespace", namespace)
+    ports = {service: free_port() for service in ("watcher", "reconciler", "status")}
+    # Work that waits without progress for 5 s would fail liveness, were NATS not the cause.
+    env = {**FAST, "LIVENESS_STALL_SECONDS": "5"}
+    with services(tmp_path / "services", cluster.env(**env)) as svc:
+        for service, port in ports.items():
+            extra = ("--namespaces", namespace) if service == "watcher" else ()
+            svc.start(service, *extra, "--health-port", str(port), name=service)
+        for service, port in ports.items():
+            wait_for(lambda p=port: http_status(p, "/readyz") == 200, timeout=60, what=service)
+
+        first, second = 0, 1
+        cluster.nats.kill(first)
+        cluster.apply_memcached(namespace, "two-of-three", {"size": 1})
+        cluster.wait_available(namespace, "two-of-three", timeout=120)
+        for service, port in ports.items():
+            assert http_status(port, "/readyz") == 200, f"{service} not ready on 2 of 3 nodes"
+
+        cluster.nats.kill(second)
+        try:
+            for service, port in ports.items():
+                wait_for(
+                    lambda p=port: http_status(p, "/readyz") == 503,
+                    timeout=60,
+                    what=f"{service} not ready on 1 of 3 nodes",
+                )
+            # Work arrives and cannot be done: it waits, longer than the liveness bound.
+            cluster.apply_memcached(namespace, "one-of-three", {"size": 1})
+            time.sleep(15)
+            for service, port in ports.items():
+                assert http_status(port, "/healthz") == 200, f"{service} reported dead"
+                assert svc.supervisor.running(service) is not None, f"{service} exited"
+        finally:
+            cluster.nats.start(first, wait=False)
+            cluster.nats.start(second)
+        for node in (first, second):
+            wait_for(lambda n=node: cluster.nats.healthy(n), timeout=90, what=f"node {node}")
+        for service, port in ports.items():
+            wait_for(lambda p=port: http_status(p, "/readyz") == 200, timeout=90, what=service)
+        cluster.wait_available(namespace, "one-of-three", timeout=180)
+        for service in ports:
+            assert svc.supervisor.running(service) is not None, f"{service} exited"
+    assert dead_letters(cluster, namespace) == []
