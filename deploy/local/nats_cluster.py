@@ -80,32 +80,30 @@ class NatsCluster:
         return None
 
     def streams(self) -> dict[str, StreamPlacement]:
-        """Every stream's placement, from the first running node that answers."""
+        """Every stream's placement as its leader reports it (a follower's view of the other
+        replicas, or of who leads after a change, can be stale), else as any node does."""
+        found: dict[str, StreamPlacement] = {}
         for node in self.nodes:
-            if not self.running(node):
-                continue
-            jsz = self._jsz(node, "?accounts=true&streams=true")
+            jsz = self._jsz(node, "?accounts=true&streams=true") if self.running(node) else None
             if jsz is None:
                 continue
-            found: dict[str, StreamPlacement] = {}
             # A node lists the other replicas; it is one itself, current as far as it knows.
             here = local_nats.server_name(node if self.layout.nats_nodes > 1 else None)
             for account in jsz.get("account_details") or []:
                 for detail in account.get("stream_detail") or []:
                     cluster = detail.get("cluster") or {}
+                    leader = str(cluster.get("leader") or "")
+                    if detail["name"] in found and leader != here:
+                        continue
                     current = {here: True}
                     current |= {
                         str(r.get("name")): bool(r.get("current"))
                         for r in cluster.get("replicas") or []
                     }
                     found[detail["name"]] = StreamPlacement(
-                        detail["name"],
-                        str(cluster.get("leader") or ""),
-                        sorted(current),
-                        current,
+                        detail["name"], leader, sorted(current), current
                     )
-            return found
-        return {}
+        return found
 
     def leader_of(self, stream: str) -> int | None:
         """The node that leads ``stream`` now (None when no running node knows one)."""
