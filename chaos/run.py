@@ -208,8 +208,15 @@ class Chaos:
                     good += 1
                 else:
                     wrong.append(name)
-            conds = (cr.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Available" and c.get("status") == "True" for c in conds):
+            status = cr.get("status") or {}
+            conds = status.get("conditions") or []
+            # The status matches the Deployment: this generation, all its replicas ready.
+            ready = ((dep or {}).get("status") or {}).get("readyReplicas") or 0
+            if (
+                any(c.get("type") == "Available" and c.get("status") == "True" for c in conds)
+                and status.get("observedGeneration") == cr["metadata"].get("generation")
+                and status.get("readyReplicas") == ready == cr["spec"].get("size", 1)
+            ):
                 available += 1
         r = self.report
         r.converged, r.available, r.deployments, r.wrong_deployments = (
