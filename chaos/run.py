@@ -116,7 +116,7 @@ class Chaos:
         self._track(new)
         self.report.restarts.append(component)
 
-    def wait_apiserver(self, timeout: float = 120) -> None:
+    def wait_apiserver(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
