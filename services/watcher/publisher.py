@@ -246,23 +246,24 @@ class Publisher:
         state; it was never stored anyway), and an object's last event, when older ones of it
         were re-sent, is stored again under a new id if its first copy is already stored."""
         last = {m.subject: i for i, m in enumerate(messages) if m.event}
-        resent: set[str] = set()
+        resent: set[str] = set()  # subjects an older event was newly stored on just now
         for i, message in enumerate(messages):
-            if message.event and last[message.subject] != i:
-                if message.event.endswith(".modified"):
-                    log.info("not re-sending %s: a newer event of it follows", message.event)
-                    self._settled()
-                    continue
+            older = bool(message.event) and last[message.subject] != i
+            if older and message.event.endswith(".modified"):
+                log.info("not re-sending %s: a newer event of it follows", message.event)
+                self._settled()
+                continue
+            again = bool(message.event) and not older and message.subject in resent
+            if await self._store(message, again=again) and older:
                 resent.add(message.subject)
-            again = bool(message.event) and message.subject in resent and last[message.subject] == i
-            await self._store(message, again=again)
 
     async def _store(
         self, message: Message, *, refused: tuple[str, str] | None = None, again: bool = False
-    ) -> None:
+    ) -> bool:
         """Publish ``message`` until it is stored; or, once it is known that it cannot be
         (``refused``: reason and detail), until its dead-letter record is. ``again``: when the
-        stream already holds it, store it once more under a new message id (see _resend)."""
+        stream already holds it, store it once more under a new message id (see _resend).
+        Whether this call added it to the stream (not a duplicate, not dead-lettered)."""
         attempt = 0
         strikes: list[float] = []  # when publishes failed while connected
         while True:
@@ -293,10 +294,10 @@ class Publisher:
                         continue
                     self._count(ack, message)
                     self._settled()
-                    return
+                    return not getattr(ack, "duplicate", False)
             if await self._dead_letter(message, refused[0], refused[1], attempts=attempt):
                 self._settled()
-                return
+                return False
             if refused[0] == PUBLISH_FAILED:
                 refused = None  # try the message again, and the dead letter after its next failure
             await asyncio.sleep(delay)

@@ -74,3 +74,12 @@ async def test_a_re_send_of_what_never_got_through_stores_each_once() -> None:
     publisher = Publisher(stream, progress=Progress())  # type: ignore[arg-type]
     await publisher._resend([_event(1, "added"), _event(2)])
     assert [body for _, _, body in stream.stored] == [b"rv1", b"rv2"]
+
+
+async def test_an_added_event_already_stored_does_not_store_the_newer_one_twice() -> None:
+    stream = _Stream()
+    await stream.publish(SUBJECT, b"rv1", headers={"Nats-Msg-Id": "id-1"})
+    await stream.publish(SUBJECT, b"rv2", headers={"Nats-Msg-Id": "id-2"})
+    publisher = Publisher(stream, progress=Progress())  # type: ignore[arg-type]
+    await publisher._resend([_event(1, "added"), _event(2)])
+    assert [body for _, _, body in stream.stored] == [b"rv1", b"rv2"]
