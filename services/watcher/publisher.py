@@ -151,7 +151,13 @@ class Publisher:
                 await self.flush()
             return
         self._last_event = message
-        await self._pipeline(message)
+        # Not while a flush confirms (and may re-send) earlier messages: everything in flight
+        # is then in the one list it confirms, so a re-send never overtakes a newer event of
+        # the same object published meanwhile (see _resend).
+        async with self._flushing:
+            await self._pipeline(message, flushing=True)
+        if len(self._pending) >= self.batch:
+            await self.flush()
 
     async def _pipeline(self, message: Message, *, flushing: bool = False) -> None:
         """Publish without waiting for the ack (``flushing``: called from :meth:`flush`)."""
