@@ -22,6 +22,7 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import state
+from memcached_operator.shared.runtime.errors import TransientError
 from tests.conftest import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -50,6 +51,17 @@ async def _write_then_read(
     seen = await state.snapshot(reader.jetstream(), [subject], at_least=ack.seq if barrier else 0)
     message = seen.message(subject)
     return ack.seq, message.seq if message is not None else 0
+
+
+async def _read_as_a_worker_would(reader: Client, subject: str, at_least: int) -> state.Snapshot:
+    """The snapshot, retried on a transient failure (no replica holding ``at_least`` answered
+    yet) as the work queue retries a request: a stale answer is never returned."""
+    for _ in range(20):
+        try:
+            return await state.snapshot(reader.jetstream(), [subject], at_least=at_least)
+        except TransientError:
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no replica holding sequence {at_least} answered within ~40 s")
 
 
 async def test_a_read_through_a_follower_sees_the_write_before_it(nats_cluster: Cluster) -> None:
@@ -92,7 +104,7 @@ async def test_a_follower_resumed_after_a_hang_answers_only_once_caught_up(
             finally:
                 nats_cluster.nats.signal(follower, signal.SIGCONT)
             newest = acks[-1].seq
-            seen = await state.snapshot(reader.jetstream(), [subject], at_least=newest)
+            seen = await _read_as_a_worker_would(reader, subject, newest)
             message = seen.message(subject)
             assert message is not None and message.seq == newest, f"attempt {attempt}"
             await asyncio.sleep(1)
