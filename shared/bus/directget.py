@@ -149,13 +149,19 @@ class DirectGetter:
         """A batch from a replica holding sequence ``at_least``, asking again while the answer
         comes from one behind it."""
         up_to = 0
+        found: dict[str, StoredMsg] = {}
         for wait in BEHIND_RETRIES:
             if wait:
                 await asyncio.sleep(wait)
             found, up_to = await self._batch(js, stream, subjects)
-            # 0: no answer says (no message matched, or a server that does not tell).
-            if at_least <= 0 or up_to == 0 or up_to >= at_least:
+            if at_least <= 0 or up_to >= at_least:
                 return found
+            if found and up_to == 0:
+                return found  # a server that does not say up to where: nothing to check
+            # Nothing found is no proof either: a replica behind may not hold the subjects yet.
+        if not found and up_to == 0:
+            # Still nothing after every retry: the subjects have no messages (aged out).
+            return found
         raise ReplicaBehind(
             f"direct get on {stream}: the replicas that answered hold up to sequence {up_to}, "
             f"this read needs {at_least}"

@@ -197,3 +197,23 @@ async def test_the_end_of_batch_says_up_to_which_sequence() -> None:
     )
     assert len(done.result()) == 1
     assert getter._up_to["7"] == 12
+
+
+class _EmptyThenFound(DirectGetter):
+    """A replica behind answers "no results" for a subject it does not hold yet."""
+
+    def __init__(self) -> None:
+        super().__init__(NC)
+        self.asked = 0
+
+    async def _batch(self, js: Any, stream: str, subjects: Sequence[str]) -> Any:
+        self.asked += 1
+        if self.asked == 1:
+            return {}, 0
+        return {"a.1": StoredMsg("a.1", 9, {}, b"")}, 9
+
+
+async def test_no_results_from_a_replica_is_asked_again_under_a_barrier() -> None:
+    getter = _EmptyThenFound()
+    found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert found["a.1"].seq == 9 and getter.asked == 2
