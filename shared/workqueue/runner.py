@@ -214,17 +214,18 @@ class Runner:
                 waiting.set()
 
     async def _superseded(self, msg: Msg) -> bool:
-        """Whether a newer request for this subject is waiting, or ran after this one arrived
-        (the stream holds no message for the subject although this one was never settled)."""
+        """Whether a newer request for this subject is waiting. A direct get may be answered
+        by a follower of a replicated stream that does not hold this request yet: it then shows
+        an older request or none, which says nothing; only a newer one supersedes this one."""
         try:
             newest = await self._js.get_last_msg(REQUESTS_STREAM, msg.subject, direct=True)
         except NotFoundError:
-            return True
+            return False  # none, or a replica behind: running once too often is harmless
         except Exception as err:
             # Running once too often is harmless; skipping a needed run is not.
             log.debug("could not read the newest request on %s: %r", msg.subject, err)
             return False
-        return newest.seq != msg.metadata.sequence.stream
+        return (newest.seq or 0) > msg.metadata.sequence.stream
 
     async def _let_go(self, msg: Msg) -> None:
         """Ack a request that a newer one for the same object supersedes (that one runs)."""
