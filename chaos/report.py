@@ -19,6 +19,8 @@ class Report:
     duplicate_added_events: list[str] = field(default_factory=list)
     duplicate_details: dict[str, list[str]] = field(default_factory=dict)
     dead_letters: int = 0
+    # One line per dead letter: subject, reason, error (what a user would read with `dlq show`).
+    dead_letter_details: list[str] = field(default_factory=list)
     leaked_pids: list[int] = field(default_factory=list)
     kills: int = 0
     restarts: list[str] = field(default_factory=list)
@@ -68,6 +70,7 @@ class Report:
             f"CRs without an 'added' event: {len(self.missing_added_events)}; with more than "
             f"one: {len(self.duplicate_added_events)}; dead letters: {self.dead_letters}",
             *(f"  {name}: {'; '.join(seen)}" for name, seen in self.duplicate_details.items()),
+            *(f"  dead letter {line}" for line in self.dead_letter_details),
             f"leaked processes: {self.leaked_pids or 'none'}",
             f"NATS nodes: {self.nats_nodes}; spec changes during the chaos: {self.spec_changes}",
             f"status replicas: {self.status_replicas}; status writes: {self.status_writes}; "

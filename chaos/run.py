@@ -58,6 +58,7 @@ from memcached_operator.shared.bus.replay import replay
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
+from memcached_operator.shared.workqueue import deadletter
 
 # Short enough that a killed worker's request moves on within seconds.
 FAST = {"ACK_WAIT": "5", "LEASE_TTL": "5"}
@@ -254,6 +255,14 @@ class Chaos:
             dl_filter = f"{subjects.PREFIX}.{subjects.DEADLETTER}.*.{subjects.encode_token(self.namespace)}.*"
             info = await js.stream_info(DEADLETTER_STREAM, subjects_filter=dl_filter)
             self.report.dead_letters = sum((info.state.subjects or {}).values())
+            for subject in sorted(info.state.subjects or {}):
+                letter = await js.get_last_msg(DEADLETTER_STREAM, subject)
+                found = letter.headers or {}
+                self.report.dead_letter_details.append(
+                    f"{subject}: {found.get(deadletter.DL_REASON, '?')} after "
+                    f"{found.get(deadletter.DL_DELIVERIES, '?')} deliveries, worker "
+                    f"{found.get(deadletter.DL_WORKER, '?')}: {found.get(deadletter.DL_ERROR, '')}"
+                )
             consumer = await js.consumer_info(REQUESTS_STREAM, "mcop-reconcile")
             self.report.deliveries = consumer.delivered.consumer_seq
         finally:
@@ -381,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos")
     p.add_argument("--kill-every", type=float, default=3.0, help="seconds between reconciler kills")
     p.add_argument("--converge-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep the cluster's state and every process's log here (default: a temporary "
+        "directory, removed at the end)",
+    )
     args = p.parse_args(argv)
     report = run_chaos(
         n=args.n,
@@ -389,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         converge_timeout=args.converge_timeout,
         nats_nodes=args.nats_nodes,
         nats_kill_every=args.nats_kill_every,
+        state_dir=args.state_dir,
     )
     print("\n".join(report.lines()))
     if args.report is not None:

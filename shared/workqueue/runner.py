@@ -367,7 +367,7 @@ class Runner:
                     key,
                     err,
                 )
-                await _settle(msg, "nak", delay=settlement.delay)
+                await _settle(msg, "nak", delay=self._policy.uncopied(request, settlement))
                 return
             await _settle(msg, "ack")
 

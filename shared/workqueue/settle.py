@@ -139,6 +139,20 @@ class SettlePolicy:
         )
         return RetryTransient(error, retries, delay)
 
+    def uncopied(self, request: Request, retry: RetryTransient) -> float:
+        """The nak delay of a transient retry whose marked copy could not be published (NATS
+        itself is failing, e.g. a stream electing a leader): the redelivery counts, so it waits
+        as a counted failure would, never less than the transient delay. Otherwise a NATS
+        outage of a second would spend every delivery of the requests it hit."""
+        counted = retry_delay(
+            attempt=request.delivery,
+            base=self.backoff_base,
+            cap=self.backoff_cap,
+            retry_after=None,
+            jitter=self.jitter(),
+        )
+        return max(retry.delay, counted)
+
     def failure(self, request: Request, error: Exception) -> RetryFailure | DeadLetter:
         """A failure of the handler itself: counted, up to ``max_deliveries``."""
         if request.delivery >= self.max_deliveries:
