@@ -382,10 +382,15 @@ class Runner:
         metrics.workqueue_adds_total.labels(self._label).inc()
 
     async def _keep_alive(self, msg: Msg, held: Held, handler_task: asyncio.Task[Result]) -> None:
-        """In-progress acks and lease refreshes while the handler runs."""
+        """In-progress acks and lease refreshes while the handler runs. It ends when the
+        handler does, not only when cancelled: on Python 3.11 a library's ``wait_for`` can
+        swallow a cancellation (when the reply it waits for arrives at the same moment), and a
+        keep-alive that outlived its handler held its request in progress for ever."""
         interval = min(self.settings.ack_wait, self._leases.ttl) / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not handler_task.done():
+            await asyncio.wait({handler_task}, timeout=interval)
+            if handler_task.done():
+                return
             await _settle(msg, "in_progress")
             try:
                 held.revision = await self._leases.refresh(held.name, held.revision, held.value)
