@@ -261,16 +261,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
     and nats-server, started once per session on free ports in a temporary directory."""
-    state = tmp_path_factory.mktemp("cluster")
-    layout = Layout(state, base_port=free_port_block(), nodes=2)
-    try:
-        local_cluster.up(layout)
-    except Exception:
-        local_cluster.down(layout)
-        raise
-    instance = Cluster(layout)
-    yield instance
-    local_cluster.down(layout)
+    yield from _up(Layout(tmp_path_factory.mktemp("cluster"), base_port=free_port_block(), nodes=2))
 
 
 @pytest.fixture(scope="session")
@@ -278,14 +269,17 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Like ``cluster``, but NATS is a JetStream cluster of three nodes with every stream at
     three replicas (`cluster up --nats-nodes 3`); ``.nats`` finds and kills its nodes."""
     state = tmp_path_factory.mktemp("nats-cluster")
-    layout = Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3)
+    yield from _up(Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3))
+
+
+def _up(layout: Layout) -> Iterator[Cluster]:
+    """Bring ``layout``'s cluster up for a fixture, and down again after it (or on failure)."""
     try:
         local_cluster.up(layout)
     except Exception:
         local_cluster.down(layout)
         raise
-    instance = Cluster(layout)
-    yield instance
+    yield Cluster(layout)
     local_cluster.down(layout)
 
 

@@ -12,15 +12,14 @@ two status replicas never write one CR at the same time (the API server's audit 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from chaos.status_writes import overlapping, status_write_spans
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import REQUESTS_STREAM
 from memcached_operator.shared.events import codec as events
@@ -74,28 +73,9 @@ def _added_events(cluster: Cluster, namespace: str) -> dict[str, int]:
 
 def _overlapping_status_writes(cluster: Cluster, namespace: str) -> list[str]:
     """CRs whose status two requests wrote at once (from the audit log's timestamps)."""
-    spans: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
-    log = cluster.layout.state_dir / "logs" / "audit.log"
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        ref = entry.get("objectRef") or {}
-        if (
-            ref.get("resource") == "memcacheds"
-            and ref.get("subresource") == "status"
-            and ref.get("namespace") == namespace
-            and entry.get("verb") in ("patch", "update")
-            and entry.get("stage") == "ResponseComplete"
-        ):
-            start = datetime.fromisoformat(entry["requestReceivedTimestamp"])
-            end = datetime.fromisoformat(entry["stageTimestamp"])
-            spans[ref["name"]].append((start, end, entry.get("userAgent", "")))
-    overlapping = []
-    for name, writes in spans.items():
-        writes.sort()
-        for (_, end, _), (start, _, _) in itertools.pairwise(writes):
-            if start < end:
-                overlapping.append(name)
-    return overlapping
+    return overlapping(
+        status_write_spans(cluster.layout.state_dir / "logs" / "audit.log", namespace)
+    )
 
 
 def _kill_and_restart(cluster: Cluster, node: int, users: list[str]) -> None:

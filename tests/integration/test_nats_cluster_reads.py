@@ -64,6 +64,24 @@ async def _read_as_a_worker_would(reader: Client, subject: str, at_least: int) -
     raise AssertionError(f"no replica holding sequence {at_least} answered within ~40 s")
 
 
+async def _publish_while_hung(
+    cluster: Cluster, follower: int, writer: Client, subject: str, count: int = 200
+) -> int:
+    """Publish ``count`` messages on ``subject`` while ``follower`` is hung (SIGSTOP): the
+    other two replicas store them, the hung one misses them. The last one's sequence."""
+    cluster.nats.signal(follower, signal.SIGSTOP)
+    try:
+        acks = [
+            await writer.jetstream().publish(
+                subject, b"%d" % i, headers={"Nats-Msg-Id": uuid.uuid4().hex}
+            )
+            for i in range(count)
+        ]
+    finally:
+        cluster.nats.signal(follower, signal.SIGCONT)
+    return acks[-1].seq
+
+
 async def test_a_read_through_a_follower_sees_the_write_before_it(nats_cluster: Cluster) -> None:
     leader, follower = _leader_and_follower(nats_cluster)
     writer = await _connect(nats_cluster, leader)
@@ -92,18 +110,7 @@ async def test_a_follower_resumed_after_a_hang_answers_only_once_caught_up(
     reader = await _connect(nats_cluster, follower)
     try:
         for attempt in range(3):
-            nats_cluster.nats.signal(follower, signal.SIGSTOP)
-            try:
-                # The other two replicas store these; the hung one misses them.
-                acks = [
-                    await writer.jetstream().publish(
-                        subject, b"%d" % i, headers={"Nats-Msg-Id": uuid.uuid4().hex}
-                    )
-                    for i in range(200)
-                ]
-            finally:
-                nats_cluster.nats.signal(follower, signal.SIGCONT)
-            newest = acks[-1].seq
+            newest = await _publish_while_hung(nats_cluster, follower, writer, subject)
             seen = await _read_as_a_worker_would(reader, subject, newest)
             message = seen.message(subject)
             assert message is not None and message.seq == newest, f"attempt {attempt}"
@@ -131,18 +138,9 @@ async def test_the_pod_index_barrier_is_read_from_the_leader_not_a_replica_behin
     index = PodIndex(reader.jetstream())
     try:
         for attempt in range(3):
-            nats_cluster.nats.signal(follower, signal.SIGSTOP)
-            try:
-                acks = [
-                    await writer.jetstream().publish(
-                        subject, b"{}", headers={"Nats-Msg-Id": uuid.uuid4().hex}
-                    )
-                    for _ in range(200)
-                ]
-            finally:
-                nats_cluster.nats.signal(follower, signal.SIGCONT)
+            written = await _publish_while_hung(nats_cluster, follower, writer, subject)
             newest = await index.newest_event(namespace)
-            assert newest == acks[-1].seq, f"attempt {attempt}: a replica behind answered"
+            assert newest == written, f"attempt {attempt}: a replica behind answered"
             await asyncio.sleep(1)
     finally:
         nats_cluster.nats.signal(follower, signal.SIGCONT)
