@@ -58,11 +58,16 @@ def _rss_markdown(results: dict[str, Any]) -> str:
 _CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
+def _is_nats(name: str) -> bool:
+    # "nats-server", and "nats-server-1", "nats-server-2" of a NATS cluster
+    return name == "nats-server" or name.startswith("nats-server-")
+
+
 def _cpu_split(cpu: dict[str, float]) -> tuple[float, float, dict[str, float]]:
-    """Control plane, nats-server, and the contender's processes by name."""
-    own = {k: v for k, v in cpu.items() if k not in (*_CONTROL_PLANE, "nats-server")}
+    """Control plane, nats-server (every node of a cluster), and the contender's processes."""
+    own = {k: v for k, v in cpu.items() if k not in _CONTROL_PLANE and not _is_nats(k)}
     plane = sum(v for k, v in cpu.items() if k in _CONTROL_PLANE)
-    return plane, cpu.get("nats-server", 0.0), own
+    return plane, sum(v for k, v in cpu.items() if _is_nats(k)), own
 
 
 def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:

@@ -32,7 +32,7 @@ from bench.cluster import BenchCluster
 from bench.contenders import REPO
 from bench.harness import free_port, free_port_block, machine, source_version
 from bench.scenarios import Bench, log
-from deploy.local.layout import Layout
+from deploy.local.layout import Layout, block_size
 from deploy.local.processes import Supervisor
 from memcached_operator.shared.kube.client import KubeClient
 
@@ -41,7 +41,12 @@ RESULTS = REPO / "bench" / "results"
 
 async def main_async(args: argparse.Namespace) -> int:
     state = Path(tempfile.mkdtemp(prefix="mcop-bench-"))
-    layout = Layout(state, base_port=free_port_block(), nodes=args.nodes)
+    layout = Layout(
+        state,
+        base_port=free_port_block(block_size(args.nats_nodes)),
+        nodes=args.nodes,
+        nats_nodes=args.nats_nodes,
+    )
     cluster = BenchCluster(layout)
     log(f"cluster in {state} (ports from {layout.base_port})")
     proxy: Supervisor | None = None
@@ -98,6 +103,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "n": args.n,
             "size": args.size,
             "nodes": args.nodes,
+            "nats_nodes": args.nats_nodes,
             "latency_ms": args.latency_ms,
             "create_concurrency": args.create_concurrency,
             "concurrency": args.concurrency,
@@ -142,6 +148,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor-concurrency", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--nodes", type=int, default=4, help="fake kwok nodes")
+    p.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=[1, 3],
+        default=1,
+        help="NATS servers: 3 is a JetStream cluster with every stream at 3 replicas",
+    )
     p.add_argument("--timeout", type=float, default=0, help="per scenario (default 120 + 0.5 N)")
     p.add_argument("--watcher-changes", type=int, default=5000)
     p.add_argument("--skip-kopf", action="store_true")

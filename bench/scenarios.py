@@ -80,7 +80,7 @@ class Bench:
 
     async def purge_requests(self) -> None:
         """Leftover requests of an earlier scenario must not become this one's work."""
-        nc = await nats.connect(self.cluster.layout.nats_url)
+        nc = await nats.connect(servers=self.cluster.layout.nats_url.split(","))
         try:
             with contextlib.suppress(Exception):
                 await nc.jetstream().purge_stream(REQUESTS_STREAM)
@@ -239,7 +239,7 @@ class Bench:
         assert isinstance(contender, Pipeline)
         contender._service("watcher", "watcher", "--namespaces", namespace)
         await wait_service_ready(contender.ports["watcher"], timeout=60)
-        nc = await nats.connect(self.cluster.layout.nats_url)
+        nc = await nats.connect(servers=self.cluster.layout.nats_url.split(","))
         js = nc.jetstream()
         filter_ = subjects.wildcard(subjects.EVENTS, "memcached", namespace)
 

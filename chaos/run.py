@@ -7,6 +7,12 @@ kube-apiserver once each, in place, through the local Supervisor. Then it checks
 would: every CR has exactly one Deployment, as desired and controlled by it, and reports
 Available=True; the event stream holds exactly one ``added`` event per CR; the dead-letter stream
 holds nothing of this run; and after teardown no process it started is alive.
+
+Cluster mode (``--nats-nodes 3``): NATS is a JetStream cluster of three nodes with every stream
+at three replicas; instead of restarting the one server, NATS nodes are killed, hung and their
+leaders killed one at a time (chaos/nats_faults.py), every CR's size keeps changing meanwhile,
+and two status replicas run, whose writes the API server's audit log shows never overlapped
+for one CR (chaos/status_writes.py). The report lists every fault with its time.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +43,12 @@ from bench.harness import (
     process_env,
     service_command,
 )
+from chaos.nats_faults import NatsFaults
+from chaos.report import Report
+from chaos.status_writes import overlapping, status_write_spans
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.layout import Layout
+from deploy.local.layout import Layout, block_size
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.contract import owned_by
@@ -50,6 +58,7 @@ from memcached_operator.shared.bus.replay import replay
 from memcached_operator.shared.bus.streams import DEADLETTER_STREAM, EVENTS_STREAM, REQUESTS_STREAM
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, KubeClient
+from memcached_operator.shared.workqueue import deadletter
 
 # Short enough that a killed worker's request moves on within seconds.
 FAST = {"ACK_WAIT": "5", "LEASE_TTL": "5"}
@@ -57,65 +66,6 @@ FAST = {"ACK_WAIT": "5", "LEASE_TTL": "5"}
 
 def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Report:
-    n: int
-    namespace: str
-    converged: int = 0
-    available: int = 0
-    deployments: int = 0
-    wrong_deployments: list[str] = field(default_factory=list)
-    missing_added_events: list[str] = field(default_factory=list)
-    duplicate_added_events: list[str] = field(default_factory=list)
-    duplicate_details: dict[str, list[str]] = field(default_factory=dict)
-    dead_letters: int = 0
-    leaked_pids: list[int] = field(default_factory=list)
-    kills: int = 0
-    restarts: list[str] = field(default_factory=list)
-    deliveries: int | None = None
-    seconds_to_converge: float | None = None
-
-    @property
-    def lost(self) -> int:
-        return self.n - self.converged
-
-    @property
-    def duplicated(self) -> int:
-        extra = max(0, self.deployments - self.n)
-        return extra + len(self.duplicate_added_events)
-
-    @property
-    def stuck(self) -> int:
-        return self.n - self.available
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.lost == 0
-            and self.duplicated == 0
-            and self.stuck == 0
-            and not self.wrong_deployments
-            and not self.missing_added_events
-            and self.dead_letters == 0
-            and not self.leaked_pids
-        )
-
-    def lines(self) -> list[str]:
-        return [
-            f"CRs: {self.n}; converged (one correct Deployment): {self.converged}; "
-            f"Available: {self.available}; Deployments in the namespace: {self.deployments}",
-            f"lost {self.lost}, duplicated {self.duplicated}, stuck {self.stuck}",
-            f"time to converge: {self.seconds_to_converge} s from the first create",
-            f"reconcilers SIGKILLed: {self.kills}; restarted: {', '.join(self.restarts)}",
-            f"reconcile requests delivered (all workers, redeliveries included): {self.deliveries}",
-            f"CRs without an 'added' event: {len(self.missing_added_events)}; with more than "
-            f"one: {len(self.duplicate_added_events)}; dead letters: {self.dead_letters}",
-            *(f"  {name}: {'; '.join(seen)}" for name, seen in self.duplicate_details.items()),
-            f"leaked processes: {self.leaked_pids or 'none'}",
-            "RESULT: " + ("PASS" if self.ok else "FAIL"),
-        ]
 
 
 class Chaos:
@@ -128,8 +78,13 @@ class Chaos:
         self.services = Supervisor(layout.state_dir / "chaos")
         self.namespace = f"chaos-{random.randrange(16**5):05x}"
         self.pids: set[int] = set()
-        self.report = Report(n=n, namespace=self.namespace)
+        self.report = Report(n=n, namespace=self.namespace, nats_nodes=layout.nats_nodes)
         self.rng = random.Random(os.getpid())
+        self.clustered = layout.nats_nodes > 1
+        self.status_replicas = 2 if self.clustered else 1
+        self.report.status_replicas = self.status_replicas
+        self.nats_faults = NatsFaults(layout, rng=self.rng, log=log)
+        self.nats_kill_every = 10.0
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -162,7 +117,7 @@ class Chaos:
         self._track(new)
         self.report.restarts.append(component)
 
-    def wait_apiserver(self, timeout: float = 120) -> None:
+    def wait_apiserver(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -201,7 +156,7 @@ class Chaos:
                     self.kill_and_restart, "watcher-1", "watcher", "--namespaces", self.namespace
                 )
                 self.report.restarts.append("watcher-1")
-            if elapsed >= nats_at and "nats" not in done:
+            if elapsed >= nats_at and "nats" not in done and not self.clustered:
                 done.add("nats")
                 log("restart nats-server")
                 await asyncio.to_thread(self.restart_component, local_nats.NAME)
@@ -254,8 +209,15 @@ class Chaos:
                     good += 1
                 else:
                     wrong.append(name)
-            conds = (cr.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Available" and c.get("status") == "True" for c in conds):
+            status = cr.get("status") or {}
+            conds = status.get("conditions") or []
+            # The status matches the Deployment: this generation, all its replicas ready.
+            ready = ((dep or {}).get("status") or {}).get("readyReplicas") or 0
+            if (
+                any(c.get("type") == "Available" and c.get("status") == "True" for c in conds)
+                and status.get("observedGeneration") == cr["metadata"].get("generation")
+                and status.get("readyReplicas") == ready == cr["spec"].get("size", 1)
+            ):
                 available += 1
         r = self.report
         r.converged, r.available, r.deployments, r.wrong_deployments = (
@@ -267,7 +229,7 @@ class Chaos:
         return len(crs) == self.n and good == self.n and available == self.n
 
     async def check_streams(self) -> None:
-        nc = await nats.connect(self.layout.nats_url, connect_timeout=10)
+        nc = await nats.connect(servers=self.layout.nats_url.split(","), connect_timeout=10)
         try:
             js = nc.jetstream()
             added: Counter[str] = Counter()
@@ -293,6 +255,14 @@ class Chaos:
             dl_filter = f"{subjects.PREFIX}.{subjects.DEADLETTER}.*.{subjects.encode_token(self.namespace)}.*"
             info = await js.stream_info(DEADLETTER_STREAM, subjects_filter=dl_filter)
             self.report.dead_letters = sum((info.state.subjects or {}).values())
+            for subject in sorted(info.state.subjects or {}):
+                letter = await js.get_last_msg(DEADLETTER_STREAM, subject)
+                found = letter.headers or {}
+                self.report.dead_letter_details.append(
+                    f"{subject}: {found.get(deadletter.DL_REASON, '?')} after "
+                    f"{found.get(deadletter.DL_DELIVERIES, '?')} deliveries, worker "
+                    f"{found.get(deadletter.DL_WORKER, '?')}: {found.get(deadletter.DL_ERROR, '')}"
+                )
             consumer = await js.consumer_info(REQUESTS_STREAM, "mcop-reconcile")
             self.report.deliveries = consumer.delivered.consumer_seq
         finally:
@@ -306,11 +276,20 @@ class Chaos:
                 self.start_service(f"watcher-{i}", "watcher", "--namespaces", self.namespace)
             for i in range(3):
                 self.start_service(f"reconciler-{i}", "reconciler", "--concurrency", "8")
-            self.start_service("status", "status", "--concurrency", "16")
+            for i in range(self.status_replicas):
+                name = f"status-{i}" if self.clustered else "status"
+                self.start_service(name, "status", "--concurrency", "16")
             await asyncio.sleep(3)
             started = time.monotonic()
             log(f"creating {self.n} CRs in {self.namespace} while the chaos runs")
-            await asyncio.gather(self.create_in_waves(kube), self.chaos(started))
+            parts = [self.create_in_waves(kube), self.chaos(started)]
+            if self.clustered:
+                parts.append(
+                    self.nats_faults.run(duration=self.duration, kill_every=self.nats_kill_every)
+                )
+                parts.append(self.change_specs(kube, started))
+            await asyncio.gather(*parts)
+            self.report.faults = [f.line() for f in self.nats_faults.faults]
             log("chaos over; waiting for convergence")
             deadline = time.monotonic() + converge_timeout
             while time.monotonic() < deadline:
@@ -322,10 +301,32 @@ class Chaos:
                     log(f"checking convergence failed ({err}); retrying")
                 await asyncio.sleep(1)
             await self.check_streams()
+            spans = status_write_spans(self.layout.state_dir / "logs" / "audit.log", self.namespace)
+            self.report.status_writes = sum(len(w) for w in spans.values())
+            self.report.overlapping_status_writes = overlapping(spans)
         finally:
             await kube.close()
             await asyncio.to_thread(self.stop_all)
         return self.report
+
+    async def change_specs(self, kube: KubeClient, started: float) -> None:
+        """Keep changing CRs' sizes (1 to 3) while the chaos runs: reads right after a change,
+        on whichever replica answers, must see it."""
+        while time.monotonic() - started < self.duration:
+            await asyncio.sleep(0.25)
+            name = f"c-{self.rng.randrange(self.n):04d}"
+            body = {"spec": {"size": self.rng.randint(1, 3)}}
+            try:
+                await kube.request(
+                    "PATCH",
+                    MEMCACHED.path(self.namespace, name),
+                    body=body,
+                    resource="memcacheds",
+                    content_type="application/merge-patch+json",
+                )
+                self.report.spec_changes += 1
+            except Exception as err:
+                log(f"spec change of {name} failed ({type(err).__name__}); going on")
 
     def check_leaks(self, cluster_pids: set[int]) -> None:
         """Every process this run started (services, restarted and original components)."""
@@ -348,17 +349,22 @@ def run_chaos(
     kill_every: float = 3.0,
     converge_timeout: float = 240.0,
     state_dir: Path | None = None,
+    nats_nodes: int = 1,
+    nats_kill_every: float = 10.0,
 ) -> Report:
     """Bring up a cluster of its own, run the chaos, tear everything down, and report."""
     own = state_dir is None
     state = state_dir or Path(tempfile.mkdtemp(prefix="mcop-chaos-"))
-    layout = Layout(state, base_port=free_port_block(), nodes=2)
+    layout = Layout(
+        state, base_port=free_port_block(block_size(nats_nodes)), nodes=2, nats_nodes=nats_nodes
+    )
     chaos: Chaos | None = None
     cluster_pids: set[int] = set()
     try:
         local_cluster.up(layout)
         cluster_pids = {r.pid for r in Supervisor(state).records()}
         chaos = Chaos(layout, n=n, duration=duration, kill_every=kill_every)
+        chaos.nats_kill_every = nats_kill_every
         asyncio.run(chaos.run(converge_timeout=converge_timeout))
     finally:
         if chaos is not None:
@@ -373,18 +379,36 @@ def run_chaos(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__)
-    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--n", "--crs", dest="n", type=int, default=500, help="CRs to create")
+    p.add_argument(
+        "--nats-nodes", type=int, choices=[1, 3], default=1, help="3: cluster mode (see above)"
+    )
+    p.add_argument(
+        "--nats-kill-every", type=float, default=10.0, help="cluster mode: seconds between kills"
+    )
+    p.add_argument("--report", type=Path, help="also write the report to this file")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos")
     p.add_argument("--kill-every", type=float, default=3.0, help="seconds between reconciler kills")
     p.add_argument("--converge-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep the cluster's state and every process's log here (default: a temporary "
+        "directory, removed at the end)",
+    )
     args = p.parse_args(argv)
     report = run_chaos(
         n=args.n,
         duration=args.duration,
         kill_every=args.kill_every,
         converge_timeout=args.converge_timeout,
+        nats_nodes=args.nats_nodes,
+        nats_kill_every=args.nats_kill_every,
+        state_dir=args.state_dir,
     )
     print("\n".join(report.lines()))
+    if args.report is not None:
+        args.report.write_text("\n".join(report.lines()) + "\n")
     return 0 if report.ok else 1
 
 

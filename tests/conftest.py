@@ -23,7 +23,8 @@ import pytest
 from deploy.local import build
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.layout import Layout, free_base_port
+from deploy.local.layout import Layout, block_size, free_base_port
+from deploy.local.nats_cluster import NatsCluster
 from deploy.local.processes import Supervisor
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.models import Memcached
@@ -85,6 +86,7 @@ class Cluster:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.supervisor = Supervisor(layout.state_dir)
+        self.nats = NatsCluster(layout)
 
     @property
     def kubeconfig(self) -> str:
@@ -259,23 +261,35 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
     and nats-server, started once per session on free ports in a temporary directory."""
-    state = tmp_path_factory.mktemp("cluster")
-    layout = Layout(state, base_port=free_port_block(), nodes=2)
+    yield from _up(Layout(tmp_path_factory.mktemp("cluster"), base_port=free_port_block(), nodes=2))
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Like ``cluster``, but NATS is a JetStream cluster of three nodes with every stream at
+    three replicas (`cluster up --nats-nodes 3`); ``.nats`` finds and kills its nodes."""
+    state = tmp_path_factory.mktemp("nats-cluster")
+    yield from _up(Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3))
+
+
+def _up(layout: Layout) -> Iterator[Cluster]:
+    """Bring ``layout``'s cluster up for a fixture, and down again after it (or on failure)."""
     try:
         local_cluster.up(layout)
     except Exception:
         local_cluster.down(layout)
         raise
-    instance = Cluster(layout)
-    yield instance
+    yield Cluster(layout)
     local_cluster.down(layout)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.failed and "cluster" in getattr(item, "fixturenames", ()):
-        instance = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    names = getattr(item, "fixturenames", ())
+    if report.failed and ("cluster" in names or "nats_cluster" in names):
+        funcargs = getattr(item, "funcargs", {})
+        instance = funcargs.get("cluster") or funcargs.get("nats_cluster")
         if isinstance(instance, Cluster):
             for name, tail in instance.logs().items():
                 report.sections.append((f"log tail: {name}", tail))

@@ -88,8 +88,9 @@ class StoredMessage:
 async def read_stream(
     nats_url: str, filter_subject: str, *, stream: str = EVENTS_STREAM
 ) -> list[StoredMessage]:
-    """Every message of `stream` matching `filter_subject`, in stream order."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
+    """Every message of `stream` matching `filter_subject`, in stream order (``nats_url`` may
+    list several servers, comma-separated, as for a NATS cluster)."""
+    nc = await nats.connect(servers=nats_url.split(","), connect_timeout=5)
     try:
         js = nc.jetstream()
         config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)

@@ -11,6 +11,10 @@ do), installs the CRD, waits until all of it answers, and prints `export` lines 
 All ports derive from one base port, so a second instance (the test suite's) runs beside a
 developer's without collisions (deploy/local/layout.py). `down` stops exactly the processes
 recorded in the state directory. The command line is deploy/local/cluster_command.py.
+
+With ``--nats-nodes 3`` NATS is a JetStream cluster of three servers on loopback (routes between
+them, each with its own store), the streams and the lease bucket are created with three
+replicas, and NATS_URL lists every node (deploy/local/nats.py, deploy/local/nats_cluster.py).
 """
 
 from __future__ import annotations
@@ -134,12 +138,25 @@ def _audit_policy(path: Path) -> None:
     )
 
 
+def stream_replicas(layout: Layout) -> int:
+    """Replicas of every stream: 3 on a cluster of three or more NATS nodes (what deploy/base
+    runs), else 1 (two nodes cannot keep a quorum of R2 through the loss of either)."""
+    return 3 if layout.nats_nodes >= 3 else 1
+
+
+def components(layout: Layout) -> tuple[str, ...]:
+    """The recorded processes of this instance, in start order (every NATS node)."""
+    nodes = tuple(local_nats.node_name(n) for n in range(1, layout.nats_nodes))
+    return (*COMPONENTS, *nodes)
+
+
 def ensure_streams(layout: Layout) -> None:
     """The administrative step: the streams and the lease bucket, created as the NATS admin
     with the real `memcached-operator streams ensure` (what the Job nats-streams runs)."""
     env = {**os.environ, **layout.nats_credentials("admin")}
     for name in ("STREAM_REPLICAS", "EVENTS_MAX_AGE", "LEASE_TTL"):
-        env.pop(name, None)  # one node: the defaults, whatever this shell has set
+        env.pop(name, None)  # the defaults, whatever this shell has set
+    env["STREAM_REPLICAS"] = str(stream_replicas(layout))
     argv = [sys.executable, "-m", "memcached_operator.cli", "streams", "ensure"]
     _run(argv, what="streams ensure", env=env, cwd=REPO)
 
@@ -286,14 +303,9 @@ def up(layout: Layout, *, nats_tls: bool | None = None) -> None:
         log(f"{component} ready")
 
     _ensure_nodes(layout)
-    local_nats.start(
-        sup,
-        port=layout.nats_port,
-        monitor_port=layout.nats_monitor_port,
-        auth=True,
-        tls=nats_tls,
-    )
-    log(f"nats-server ready{' (TLS only)' if layout.nats_tls else ''}")
+    start_nats(layout, sup, tls=nats_tls)
+    nodes = f"{layout.nats_nodes} nodes" if layout.nats_nodes > 1 else "one node"
+    log(f"nats-server ready ({nodes}{', TLS only' if layout.nats_tls else ''})")
     ensure_streams(layout)
     log("streams ready")
     if CRD_FILE.exists():
@@ -333,6 +345,16 @@ def publish_nats_configmap(layout: Layout) -> None:
     ]
     for doc in docs:
         kubectl(layout, "apply", "--server-side", "-f", "-", input_=json.dumps(doc))
+
+
+def start_nats(layout: Layout, sup: Supervisor, *, tls: bool | None = None) -> None:
+    """Start (or keep) the instance's nats-server, or every node of its NATS cluster."""
+    if layout.nats_nodes <= 1:
+        local_nats.start(
+            sup, port=layout.nats_port, monitor_port=layout.nats_monitor_port, auth=True, tls=tls
+        )
+    else:
+        local_nats.start_cluster(sup, ports=layout.nats_ports, auth=True, tls=tls)
 
 
 def _insecure() -> ssl.SSLContext:
@@ -397,7 +419,7 @@ def _has_default_sa(layout: Layout) -> bool:
 
 def down(layout: Layout, *, purge: bool = False) -> list[str]:
     sup = Supervisor(layout.state_dir)
-    stopped = [name for name in reversed(COMPONENTS) if sup.stop(name)]
+    stopped = [name for name in reversed(components(layout)) if sup.stop(name)]
     if purge:
         shutil.rmtree(layout.state_dir, ignore_errors=True)
     return stopped
@@ -406,7 +428,7 @@ def down(layout: Layout, *, purge: bool = False) -> list[str]:
 def status(layout: Layout) -> dict[str, dict[str, object]]:
     sup = Supervisor(layout.state_dir)
     out: dict[str, dict[str, object]] = {}
-    for name in COMPONENTS:
+    for name in components(layout):
         rec = sup.get(name)
         out[name] = {
             "running": bool(rec and rec.alive()),

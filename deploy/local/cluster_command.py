@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from deploy.local import build
-from deploy.local.cluster import COMPONENTS, down, log, status, up
+from deploy.local.cluster import components, down, log, status, up
 from deploy.local.layout import DEFAULT_BASE_PORT, Layout, default_state_dir
+from deploy.local.nats_cluster import NatsCluster
 
 
 def env_lines(layout: Layout) -> list[str]:
@@ -47,15 +48,25 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-port",
         type=int,
         default=int(os.environ.get("MCOP_BASE_PORT", DEFAULT_BASE_PORT)),
-        help="first of 8 consecutive loopback ports (env MCOP_BASE_PORT)",
+        help="first of 8 consecutive loopback ports, 15 with --nats-nodes 3 (env MCOP_BASE_PORT)",
     )
     parser.add_argument(
         "--nodes", type=int, default=int(os.environ.get("MCOP_NODES", "1")), help="fake nodes"
     )
+    parser.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=[1, 3],
+        default=int(os.environ.get("MCOP_NATS_NODES", "1")),
+        help="NATS servers: 1, or a JetStream cluster of 3 with every stream at 3 replicas "
+        "(env MCOP_NATS_NODES; an existing state directory keeps what it was made with)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    layout = Layout.load(args.state_dir, base_port=args.base_port, nodes=args.nodes)
+    layout = Layout.load(
+        args.state_dir, base_port=args.base_port, nodes=args.nodes, nats_nodes=args.nats_nodes
+    )
     if args.action == "up":
         up(layout, nats_tls=args.nats_tls)
         print("\n".join(env_lines(layout)))
@@ -68,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             state = "running" if info["running"] else "stopped"
             running += bool(info["running"])
             print(f"{name:<26} {state:<8} pid={info['pid'] or '-'}")
-        return 0 if running == len(COMPONENTS) else 3
+        print("\n".join(NatsCluster(layout).describe()))
+        return 0 if running == len(components(layout)) else 3
     else:
         print("\n".join(env_lines(layout)))
     return 0

@@ -149,7 +149,9 @@ def show(layout: Layout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    layout = Layout.load(args.state_dir, base_port=args.base_port, nodes=args.nodes)
+    layout = Layout.load(
+        args.state_dir, base_port=args.base_port, nodes=args.nodes, nats_nodes=args.nats_nodes
+    )
     print("[demo] bringing up the local control plane and NATS", flush=True)
     local_cluster.up(layout)
     sup = start_fleet(layout)

@@ -21,6 +21,13 @@ OPERATOR_NAMESPACE = "memcached-operator"
 SERVICES = ("watcher", "reconciler", "status")
 
 
+def block_size(nats_nodes: int = 1) -> int:
+    """How many consecutive ports an instance with ``nats_nodes`` NATS nodes uses: the 8 of a
+    one-node instance, and for a cluster a route port for node 0 and client, monitor and
+    route ports for each further node, after them (so the first 8 mean what they always did)."""
+    return 8 if nats_nodes <= 1 else 9 + 3 * (nats_nodes - 1)
+
+
 def free_base_port(size: int = 8) -> int:
     """A base port whose `size` consecutive loopback ports are free now, taken below Linux's
     ephemeral range (32768+) so that outgoing connections cannot grab them before `up` binds."""
@@ -63,8 +70,10 @@ class Layout:
     state_dir: Path
     base_port: int = DEFAULT_BASE_PORT
     nodes: int = 1
+    nats_nodes: int = 1
 
-    # The block of 8 consecutive ports from base_port, in this order (free_base_port's size).
+    # The block of 8 consecutive ports from base_port, in this order (free_base_port's size);
+    # a NATS cluster's further ports follow them (nats_node_ports, block_size).
     etcd_port = _Port(0)
     etcd_peer_port = _Port(1)
     apiserver_port = _Port(2)
@@ -73,6 +82,18 @@ class Layout:
     kwok_port = _Port(5)
     nats_port = _Port(6)
     nats_monitor_port = _Port(7)
+
+    def nats_node_ports(self, node: int) -> tuple[int, int, int]:
+        """Client, monitor and route port of NATS node ``node`` (0 is the single server's)."""
+        if node == 0:
+            return self.nats_port, self.nats_monitor_port, self.base_port + 8
+        first = self.base_port + 9 + 3 * (node - 1)
+        return first, first + 1, first + 2
+
+    @property
+    def nats_ports(self) -> list[tuple[int, int, int]]:
+        """Every NATS node's client, monitor and route port."""
+        return [self.nats_node_ports(node) for node in range(self.nats_nodes)]
 
     @property
     def kubeconfig(self) -> Path:
@@ -95,12 +116,17 @@ class Layout:
         if "admin" not in passwords:
             return self._nats_address
         secret = urllib.parse.quote(passwords["admin"], safe="")
-        scheme, _, address = self._nats_address.partition("://")
-        return f"{scheme}://admin:{secret}@{address}"
+        urls = []
+        for url in self._nats_address.split(","):
+            scheme, _, address = url.partition("://")
+            urls.append(f"{scheme}://admin:{secret}@{address}")
+        return ",".join(urls)
 
     @property
     def _nats_address(self) -> str:
-        return f"{'tls' if self.nats_tls else 'nats'}://127.0.0.1:{self.nats_port}"
+        """Every node's URL, comma-separated (what NATS_URL takes for a cluster)."""
+        scheme = "tls" if self.nats_tls else "nats"
+        return ",".join(f"{scheme}://127.0.0.1:{client}" for client, _, _ in self.nats_ports)
 
     def nats_credentials(self, user: str) -> dict[str, str]:
         """Environment for a process connecting as `user` (watcher, reconciler, status,
@@ -126,11 +152,20 @@ class Layout:
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "layout.json").write_text(
-            json.dumps({"base_port": self.base_port, "nodes": self.nodes})
+            json.dumps(
+                {"base_port": self.base_port, "nodes": self.nodes, "nats_nodes": self.nats_nodes}
+            )
         )
 
     @classmethod
-    def load(cls, state_dir: Path, *, base_port: int | None = None, nodes: int = 1) -> Layout:
+    def load(
+        cls,
+        state_dir: Path,
+        *,
+        base_port: int | None = None,
+        nodes: int = 1,
+        nats_nodes: int = 1,
+    ) -> Layout:
         """The saved layout of `state_dir`, else one with the given (or default) base port."""
         try:
             saved = json.loads((state_dir / "layout.json").read_text())
@@ -140,6 +175,7 @@ class Layout:
             state_dir,
             base_port=saved.get("base_port", base_port or DEFAULT_BASE_PORT),
             nodes=saved.get("nodes", nodes),
+            nats_nodes=saved.get("nats_nodes", nats_nodes),
         )
 
 

@@ -8,15 +8,23 @@ passwords (generated once into the state directory) from its environment, as the
 StatefulSet does from a Secret. With TLS on, clients must connect with TLS, verifying the
 server's certificate (issued by the local PKI, services/admin/pki.py, for localhost and
 127.0.0.1) against the PKI's CA; a plain connection is refused.
+
+A JetStream cluster is the same server N times (`cluster up --nats-nodes 3`): node i has its own
+config, store directory, log and record (:func:`node_name`), and a ``cluster`` block whose routes
+name every node's route port on loopback, so the nodes find each other whichever starts first.
+Node 0 keeps the single server's names, so a one-node instance is exactly what it was.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.processes import Record, Supervisor
@@ -49,6 +57,47 @@ def binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class Peers:
+    """Where node ``node`` of a JetStream cluster stands: its route port and all nodes' ones."""
+
+    node: int
+    route_ports: tuple[int, ...]
+
+    @property
+    def route_port(self) -> int:
+        return self.route_ports[self.node]
+
+
+def node_name(node: int) -> str:
+    """The record (and log) name of node ``node``: node 0 is the single server's."""
+    return NAME if node == 0 else f"{NAME}-{node}"
+
+
+def server_name(node: int | None) -> str:
+    """The NATS server name of cluster node ``node`` (None: the single server)."""
+    return "mcop-local" if node is None else f"mcop-local-{node}"
+
+
+def _suffix(node: int) -> str:
+    return "" if node == 0 else f"-{node}"
+
+
+def _cluster_block(peers: Peers | None) -> list[str]:
+    if peers is None:
+        return []
+    routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in peers.route_ports)
+    return [
+        "cluster {",
+        "  name: mcop-local",
+        f"  listen: 127.0.0.1:{peers.route_port}",
+        f"  routes: [{routes}]",
+        # Loopback only: a lost node is back within seconds, so reconnect to it quickly.
+        "  connect_retries: 120",
+        "}",
+    ]
+
+
 def write_config(
     state_dir: Path,
     *,
@@ -57,13 +106,17 @@ def write_config(
     extra: str = "",
     auth: bool = False,
     tls: bool = False,
+    peers: Peers | None = None,
 ) -> Path:
-    store = state_dir / "nats-store"
+    node = peers.node if peers is not None else 0
+    store = state_dir / f"nats-store{_suffix(node)}"
     store.mkdir(parents=True, exist_ok=True)
-    conf = state_dir / "nats.conf"
+    conf = state_dir / f"nats{_suffix(node)}.conf"
     include: list[str] = []
     if auth:
-        (state_dir / "auth.conf").write_text(nats_conf.authorization_block())
+        # Shared by a cluster's nodes, which start together: written in one rename, and only
+        # when it changes, so that no node reads it half-written.
+        _write_atomically(state_dir / "auth.conf", nats_conf.authorization_block())
         include = ['include "auth.conf"']
     tls_block: list[str] = []
     if tls:
@@ -80,7 +133,7 @@ def write_config(
             [
                 f"listen: 127.0.0.1:{port}",
                 f"http: 127.0.0.1:{monitor_port}",
-                "server_name: mcop-local",
+                f"server_name: {server_name(node if peers is not None else None)}",
                 "max_payload: 8MB",
                 "jetstream {",
                 f'  store_dir: "{store}"',
@@ -89,6 +142,7 @@ def write_config(
                 "  max_file_store: 9GB",
                 "}",
                 *tls_block,
+                *_cluster_block(peers),
                 *include,
                 extra,
                 "",
@@ -98,9 +152,20 @@ def write_config(
     return conf
 
 
-def _config_text(state_dir: Path) -> str:
+def _write_atomically(path: Path, text: str) -> None:
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    part.write_text(text)
+    part.replace(path)
+
+
+def _config_text(state_dir: Path, node: int = 0) -> str:
     parts = []
-    for name in ("nats.conf", "auth.conf"):
+    for name in (f"nats{_suffix(node)}.conf", "auth.conf"):
         try:
             parts.append((state_dir / name).read_text())
         except OSError:
@@ -116,15 +181,21 @@ def start(
     extra: str = "",
     auth: bool | None = None,
     tls: bool | None = None,
+    peers: Peers | None = None,
+    wait: bool = True,
 ) -> Record:
     """Start nats-server, or keep the running one if its configuration is unchanged.
 
      ``auth`` and ``tls`` None mean: as the state directory says (auth on once passwords were
      generated there, see :func:`~memcached_operator.admin.nats_conf.ensure_passwords`
     ; TLS on once it was
-     asked for), so a restart keeps the users and the transport.
+     asked for), so a restart keeps the users and the transport. ``peers`` makes it one node
+     of a cluster; ``wait`` False returns before it accepts clients (a cluster's nodes are
+     started together, see :func:`start_cluster`).
     """
     state = sup.state_dir
+    node = peers.node if peers is not None else 0
+    name = node_name(node)
     passwords = nats_conf.ensure_passwords(state) if auth else nats_conf.load_passwords(state)
     use_auth = passwords is not None if auth is None else auth
     if tls is not None:
@@ -133,7 +204,7 @@ def start(
             marker.touch()
         else:
             marker.unlink(missing_ok=True)
-    before = _config_text(state)
+    before = _config_text(state, node)
     conf = write_config(
         state,
         port=port,
@@ -141,17 +212,63 @@ def start(
         extra=extra,
         auth=use_auth,
         tls=tls_enabled(state),
+        peers=peers,
     )
-    if _config_text(state) != before and sup.running(NAME) is not None:
+    if _config_text(state, node) != before and sup.running(name) is not None:
         # Users or ports changed (e.g. a state directory from before authentication): the
         # running server must pick them up. Its data on disk is kept.
-        sup.stop(NAME)
+        sup.stop(name)
     env = dict(os.environ)
     if use_auth and passwords is not None:
         env.update(nats_conf.server_environment(passwords, cost=LOCAL_BCRYPT_COST))
-    rec = sup.start(NAME, [binary(), "-c", str(conf)], env=env)
-    wait_ready(port)
+    rec = sup.start(name, [binary(), "-c", str(conf)], env=env)
+    if wait:
+        wait_ready(port)
     return rec
+
+
+def start_cluster(
+    sup: Supervisor,
+    *,
+    ports: list[tuple[int, int, int]],
+    auth: bool | None = None,
+    tls: bool | None = None,
+) -> list[Record]:
+    """Start (or keep) every node of a cluster: ``ports`` holds each node's client, monitor and
+    route port. All are started before any is waited for: JetStream waits for its peers."""
+    route_ports = tuple(route for _, _, route in ports)
+    records = [
+        start(
+            sup,
+            port=client,
+            monitor_port=monitor,
+            auth=auth,
+            tls=tls,
+            peers=Peers(node, route_ports),
+            wait=False,
+        )
+        for node, (client, monitor, _) in enumerate(ports)
+    ]
+    for client, monitor, _ in ports:
+        wait_ready(client)
+        wait_healthy(monitor)
+    return records
+
+
+def wait_healthy(monitor_port: int, timeout: float = 60.0) -> None:
+    """Wait until the node's ``/healthz`` says ok: JetStream is up and, in a cluster, the
+    meta-leader is elected and the node is current (before that, stream requests time out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://127.0.0.1:{monitor_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if json.loads(resp.read()).get("status") == "ok":
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"nats-server (monitor {monitor_port}) not healthy after {timeout}s")
 
 
 def wait_ready(port: int, timeout: float = 30.0) -> None:

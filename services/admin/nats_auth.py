@@ -218,9 +218,11 @@ USERS: tuple[User, ...] = (
                 f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(OUTCOMES, RECONCILE)}",
                 *_observed_state(STATUS_READS),
                 # The pod index (services/status/pod_index.py): an ordered consumer of the pod
-                # events and a direct get of the newest one per namespace.
+                # events, and the newest one per namespace from the stream's leader (a message
+                # get, not a direct get: its body names the subject, so NATS cannot scope it; it
+                # reads no more than the batched direct gets above already may).
                 *_ordered_consumer(EVENTS_STREAM),
-                f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS, 'pod')}",
+                f"{API}.STREAM.MSG.GET.{EVENTS_STREAM}",
                 # Yielding to the reconciler's backlog (shared/workqueue/yielding.py): its
                 # consumer's info, which holds the count of requests waiting for a worker.
                 f"{API}.CONSUMER.INFO.{REQUESTS_STREAM}.{RECONCILE_CONTROLLER.durable}",

@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +150,7 @@ class MemcachedReconciler:
         cr_obj: dict[str, Any] | None = None
         previous: Outcome | None = None
         try:
-            cr_obj, streamed, previous, verified = await self._observe(key)
+            cr_obj, streamed, previous, verified = await self._observe(key, request.headers)
             cr_obj, plan = await self._plan(key, cr_obj, streamed, verified=verified)
             written = await self._converge(key, plan)
             trace.get_current_span().set_attribute("reconcile.written", written)
@@ -187,10 +188,12 @@ class MemcachedReconciler:
             raise failure from err
 
     async def _observe(
-        self, key: ObjectKey
+        self, key: ObjectKey, headers: Mapping[str, str]
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None], Outcome | None, bool]:
         """The CR, its owned objects as streamed, its newest stored outcome, all in one round
-        trip to NATS, and whether the CR came from the API server (it was never streamed).
+        trip to NATS, each at least as new as the event that caused the request (``headers``: a
+        replica behind it is not asked), and whether the CR came from the API server (it was
+        never streamed).
         A CR that is gone is :class:`Gone`; a streamed CR its event does not vouch for is a
         :class:`~memcached_operator.reconciler.verify.ForgedMessage`."""
         seen = await state.snapshot(
@@ -200,6 +203,7 @@ class MemcachedReconciler:
                 *(state.event_subject(kind, key) for kind, _ in OWNED),
                 outcome_subject(key),
             ),
+            at_least=state.after(headers),
         )
         previous = stored_outcome(seen.message(outcome_subject(key)))
         observed = seen.observed("memcached", key)
@@ -419,13 +423,19 @@ async def publish_outcome(js: JetStreamContext, outcome: Outcome, *, store: bool
         headers[events.MSG_ID] = attrs["id"]
         headers.update(trace_headers)
         span.set_attribute("messaging.message.id", attrs["id"])
+        stored_at = 0
         if store:
-            await js.publish(subject, outcome.to_json(), headers=headers)
+            stored_at = (await js.publish(subject, outcome.to_json(), headers=headers)).seq
         else:
             OUTCOMES_NOT_STORED.inc()
         await enqueue(
             js,
             controller=STATUS_CONTROLLER,
             key=key,
-            headers={**trace_headers, ORIGIN: f"reconciler:{outcome.result}"},
+            # The status service reads this outcome: from a replica that holds it.
+            headers={
+                **trace_headers,
+                ORIGIN: f"reconciler:{outcome.result}",
+                **state.after_header(stored_at),
+            },
         )

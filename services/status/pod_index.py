@@ -14,7 +14,8 @@ its own.
 Freshness. A refresh must not miss a pod change that happened before its request. Before it
 reads, a refresh asks the stream for the sequence of the newest pod event in the CR's namespace
 (one direct get) and waits until the index has folded up to it: a read-your-writes barrier that
-covers every request, whichever change caused it and whatever it was coalesced with. If the
+covers every request, whichever change caused it and whatever it was coalesced with. That one
+read goes to the stream's leader (a replica of an R3 stream may be behind it). If the
 index does not get there in time (NATS is restarting, the index is resubscribing), the refresher
 lists the pods from the API server instead, so a lagging index costs a request, never a wrong
 status.
@@ -94,24 +95,31 @@ class PodIndex:
         )
         return sorted(endpoint(pod.ip) for pod in pods if pod is not None and pod.ready and pod.ip)
 
+    async def newest_event(self, namespace: str) -> int:
+        """Stream sequence of the newest pod event of ``namespace`` (0: none). Asked of the
+        stream's leader, not with a direct get: on a replicated stream a direct get may be
+        answered by a replica that does not hold the newest pod event yet, and the barrier
+        would let a refresh read pods older than its request."""
+        try:
+            newest = await self._js.get_last_msg(
+                EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace), direct=False
+            )
+        except NotFoundError:
+            return 0
+        return newest.seq or 0
+
     async def caught_up(self, namespace: str, *, timeout: float) -> bool:
         """Whether the index has folded every pod event of ``namespace`` the stream held when
         asked, waiting up to ``timeout`` seconds for it to get there."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            newest = await asyncio.wait_for(
-                self._js.get_last_msg(
-                    EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace), direct=True
-                ),
-                timeout=timeout,
-            )
-        except NotFoundError:
-            return self._task is not None  # no pod events at all: nothing to wait for
+            needed = await asyncio.wait_for(self.newest_event(namespace), timeout=timeout)
         except Exception as err:
             log.debug("pod index: could not read the newest pod event: %r", err)
             return False
-        needed = newest.seq or 0
+        if not needed:
+            return self._task is not None  # no pod events at all: nothing to wait for
         while self.sequence < needed:
             left = deadline - loop.time()
             if left <= 0:

@@ -209,7 +209,7 @@ class StatusRefresher:
             state.event_subject("deployment", key),
         )
         seen, indexed = await asyncio.gather(
-            state.snapshot(self.js, wanted),
+            state.snapshot(self.js, wanted, at_least=state.after(request.headers)),
             self.pods.caught_up(key.namespace, timeout=self.index_wait),
         )
         stored = stored_outcome(seen.message(wanted[0]))

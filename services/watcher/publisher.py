@@ -6,6 +6,13 @@ re-sent, with everything after it, and the message ids (``Nats-Msg-Id``) make re
 messages harmless. A message that cannot be published is dead-lettered so that the next one can
 be (deadletters.py). What to publish for a change is emitter.py's; requests published here count
 as workqueue adds, as those of :func:`memcached_operator.shared.workqueue.queue.enqueue` do.
+
+A request is published only once the event before it is stored, and carries that event's
+stream sequence (``Mcop-Events-Seq``, shared/events/state.py): on a NATS cluster the events and
+requests streams have their own leaders, so a request published right behind its event could
+otherwise reach a worker before the event is readable, and a follower answering the worker's
+read might not hold the event yet. Requests wait for the next flush (at most ~20 ms, or a full
+batch), which keeps publishing pipelined.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from prometheus_client import Counter
 
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.events import state
+from memcached_operator.shared.events.codec import MSG_ID
 from memcached_operator.shared.runtime import metrics
 from memcached_operator.shared.runtime.progress import TRACKER, Progress
 from memcached_operator.watcher.deadletters import (
@@ -76,6 +85,8 @@ class Message:
     headers: dict[str, str]
     event: str  # "<kind>.<change>" for an event, '' for a request
     key: ObjectKey  # the object it is about, named in its dead-letter record
+    seq: int = 0  # its stream sequence once stored
+    after: Message | None = None  # for a request: the event it follows
 
 
 class Publisher:
@@ -110,6 +121,9 @@ class Publisher:
         self._progress = progress
         self._unsettled = 0
         self._pending: list[tuple[Message, asyncio.Future[Any]]] = []
+        # Requests waiting for the events before them to be stored (see the module docstring).
+        self._requests: list[Message] = []
+        self._last_event: Message | None = None
         self._flushing = asyncio.Lock()
 
     def _waiting(self, delta: int) -> None:
@@ -127,8 +141,26 @@ class Publisher:
         return self.nc is None or bool(self.nc.is_connected)
 
     async def send(self, message: Message) -> None:
-        """Publish ``message`` after every message sent before it."""
+        """Publish ``message`` after every message sent before it (a request: once the events
+        before it are stored)."""
         self._waiting(+1)
+        if not message.event and message.subject:
+            message.after = self._last_event
+            self._requests.append(message)
+            if len(self._requests) >= self.batch:
+                await self.flush()
+            return
+        self._last_event = message
+        # Not while a flush confirms (and may re-send) earlier messages: everything in flight
+        # is then in the one list it confirms, so a re-send never overtakes a newer event of
+        # the same object published meanwhile (see _resend).
+        async with self._flushing:
+            await self._pipeline(message, flushing=True)
+        if len(self._pending) >= self.batch:
+            await self.flush()
+
+    async def _pipeline(self, message: Message, *, flushing: bool = False) -> None:
+        """Publish without waiting for the ack (``flushing``: called from :meth:`flush`)."""
         size = message_size(message.headers, message.body)
         if size > self._max_payload():
             # The server would close the connection (nats-py counts the body only): never send.
@@ -151,18 +183,21 @@ class Publisher:
             log.warning(
                 "pipelined publish to %s refused (%s); publishing in order", message.subject, err
             )
-            await self.flush()
+            if flushing:
+                await self._confirm()
+            else:
+                await self.flush()
             await self._store(message)
             return
         self._pending.append((message, future))
-        if len(self._pending) >= self.batch:
+        if len(self._pending) >= self.batch and not flushing:
             await self.flush()
 
     async def run_flusher(self, interval: float = 0.02) -> None:
         """Confirm pipelined publishes every `interval` seconds while changes trickle in."""
         while True:
             await asyncio.sleep(interval)
-            if self._pending:
+            if self._pending or self._requests:
                 await self.flush()
 
     async def flush(self) -> None:
@@ -170,29 +205,71 @@ class Publisher:
         that failed (the message ids make re-sends of stored messages harmless). One flush at
         a time, so a later batch is never confirmed before an earlier one is re-sent."""
         async with self._flushing:
-            pending, self._pending = self._pending, []
-            failed_from: int | None = None
-            for i, (message, future) in enumerate(pending):
-                try:
-                    # Bounded: an ack lost with a dropped connection would otherwise stall the
-                    # watcher for good; the re-send below is harmless if the message was stored.
-                    ack = await asyncio.wait_for(future, timeout=ACK_TIMEOUT)
-                except Exception as err:
-                    log.warning("publish failed, will resend: %s", err)
-                    failed_from = i
-                    break
-                self._count(ack, message.event)
-                self._settled()
-            if failed_from is None:
+            await self._confirm()
+            if not self._requests:
                 return
-            for i, (message, future) in enumerate(pending[failed_from:]):
-                if i > 0 and not future.done():
-                    future.cancel()
-                await self._store(message)
+            requests, self._requests = self._requests, []
+            for message in requests:
+                # Its event is stored now (or dead-lettered): reads must include it.
+                seq = message.after.seq if message.after is not None else 0
+                message.after = None
+                message.headers.update(state.after_header(seq))
+                await self._pipeline(message, flushing=True)
+            await self._confirm()
 
-    async def _store(self, message: Message, *, refused: tuple[str, str] | None = None) -> None:
+    async def _confirm(self) -> None:
+        """Wait for the pipelined publishes (the caller holds the flush lock)."""
+        pending, self._pending = self._pending, []
+        failed_from: int | None = None
+        for i, (message, future) in enumerate(pending):
+            try:
+                # Bounded: an ack lost with a dropped connection would otherwise stall the
+                # watcher for good; the re-send below is harmless if the message was stored.
+                ack = await asyncio.wait_for(future, timeout=ACK_TIMEOUT)
+            except Exception as err:
+                log.warning("publish failed, will resend: %s", err)
+                failed_from = i
+                break
+            self._count(ack, message)
+            self._settled()
+        if failed_from is None:
+            return
+        resend = pending[failed_from:]
+        for i, (_, future) in enumerate(resend):
+            if i > 0 and not future.done():
+                future.cancel()
+            elif future.done() and not future.cancelled():
+                future.exception()  # seen: the message is re-sent below
+        await self._resend([message for message, _ in resend])
+
+    async def _resend(self, messages: list[Message]) -> None:
+        """Re-send, in order, messages whose publish failed or is unknown, keeping the newest
+        event of each object the newest of its subject. Messages after a failed one may be
+        stored already (a node died between them; on a cluster the stream leader can change):
+        re-sending an older modification behind them would make it the object's newest event,
+        and the message id would drop the newer one's re-send. So a modification with a later
+        event of the same object in the batch is not re-sent (the later one has the newer
+        state; it was never stored anyway), and an object's last event, when older ones of it
+        were re-sent, is stored again under a new id if its first copy is already stored."""
+        last = {m.subject: i for i, m in enumerate(messages) if m.event}
+        resent: set[str] = set()  # subjects an older event was newly stored on just now
+        for i, message in enumerate(messages):
+            older = bool(message.event) and last[message.subject] != i
+            if older and message.event.endswith(".modified"):
+                log.info("not re-sending %s: a newer event of it follows", message.event)
+                self._settled()
+                continue
+            again = bool(message.event) and not older and message.subject in resent
+            if await self._store(message, again=again) and older:
+                resent.add(message.subject)
+
+    async def _store(
+        self, message: Message, *, refused: tuple[str, str] | None = None, again: bool = False
+    ) -> bool:
         """Publish ``message`` until it is stored; or, once it is known that it cannot be
-        (``refused``: reason and detail), until its dead-letter record is."""
+        (``refused``: reason and detail), until its dead-letter record is. ``again``: when the
+        stream already holds it, store it once more under a new message id (see _resend).
+        Whether this call added it to the stream (not a duplicate, not dead-lettered)."""
         attempt = 0
         strikes: list[float] = []  # when publishes failed while connected
         while True:
@@ -215,12 +292,18 @@ class Publisher:
                         await asyncio.sleep(delay)
                         continue
                 else:
-                    self._count(ack, message.event)
+                    if again and getattr(ack, "duplicate", False):
+                        again = False
+                        msg_id = message.headers.get(MSG_ID, "")
+                        message.headers[MSG_ID] = f"{msg_id}.{ack.seq}"
+                        log.info("storing %s again: older events of it were re-sent", msg_id)
+                        continue
+                    self._count(ack, message)
                     self._settled()
-                    return
+                    return not getattr(ack, "duplicate", False)
             if await self._dead_letter(message, refused[0], refused[1], attempts=attempt):
                 self._settled()
-                return
+                return False
             if refused[0] == PUBLISH_FAILED:
                 refused = None  # try the message again, and the dead letter after its next failure
             await asyncio.sleep(delay)
@@ -280,9 +363,11 @@ class Publisher:
         )
         return True
 
-    def _count(self, ack: Any, event: str) -> None:
-        """Count a confirmed event (``event`` is "<kind>.<change>"; '' for a request): stored,
-        or dropped as a duplicate another replica (or an earlier run) stored first."""
+    def _count(self, ack: Any, message: Message) -> None:
+        """Note a confirmed message's sequence, and count a confirmed event: stored, or
+        dropped as a duplicate another replica (or an earlier run) stored first."""
+        message.seq = int(getattr(ack, "seq", 0) or 0)
+        event = message.event
         if not event:
             return
         kind, _, change = event.partition(".")

@@ -15,6 +15,16 @@ empty one: "408 Empty Request") it falls back to one ``get_last_msg`` per subjec
 of the connection; when the first batch on a connection gets no answer (the NATS user may
 publish the per-subject direct gets only), it reads one subject at a time for a minute and then
 tries a batch again.
+
+Read-your-writes on a replicated stream. A direct get is answered by any replica of the stream,
+the leader or a follower, and a follower may not yet hold what the leader acknowledged a moment
+ago (an R3 stream acknowledges once two of three replicas stored a message). A caller that knows
+the stream sequence its read must include (``at_least``: the request carries the sequence of
+the event that caused it, see shared/events/state.py) gets an answer only from a replica that
+has it: every batched answer says up to which sequence it is (``Nats-UpTo-Sequence``), and one
+from a replica still behind is asked again (another replica may answer), then reported as a
+transient failure (the request is retried later). Reads that may be stale (a lease's current
+holder before a compare-and-set write, whether a newer request is waiting) need no barrier.
 """
 
 from __future__ import annotations
@@ -43,6 +53,14 @@ _END_OF_BATCH = "204"
 _NO_RESULTS = "404"
 _SUBJECT = "Nats-Subject"
 _SEQUENCE = "Nats-Sequence"
+_UP_TO = "Nats-UpTo-Sequence"
+# How often a batch answered by a replica behind ``at_least`` is asked again, and the waits
+# between (seconds): about 1.5 s in all, far more than a follower lags in a healthy cluster.
+BEHIND_RETRIES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.4)
+
+
+class ReplicaBehind(TransientError):
+    """Every answer came from a replica that does not yet hold the sequence asked for."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,7 @@ class DirectGetter:
         self._prefix = nc.new_inbox()
         self._tokens = itertools.count(1)
         self._waiting: dict[str, tuple[list[Msg], asyncio.Future[list[Msg]]]] = {}
+        self._up_to: dict[str, int] = {}  # by token: the end-of-batch's Nats-UpTo-Sequence
         self._sub: Subscription | None = None
         self._subscribing: asyncio.Lock = asyncio.Lock()
         self.batched = True  # False once the server answered that it has no batches
@@ -87,15 +106,16 @@ class DirectGetter:
         return getter
 
     async def last_msgs(
-        self, js: JetStreamContext, stream: str, subjects: Sequence[str]
+        self, js: JetStreamContext, stream: str, subjects: Sequence[str], *, at_least: int = 0
     ) -> dict[str, StoredMsg]:
-        """The newest message of each of ``subjects`` that has one, by subject."""
+        """The newest message of each of ``subjects`` that has one, by subject, as of stream
+        sequence ``at_least`` or later (see the module docstring)."""
         if not subjects:
             return {}
         loop = asyncio.get_running_loop()
         if self.batched and loop.time() >= self._batch_after:
             try:
-                found = await self._batch(js, stream, subjects)
+                found = await self._fresh_batch(js, stream, subjects, at_least)
             except _Unsupported as err:
                 log.warning(
                     "this NATS server does not answer batched direct gets (%s); "
@@ -123,9 +143,34 @@ class DirectGetter:
                 return found
         return await _one_by_one(js, stream, subjects)
 
+    async def _fresh_batch(
+        self, js: JetStreamContext, stream: str, subjects: Sequence[str], at_least: int
+    ) -> dict[str, StoredMsg]:
+        """A batch from a replica holding sequence ``at_least``, asking again while the answer
+        comes from one behind it."""
+        up_to = 0
+        found: dict[str, StoredMsg] = {}
+        for wait in BEHIND_RETRIES:
+            if wait:
+                await asyncio.sleep(wait)
+            found, up_to = await self._batch(js, stream, subjects)
+            if at_least <= 0 or up_to >= at_least:
+                return found
+            if found and up_to == 0:
+                return found  # a server that does not say up to where: nothing to check
+            # Nothing found is no proof either: a replica behind may not hold the subjects yet.
+        if not found and up_to == 0:
+            # Still nothing after every retry: the subjects have no messages (aged out).
+            return found
+        raise ReplicaBehind(
+            f"direct get on {stream}: the replicas that answered hold up to sequence {up_to}, "
+            f"this read needs {at_least}"
+        )
+
     async def _batch(
         self, js: JetStreamContext, stream: str, subjects: Sequence[str]
-    ) -> dict[str, StoredMsg]:
+    ) -> tuple[dict[str, StoredMsg], int]:
+        """The batch's messages by subject, and the sequence the answer is as of (0: unsaid)."""
         token = str(next(self._tokens))
         done: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
         self._waiting[token] = ([], done)
@@ -148,14 +193,16 @@ class DirectGetter:
             raise TransientError(f"direct get on {stream}: {err!r}") from err
         finally:
             self._waiting.pop(token, None)
+            up_to = self._up_to.pop(token, 0)
         found: dict[str, StoredMsg] = {}
         for msg in msgs:
             headers = dict(msg.headers or {})
             subject = headers.get(_SUBJECT, "")
+            up_to = max(up_to, _sequence(headers.get(_UP_TO)))
             found[subject] = StoredMsg(
-                subject, int(headers.get(_SEQUENCE) or 0), headers, msg.data or b""
+                subject, _sequence(headers.get(_SEQUENCE)), headers, msg.data or b""
             )
-        return found
+        return found, up_to
 
     async def _subscribe(self, nc: Client) -> None:
         if self._sub is not None:
@@ -178,6 +225,8 @@ class DirectGetter:
             return
         text = f"status {status} {_description(msg.headers or {})}".strip()
         if status == _END_OF_BATCH:
+            # It says up to which sequence the answer is (its messages say so too).
+            self._up_to[token] = _sequence((msg.headers or {}).get(_UP_TO))
             done.set_result(replies)
         elif status == _NO_RESULTS and not replies and "no results" in text.lower():
             done.set_result([])
@@ -214,6 +263,13 @@ class _NoAnswer(Exception):
     """No answer to a batched direct get in time."""
 
 
+def _sequence(text: str | None) -> int:
+    """A stream sequence from a header; 0 when missing or not a plain number of sane length."""
+    if not text or len(text) > 20 or not (text.isascii() and text.isdigit()):
+        return 0
+    return int(text)
+
+
 def _description(headers: dict[Any, str]) -> str:
     for name, value in headers.items():
         if str(name).lower().endswith("description"):
@@ -222,7 +278,8 @@ def _description(headers: dict[Any, str]) -> str:
 
 
 async def last_msgs(
-    js: JetStreamContext, stream: str, subjects: Sequence[str]
+    js: JetStreamContext, stream: str, subjects: Sequence[str], *, at_least: int = 0
 ) -> dict[str, StoredMsg]:
-    """The newest message of each of ``subjects`` on ``stream`` that has one, in one request."""
-    return await DirectGetter.of(js).last_msgs(js, stream, subjects)
+    """The newest message of each of ``subjects`` on ``stream`` that has one, in one request,
+    from a replica that holds stream sequence ``at_least`` (0: any replica)."""
+    return await DirectGetter.of(js).last_msgs(js, stream, subjects, at_least=at_least)

@@ -7,6 +7,11 @@ the events' max age, the lease bucket's TTL). No service may do that: a service 
 streams' info, and :func:`stream_problems` says what is missing or shaped differently from what
 the code needs, so that the service stays unready, and says what to run, until the admin step
 has run.
+
+On a NATS cluster a replicated stream also needs a quorum: its leader keeps answering stream
+info after it lost its peers (two of three nodes gone), but can store nothing. A stream whose
+leader has not heard from a majority of its replicas for :data:`SILENT_AFTER` seconds is a
+problem too, so the services report not ready (degraded) until the nodes are back.
 """
 
 from __future__ import annotations
@@ -48,6 +53,30 @@ ENSURE_COMMAND = "memcached-operator streams ensure"
 _SHAPE = ("subjects", "retention", "max_msgs_per_subject", "allow_direct", "allow_msg_ttl")
 
 
+# A replica the leader has not heard from for this long counts as gone (a healthy one is heard
+# from about every second; a node under load can be slower).
+SILENT_AFTER = 10.0
+
+
+def quorum_problem(name: str, info: api.StreamInfo) -> str | None:
+    """Why stream ``name`` cannot store anything for want of replicas, or None (also for a
+    stream with one replica, or on a single server)."""
+    cluster = info.cluster
+    if cluster is None or not cluster.replicas:
+        return None
+    if not cluster.leader:
+        return f"stream {name} has no leader"
+    peers = 1 + len(cluster.replicas)
+    heard = 1 + sum(
+        1
+        for r in cluster.replicas
+        if not r.offline and (r.active or 0) < SILENT_AFTER * 1e9  # nanoseconds
+    )
+    if heard * 2 <= peers:
+        return f"stream {name} has no quorum: {heard} of {peers} replicas reachable"
+    return None
+
+
 def _expected() -> dict[str, api.StreamConfig]:
     return {
         c.name or "": c
@@ -69,6 +98,9 @@ async def stream_problems(js: JetStreamContext, names: Iterable[str] = ALL_STREA
         except NotFoundError:
             problems.append(f"stream {name} does not exist")
             continue
+        quorum = quorum_problem(name, info)
+        if quorum is not None:
+            problems.append(quorum)
         want = expected.get(name)
         if want is None:
             continue

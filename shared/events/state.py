@@ -7,13 +7,18 @@ worker after the event that caused it (the watcher publishes the event first, on
 connection), so a read here is at least as fresh as the change being handled; staleness beyond
 that is corrected the level-based way, by the request the next change brings. Callers fall
 back to the API server where acting on a missing entry would be unsafe.
+
+On a replicated stream "at least as fresh" needs a barrier: a direct get may be answered by a
+follower that does not yet hold the event. A request therefore carries, in ``Mcop-Events-Seq``,
+the stream sequence of the event (or outcome) that caused it, stored before the request was
+published; :func:`snapshot` reads only from a replica that holds it (shared/bus/directget.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,23 @@ from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import KubeClient, Resource
 
 log = logging.getLogger("memcached_operator.state")
+
+# On a request: the events-stream sequence its reads must include (see the module docstring).
+AFTER_HEADER = "Mcop-Events-Seq"
+
+
+def after(headers: Mapping[str, str] | None) -> int:
+    """The barrier a request carries; 0 when none, or when it is not a plain, sane number (a
+    header is input like any other: a bad one costs the barrier, nothing else)."""
+    text = (headers or {}).get(AFTER_HEADER, "")
+    if not text or len(text) > 20 or not (text.isascii() and text.isdigit()):
+        return 0
+    return int(text)
+
+
+def after_header(seq: int) -> dict[str, str]:
+    """The header that makes a request's reads include events-stream sequence ``seq``."""
+    return {AFTER_HEADER: str(seq)} if seq > 0 else {}
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,8 @@ class Snapshot:
         return await kube.get(resource, key.namespace, key.name)
 
 
-async def snapshot(js: JetStreamContext, wanted: Iterable[str]) -> Snapshot:
-    """The newest message of each subject in ``wanted`` (those that have one), in one request;
-    a failure to read is a TransientError."""
-    return Snapshot(await directget.last_msgs(js, EVENTS_STREAM, list(wanted)))
+async def snapshot(js: JetStreamContext, wanted: Iterable[str], *, at_least: int = 0) -> Snapshot:
+    """The newest message of each subject in ``wanted`` (those that have one), in one request,
+    as of events-stream sequence ``at_least`` or later (a request's :func:`after`); a failure
+    to read is a TransientError."""
+    return Snapshot(await directget.last_msgs(js, EVENTS_STREAM, list(wanted), at_least=at_least))

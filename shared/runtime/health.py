@@ -18,8 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from memcached_operator.shared.bus.stream_admin import stream_problems
 from memcached_operator.shared.kube.client import KubeClient
 from memcached_operator.shared.runtime.progress import TRACKER, Progress
 
@@ -29,11 +31,57 @@ Check = Callable[[], Awaitable[bool]]
 LiveCheck = Callable[[], str | None]
 
 
+class JetStreamProbe:
+    """Whether JetStream answers, asked every few seconds in the background.
+
+    Work that waits on a JetStream without a quorum (two of three nodes lost) makes no
+    progress, and a restart cannot change that: the service then stays alive and reports not
+    ready (/readyz's streams check fails), rather than being restarted in a loop. The probe
+    reads the service's streams' info (stream_admin.stream_problems, quorum included), which
+    every service's NATS user may.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, streams: tuple[str, ...], *, every: float = 2.0
+    ) -> None:
+        self._js = js
+        self._streams = streams
+        self._every = every
+        self.answering = True
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                problems = await asyncio.wait_for(
+                    stream_problems(self._js, self._streams), timeout=self._every
+                )
+                self.answering = not problems
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.answering = False
+            await asyncio.sleep(self._every)
+
+
 def liveness_checks(
-    *, nc: Client, stall: float, progress: Progress = TRACKER
+    *,
+    nc: Client,
+    stall: float,
+    progress: Progress = TRACKER,
+    jetstream: JetStreamProbe | None = None,
 ) -> dict[str, LiveCheck]:
     """The NATS client is not closed for good, and work that waits progresses within
-    ``stall`` seconds (0 or less turns the progress check off)."""
+    ``stall`` seconds (0 or less turns the progress check off) unless ``jetstream`` says
+    JetStream does not answer (a restart would not help: see :class:`JetStreamProbe`)."""
 
     def nats_open() -> str | None:
         if not nc.is_closed:
@@ -44,6 +92,8 @@ def liveness_checks(
         stalled = progress.stalled_for()
         if stall <= 0 or stalled <= stall:
             return None
+        if jetstream is not None and not jetstream.answering:
+            return None  # not ready (the streams check), but alive
         return (
             f"{progress.pending} units of work waiting, no progress for {stalled:.0f}s "
             f"(bound {stall:.0f}s)"

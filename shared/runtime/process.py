@@ -26,7 +26,12 @@ from memcached_operator.shared.bus import connection as natsconn
 from memcached_operator.shared.bus.stream_admin import ENSURE_COMMAND, stream_problems
 from memcached_operator.shared.kube.client import KubeClient
 from memcached_operator.shared.runtime import logs, telemetry
-from memcached_operator.shared.runtime.health import HealthServer, liveness_checks, readiness_checks
+from memcached_operator.shared.runtime.health import (
+    HealthServer,
+    JetStreamProbe,
+    liveness_checks,
+    readiness_checks,
+)
 from memcached_operator.shared.runtime.settings import ServiceSettings
 
 log = logging.getLogger("memcached_operator")
@@ -68,6 +73,7 @@ class Connections:
     kube: KubeClient
     health: HealthServer
     closing: asyncio.Event
+    probe: JetStreamProbe | None = None
 
     @classmethod
     async def open(
@@ -113,6 +119,7 @@ class Connections:
         nc = await natsconn.connect(worker, settings.nats_url, on_closed=on_closed)
         kube: KubeClient | None = None
         health: HealthServer | None = None
+        probe: JetStreamProbe | None = None
         try:
             kube = await KubeClient.connect(settings.kubeconfig)
             checks = readiness_checks(nc=nc, kube=kube, streams=streams)
@@ -123,15 +130,20 @@ class Connections:
                 return nc.is_connected and not await stream_problems(js, streams)
 
             checks["streams"] = streams_as_needed
+            probe = JetStreamProbe(js, streams) if streams else None
             health = HealthServer(
                 port=settings.health_port,
                 checks=checks,
-                liveness=liveness_checks(nc=nc, stall=settings.liveness_stall),
+                liveness=liveness_checks(nc=nc, stall=settings.liveness_stall, jetstream=probe),
             )
             await health.start()
+            if probe is not None:
+                probe.start()
             await _wait_for_streams(js, streams)
         except BaseException:
             # Stopped (or failed) half-way: let go of what was opened.
+            if probe is not None:
+                await probe.stop()
             if health is not None:
                 await health.stop()
             if kube is not None:
@@ -139,10 +151,12 @@ class Connections:
             closing.set()
             await nc.close()
             raise
-        return cls(worker, nc, js, kube, health, closing)
+        return cls(worker, nc, js, kube, health, closing, probe)
 
     async def close(self) -> None:
         self.closing.set()
+        if self.probe is not None:
+            await self.probe.stop()
         await self.health.stop()
         await self.kube.close()
         if not self.nc.is_closed:

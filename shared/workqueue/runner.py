@@ -214,17 +214,18 @@ class Runner:
                 waiting.set()
 
     async def _superseded(self, msg: Msg) -> bool:
-        """Whether a newer request for this subject is waiting, or ran after this one arrived
-        (the stream holds no message for the subject although this one was never settled)."""
+        """Whether a newer request for this subject is waiting. A direct get may be answered
+        by a follower of a replicated stream that does not hold this request yet: it then shows
+        an older request or none, which says nothing; only a newer one supersedes this one."""
         try:
             newest = await self._js.get_last_msg(REQUESTS_STREAM, msg.subject, direct=True)
         except NotFoundError:
-            return True
+            return False  # none, or a replica behind: running once too often is harmless
         except Exception as err:
             # Running once too often is harmless; skipping a needed run is not.
             log.debug("could not read the newest request on %s: %r", msg.subject, err)
             return False
-        return newest.seq != msg.metadata.sequence.stream
+        return (newest.seq or 0) > msg.metadata.sequence.stream
 
     async def _let_go(self, msg: Msg) -> None:
         """Ack a request that a newer one for the same object supersedes (that one runs)."""
@@ -366,7 +367,7 @@ class Runner:
                     key,
                     err,
                 )
-                await _settle(msg, "nak", delay=settlement.delay)
+                await _settle(msg, "nak", delay=self._policy.uncopied(request, settlement))
                 return
             await _settle(msg, "ack")
 
@@ -381,10 +382,15 @@ class Runner:
         metrics.workqueue_adds_total.labels(self._label).inc()
 
     async def _keep_alive(self, msg: Msg, held: Held, handler_task: asyncio.Task[Result]) -> None:
-        """In-progress acks and lease refreshes while the handler runs."""
+        """In-progress acks and lease refreshes while the handler runs. It ends when the
+        handler does, not only when cancelled: on Python 3.11 a library's ``wait_for`` can
+        swallow a cancellation (when the reply it waits for arrives at the same moment), and a
+        keep-alive that outlived its handler held its request in progress for ever."""
         interval = min(self.settings.ack_wait, self._leases.ttl) / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not handler_task.done():
+            await asyncio.wait({handler_task}, timeout=interval)
+            if handler_task.done():
+                return
             await _settle(msg, "in_progress")
             try:
                 held.revision = await self._leases.refresh(held.name, held.revision, held.value)

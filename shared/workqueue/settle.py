@@ -139,18 +139,28 @@ class SettlePolicy:
         )
         return RetryTransient(error, retries, delay)
 
+    def uncopied(self, request: Request, retry: RetryTransient) -> float:
+        """The nak delay of a transient retry whose marked copy could not be published (NATS
+        itself is failing, e.g. a stream electing a leader): the redelivery counts, so it waits
+        as a counted failure would, never less than the transient delay. Otherwise a NATS
+        outage of a second would spend every delivery of the requests it hit."""
+        return max(retry.delay, self._counted_delay(request))
+
     def failure(self, request: Request, error: Exception) -> RetryFailure | DeadLetter:
         """A failure of the handler itself: counted, up to ``max_deliveries``."""
         if request.delivery >= self.max_deliveries:
             return DeadLetter(error)
-        delay = retry_delay(
+        return RetryFailure(error, self._counted_delay(request))
+
+    def _counted_delay(self, request: Request) -> float:
+        """The backoff after ``request``'s delivery, when that delivery counts."""
+        return retry_delay(
             attempt=request.delivery,
             base=self.backoff_base,
             cap=self.backoff_cap,
             retry_after=None,
             jitter=self.jitter(),
         )
-        return RetryFailure(error, delay)
 
 
 def requeue_headers(request: Request, after: float, *, now: float) -> dict[str, str]:

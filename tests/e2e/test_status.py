@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from chaos.status_writes import status_write_spans
 from deploy.local.cluster import NEVER_READY_IMAGE, SLOW_READY_IMAGE
 from tests.conftest import Cluster
 from tests.support import Services, condition, wait_for, wait_requests_handled
@@ -193,20 +194,8 @@ def test_ownership_conflict_is_degraded_until_fixed(
 
 def _status_writes_by_name(cluster: Cluster, namespace: str) -> dict[str, int]:
     """Status writes per Memcached of the namespace, from the API server's audit log."""
-    log = cluster.layout.state_dir / "logs" / "audit.log"
-    counts: dict[str, int] = {}
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        ref = entry.get("objectRef") or {}
-        if (
-            ref.get("resource") == "memcacheds"
-            and ref.get("subresource") == "status"
-            and ref.get("namespace") == namespace
-            and entry.get("verb") in ("patch", "update")
-            and entry.get("stage") == "ResponseComplete"
-        ):
-            counts[ref.get("name", "")] = counts.get(ref.get("name", ""), 0) + 1
-    return counts
+    spans = status_write_spans(cluster.layout.state_dir / "logs" / "audit.log", namespace)
+    return {name: len(writes) for name, writes in spans.items()}
 
 
 def _status_writes(cluster: Cluster, namespace: str) -> int:

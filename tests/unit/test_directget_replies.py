@@ -152,3 +152,68 @@ async def test_once_batches_were_answered_a_silent_one_is_transient(
     with pytest.raises(TransientError):
         await getter.last_msgs(js, "S", ["a.1"])
     assert one_by_one == []
+
+
+class _Replicas(DirectGetter):
+    """A getter whose batches are answered by replicas holding up to the given sequences."""
+
+    def __init__(self, *up_to: int) -> None:
+        super().__init__(NC)
+        self.answers = list(up_to)
+        self.asked = 0
+
+    async def _batch(self, js: Any, stream: str, subjects: Sequence[str]) -> Any:
+        self.asked += 1
+        up_to = self.answers.pop(0)
+        return {"a.1": StoredMsg("a.1", up_to, {}, b"")}, up_to
+
+
+async def test_an_answer_from_a_replica_behind_the_barrier_is_asked_again() -> None:
+    getter = _Replicas(4, 6, 9)
+    found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert getter.asked == 3
+    assert found["a.1"].seq == 9
+
+
+async def test_replicas_that_stay_behind_are_a_transient_failure() -> None:
+    getter = _Replicas(*[4] * len(directget.BEHIND_RETRIES))
+    with pytest.raises(directget.ReplicaBehind):
+        await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert getter.asked == len(directget.BEHIND_RETRIES)
+
+
+async def test_without_a_barrier_any_replica_answers() -> None:
+    getter = _Replicas(4)
+    found = await getter.last_msgs(None, "S", ["a.1"])  # type: ignore[arg-type]
+    assert found["a.1"].seq == 4 and getter.asked == 1
+
+
+async def test_the_end_of_batch_says_up_to_which_sequence() -> None:
+    getter = DirectGetter(NC)
+    done = await _answer(
+        getter,
+        {"Nats-Subject": "a.1", "Nats-Sequence": "3"},
+        {"Status": "204", "Description": "EOB", "Nats-UpTo-Sequence": "12"},
+    )
+    assert len(done.result()) == 1
+    assert getter._up_to["7"] == 12
+
+
+class _EmptyThenFound(DirectGetter):
+    """A replica behind answers "no results" for a subject it does not hold yet."""
+
+    def __init__(self) -> None:
+        super().__init__(NC)
+        self.asked = 0
+
+    async def _batch(self, js: Any, stream: str, subjects: Sequence[str]) -> Any:
+        self.asked += 1
+        if self.asked == 1:
+            return {}, 0
+        return {"a.1": StoredMsg("a.1", 9, {}, b"")}, 9
+
+
+async def test_no_results_from_a_replica_is_asked_again_under_a_barrier() -> None:
+    getter = _EmptyThenFound()
+    found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert found["a.1"].seq == 9 and getter.asked == 2

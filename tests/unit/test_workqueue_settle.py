@@ -129,3 +129,20 @@ def test_a_transient_retry_copy_carries_the_counted_failures_and_its_own_count()
         "Mcop-Failures": "2",  # this attempt does not count; the two before it did
         "Nats-Expected-Last-Subject-Sequence": "42",
     }
+
+
+def test_a_retry_whose_copy_was_not_published_backs_off_by_deliveries() -> None:
+    """NATS failing under a request (a stream electing a leader) fails the marked copy too; the
+    nak then counts a delivery. Were each one to wait only the first transient delay, a NATS
+    outage of a second or two would dead-letter every request it hit (a 3-node chaos run did);
+    waiting as counted failures do, the deliveries last through a minute of outage."""
+    policy = SettlePolicy(max_deliveries=10, backoff_base=0.2, backoff_cap=60.0, jitter=lambda: 0.0)
+    error = TransientError("nats: no response from stream")
+    waited = 0.0
+    for delivery in range(1, 11):
+        # The copy never reaches the stream: every delivery is still transient retry 1.
+        retry = policy.transient(request(delivery=delivery), error)
+        assert retry.retries == 1
+        waited += policy.uncopied(request(delivery=delivery), retry)
+    assert waited > 50.0
+    assert policy.uncopied(request(delivery=1), retry) >= retry.delay
