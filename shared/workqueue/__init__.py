@@ -61,8 +61,9 @@ sooner.
 
 Where things are: types.py (Request, Result, Handler), controller.py (a controller's names),
 settings.py (QueueSettings), intake.py, lease.py, settle.py, deadletter.py, yielding.py,
-tracing.py (all but lease.py's I/O part pure), runner.py (one request, from intake to
-settlement), queue.py (the loop, and ``enqueue``), options.py (flags to settings).
+tracing.py (all but lease.py's I/O part pure), keepalive.py (in-progress acks and lease
+refreshes while a handler runs), runner.py (one request, from intake to settlement), queue.py
+(the loop, and ``enqueue``), options.py (flags to settings).
 """
 
 from memcached_operator.shared.workqueue.controller import Controller

@@ -4,9 +4,9 @@ A :class:`Runner` turns a message into a :class:`Request` (intake.py; poison goe
 dead-letter stream at once), waits for and takes the object's lease (lease.py; while it waits
 it keeps the message alive and lets go of it when a newer request for the object arrives), runs
 the handler inside its consumer span (tracing.py) while refreshing the lease and sending
-in-progress acks, and carries out what the result switch decides (settle.py): ack, a marked
-copy, nak, term, or the dead-letter record (deadletter.py). The queue loop (queue.py) hands it
-the messages it fetches.
+in-progress acks (keepalive.py), and carries out what the result switch decides (settle.py):
+ack, a marked copy, nak, term, or the dead-letter record (deadletter.py). The queue loop
+(queue.py) hands it the messages it fetches.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from memcached_operator.shared.runtime.errors import PermanentError, as_transien
 from memcached_operator.shared.workqueue import deadletter, intake
 from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.deadletter import MAX_DELIVERIES_EXCEEDED
+from memcached_operator.shared.workqueue.keepalive import keep_alive
 from memcached_operator.shared.workqueue.lease import (
     WRONG_LAST_SEQUENCE,
     Held,
-    LeaseLost,
     Leases,
     WaitSchedule,
 )
@@ -269,7 +269,11 @@ class Runner:
         handler_task = asyncio.create_task(
             traced(self._handler, request, controller=self.controller, worker=self.worker_id)
         )
-        keepalive = asyncio.create_task(self._keep_alive(msg, held, handler_task))
+        keepalive = asyncio.create_task(
+            keep_alive(
+                msg, held, handler_task, leases=self._leases, ack_wait=self.settings.ack_wait
+            )
+        )
         label = self._label
         metrics.active_workers.labels(label).inc()
         started = time.monotonic()
@@ -380,26 +384,6 @@ class Runner:
                 raise
             return
         metrics.workqueue_adds_total.labels(self._label).inc()
-
-    async def _keep_alive(self, msg: Msg, held: Held, handler_task: asyncio.Task[Result]) -> None:
-        """In-progress acks and lease refreshes while the handler runs. It ends when the
-        handler does, not only when cancelled: on Python 3.11 a library's ``wait_for`` can
-        swallow a cancellation (when the reply it waits for arrives at the same moment), and a
-        keep-alive that outlived its handler held its request in progress for ever."""
-        interval = min(self.settings.ack_wait, self._leases.ttl) / 3
-        while not handler_task.done():
-            await asyncio.wait({handler_task}, timeout=interval)
-            if handler_task.done():
-                return
-            await _settle(msg, "in_progress")
-            try:
-                held.revision = await self._leases.refresh(held.name, held.revision, held.value)
-            except LeaseLost:
-                held.lost = True
-                handler_task.cancel()
-                return
-            except Exception as err:
-                log.warning("could not refresh lease %s (retrying): %r", held.name, err)
 
     async def _dead_letter(self, msg: Msg, request: Request | None, error: Exception) -> None:
         meta = msg.metadata

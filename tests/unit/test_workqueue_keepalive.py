@@ -14,11 +14,8 @@ from typing import Any
 
 import pytest
 
-from memcached_operator.shared.workqueue.controller import STATUS_CONTROLLER
-from memcached_operator.shared.workqueue.lease import Held
-from memcached_operator.shared.workqueue.runner import Runner
-from memcached_operator.shared.workqueue.settings import QueueSettings
-from memcached_operator.shared.workqueue.types import Request, Result
+from memcached_operator.shared.workqueue.keepalive import keep_alive
+from memcached_operator.shared.workqueue.lease import Held, LeaseLost
 
 pytestmark = pytest.mark.unit
 
@@ -52,26 +49,11 @@ class _SwallowingLeases:
         return revision + 1
 
 
-async def _handler(request: Request) -> Result:
-    return Result()
-
-
 async def test_the_keep_alive_ends_with_its_handler_even_if_its_cancellation_is_lost() -> None:
-    leases = _SwallowingLeases()
-    runner = Runner(
-        None,  # type: ignore[arg-type]  # the keep-alive never touches the stream
-        controller=STATUS_CONTROLLER,
-        settings=QueueSettings(ack_wait=0.03, lease_ttl=0.03),
-        handler=_handler,
-        leases=leases,  # type: ignore[arg-type]
-        worker_id="w",
-        stopping=asyncio.Event(),
-    )
-    msg = _Msg()
-    finish = asyncio.Event()
+    leases, msg, finish = _SwallowingLeases(), _Msg(), asyncio.Event()
     handler_task: asyncio.Task[Any] = asyncio.create_task(finish.wait())
     keep = asyncio.create_task(
-        runner._keep_alive(msg, Held("lease", 1, b""), handler_task)  # type: ignore[arg-type]
+        keep_alive(msg, Held("lease", 1, b""), handler_task, leases=leases, ack_wait=0.03)
     )
     await asyncio.wait_for(leases.refreshing.wait(), timeout=5)
     finish.set()
@@ -82,3 +64,22 @@ async def test_the_keep_alive_ends_with_its_handler_even_if_its_cancellation_is_
     sent = msg.in_progress_sent
     await asyncio.sleep(0.1)
     assert msg.in_progress_sent == sent
+
+
+class _LostLeases:
+    ttl = 0.03
+
+    async def refresh(self, name: str, revision: int, value: bytes) -> int:
+        raise LeaseLost(name)
+
+
+async def test_a_lost_lease_cancels_the_handler_and_marks_the_run() -> None:
+    held, msg = Held("lease", 1, b""), _Msg()
+    handler_task: asyncio.Task[Any] = asyncio.create_task(asyncio.sleep(10))
+    await asyncio.wait_for(
+        keep_alive(msg, held, handler_task, leases=_LostLeases(), ack_wait=0.03), timeout=5
+    )
+    assert held.lost
+    with pytest.raises(asyncio.CancelledError):
+        await handler_task
+    assert msg.in_progress_sent == 1
