@@ -1,20 +1,15 @@
 """Writing the results: a summary JSON (bench/summary.py; the raw samples in the ignored raw/),
-a Markdown table with ratios, and two plots drawn from the summary."""
+a Markdown table with ratios, and the plots drawn from the summary (bench/plots.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from bench import summary, versus_go
+from bench.plots import plots, scaling_plot
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -143,12 +138,6 @@ def _repetition_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _workers_of(scenarios: dict[str, Any]) -> list[int]:
-    return sorted(
-        int(name.split("-")[1]) for name in scenarios if re.fullmatch(r"pipeline-\d+", name)
-    )
-
-
 def _scaling_lines(results: dict[str, Any]) -> list[str]:
     """The fleet's sweep: throughput against workers, and where each worker's time went."""
     scenarios = results["scenarios"]
@@ -164,7 +153,7 @@ def _scaling_lines(results: dict[str, Any]) -> list[str]:
         "| busy | mean reconcile (ms) | mean API call (ms) |",
         "|---:|---:|---:|---:|---|---|---|---:|---:|",
     ]
-    for w in _workers_of(scenarios):
+    for w in summary.pipeline_workers(scenarios):
         s = scenarios[f"pipeline-{w}"]
         wall = s.get("t_deployments") or 0.0
         per = {
@@ -358,62 +347,6 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines.append("")
     return "\n".join(lines)
-
-
-def plots(results: dict[str, Any], out_dir: Path, *, suffix: str = "") -> list[Path]:
-    scenarios = results["scenarios"]
-    latency_png = out_dir / f"latency{suffix}.png"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, key, title in (
-        (axes[0], "latencies_deployment_s", "CR created → Deployment correct"),
-        (axes[1], "latencies_available_s", "CR created → Available=True"),
-    ):
-        for name, s in scenarios.items():
-            xs, ys = summary.cdf(s, key)
-            if xs:
-                ax.plot(xs, ys, label=name)
-        ax.set_title(title)
-        ax.set_xlabel("latency (s)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("fraction of CRs")
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(
-        f"Per-object latency, N={results['meta']['n']}, "
-        f"API latency {results['meta']['latency_ms']:g} ms"
-    )
-    fig.tight_layout()
-    fig.savefig(latency_png, dpi=110)
-    plt.close(fig)
-
-    return [latency_png, scaling_plot(results, out_dir / f"scaling{suffix}.png")]
-
-
-def scaling_plot(results: dict[str, Any], scaling_png: Path) -> Path:
-    scenarios = results["scenarios"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    workers = [w for w in _workers_of(scenarios) if scenarios[f"pipeline-{w}"].get("crs_per_s")]
-    tput = [scenarios[f"pipeline-{w}"]["crs_per_s"] for w in workers]
-    if workers:
-        ax.plot(workers, tput, "o-", label="this system")
-        ax.plot(workers, [tput[0] * w for w in workers], ":", color="gray", label="ideal (linear)")
-    for name, style in (("kopf", "--"), ("floor", "-.")):
-        if scenarios.get(name, {}).get("crs_per_s"):
-            ax.axhline(
-                scenarios[name]["crs_per_s"],
-                linestyle=style,
-                color="C3" if name == "kopf" else "C2",
-                label=name,
-            )
-    ax.set_xticks(workers or [1, 2, 4])
-    ax.set_xlabel("reconciler processes")
-    ax.set_ylabel("CRs/s to correct Deployments")
-    ax.set_title(f"Throughput against workers (API latency {results['meta']['latency_ms']:g} ms)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(scaling_png, dpi=110)
-    plt.close(fig)
-    return scaling_png
 
 
 def write(results: dict[str, Any], out_dir: Path, *, stem: str) -> list[Path]:

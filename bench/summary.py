@@ -71,3 +71,10 @@ def dumps(results: dict[str, Any]) -> str:
     and 101 percentiles stay one line)."""
     text = json.dumps(results, indent=1)
     return re.sub(r"\[([-+0-9.eE,\s]+)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def pipeline_workers(scenarios: dict[str, Any]) -> list[int]:
+    """The reconciler counts of the ``pipeline-<n>`` scenarios, in order."""
+    return sorted(
+        int(name.split("-")[1]) for name in scenarios if re.fullmatch(r"pipeline-\d+", name)
+    )
