@@ -264,10 +264,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from _up(Layout(tmp_path_factory.mktemp("cluster"), base_port=free_port_block(), nodes=2))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Like ``cluster``, but NATS is a JetStream cluster of three nodes with every stream at
-    three replicas (`cluster up --nats-nodes 3`); ``.nats`` finds and kills its nodes."""
+    three replicas (`cluster up --nats-nodes 3`); ``.nats`` finds and kills its nodes. One per
+    module: a second control plane and three NATS nodes left running for the rest of the
+    session would load the machine under every later test."""
     state = tmp_path_factory.mktemp("nats-cluster")
     yield from _up(Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3))
 
