@@ -23,8 +23,11 @@ the stream sequence its read must include (``at_least``: the request carries the
 the event that caused it, see shared/events/state.py) gets an answer only from a replica that
 has it: every batched answer says up to which sequence it is (``Nats-UpTo-Sequence``), and one
 from a replica still behind is asked again (another replica may answer), then reported as a
-transient failure (the request is retried later). Reads that may be stale (a lease's current
-holder before a compare-and-set write, whether a newer request is waiting) need no barrier.
+transient failure (the request is retried later). On a stream of one replica every answer is
+current, so the barrier is skipped there; an answer with nothing in it carries no sequence, so it
+is asked again only briefly (EMPTY_RETRIES) and then believed. Reads that may be stale (a
+lease's current holder before a compare-and-set write, whether a newer request is waiting) need
+no barrier.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ _UP_TO = "Nats-UpTo-Sequence"
 # How often a batch answered by a replica behind ``at_least`` is asked again, and the waits
 # between (seconds): about 1.5 s in all, far more than a follower lags in a healthy cluster.
 BEHIND_RETRIES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.4)
+# An answer with nothing in it says nothing about the replica's position (a "no results" reply
+# carries no sequence): asked again only this often (about 80 ms), then believed. Subjects
+# without messages are common (a deleted CR's, events aged out of a small stream): waiting
+# the full 1.5 s on each of them stalled the status service behind a deleted namespace.
+EMPTY_RETRIES = BEHIND_RETRIES[:4]
+# How long a stream's replica count is remembered (it only matters whether there is more than
+# one: a stream of one replica has no replica that is behind).
+REPLICAS_TTL = 60.0
 
 
 class ReplicaBehind(TransientError):
@@ -95,6 +106,7 @@ class DirectGetter:
         self.batched = True  # False once the server answered that it has no batches
         self._answered = False  # a batch was answered on this connection
         self._batch_after = 0.0  # loop time before which reads go one subject at a time
+        self._replicated: dict[str, tuple[bool, float]] = {}  # stream -> (R > 1, loop time)
 
     @classmethod
     def of(cls, js: JetStreamContext) -> DirectGetter:
@@ -147,10 +159,12 @@ class DirectGetter:
         self, js: JetStreamContext, stream: str, subjects: Sequence[str], at_least: int
     ) -> dict[str, StoredMsg]:
         """A batch from a replica holding sequence ``at_least``, asking again while the answer
-        comes from one behind it."""
+        comes from one behind it. On a stream of one replica every answer is current."""
+        if at_least > 0 and not await self._is_replicated(js, stream):
+            at_least = 0
         up_to = 0
         found: dict[str, StoredMsg] = {}
-        for wait in BEHIND_RETRIES:
+        for attempt, wait in enumerate(BEHIND_RETRIES):
             if wait:
                 await asyncio.sleep(wait)
             found, up_to = await self._batch(js, stream, subjects)
@@ -158,14 +172,29 @@ class DirectGetter:
                 return found
             if found and up_to == 0:
                 return found  # a server that does not say up to where: nothing to check
-            # Nothing found is no proof either: a replica behind may not hold the subjects yet.
-        if not found and up_to == 0:
-            # Still nothing after every retry: the subjects have no messages (aged out).
-            return found
+            if not found and attempt + 1 >= len(EMPTY_RETRIES):
+                # Nothing, asked a few times: the subjects have no messages (see EMPTY_RETRIES).
+                return found
         raise ReplicaBehind(
             f"direct get on {stream}: the replicas that answered hold up to sequence {up_to}, "
             f"this read needs {at_least}"
         )
+
+    async def _is_replicated(self, js: JetStreamContext, stream: str) -> bool:
+        """Whether ``stream`` has more than one replica (remembered for REPLICAS_TTL; when its
+        info cannot be read, assumed so: then the barrier holds)."""
+        now = asyncio.get_running_loop().time()
+        known = self._replicated.get(stream)
+        if known is not None and now - known[1] < REPLICAS_TTL:
+            return known[0]
+        try:
+            info = await js.stream_info(stream)
+            replicated = (info.config.num_replicas or 1) > 1
+        except Exception as err:
+            log.debug("could not read the info of stream %s: %r", stream, err)
+            replicated = True
+        self._replicated[stream] = (replicated, now)
+        return replicated
 
     async def _batch(
         self, js: JetStreamContext, stream: str, subjects: Sequence[str]

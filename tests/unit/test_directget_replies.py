@@ -157,13 +157,20 @@ async def test_once_batches_were_answered_a_silent_one_is_transient(
 class _Replicas(DirectGetter):
     """A getter whose batches are answered by replicas holding up to the given sequences."""
 
-    def __init__(self, *up_to: int) -> None:
+    def __init__(self, *up_to: int, replicated: bool = True, empty: bool = False) -> None:
         super().__init__(NC)
         self.answers = list(up_to)
         self.asked = 0
+        self.replicated = replicated
+        self.empty = empty  # answer "no results" (which says no sequence)
+
+    async def _is_replicated(self, js: Any, stream: str) -> bool:
+        return self.replicated
 
     async def _batch(self, js: Any, stream: str, subjects: Sequence[str]) -> Any:
         self.asked += 1
+        if self.empty:
+            return {}, 0
         up_to = self.answers.pop(0)
         return {"a.1": StoredMsg("a.1", up_to, {}, b"")}, up_to
 
@@ -217,3 +224,18 @@ async def test_no_results_from_a_replica_is_asked_again_under_a_barrier() -> Non
     getter = _EmptyThenFound()
     found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
     assert found["a.1"].seq == 9 and getter.asked == 2
+
+
+async def test_on_a_stream_of_one_replica_every_answer_is_current() -> None:
+    getter = _Replicas(4, replicated=False)
+    found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert found["a.1"].seq == 4 and getter.asked == 1
+
+
+async def test_nothing_found_is_believed_after_a_few_quick_asks() -> None:
+    """A subject without messages (a deleted CR's, events aged out) must not cost every read
+    the barrier's full 1.5 s: a status service behind a deleted namespace stalled on it."""
+    getter = _Replicas(empty=True)
+    found = await getter.last_msgs(None, "S", ["a.1"], at_least=9)  # type: ignore[arg-type]
+    assert found == {}
+    assert getter.asked == len(directget.EMPTY_RETRIES) < len(directget.BEHIND_RETRIES)
