@@ -164,7 +164,12 @@ class Publisher:
         size = message_size(message.headers, message.body)
         if size > self._max_payload():
             # The server would close the connection (nats-py counts the body only): never send.
-            await self.flush()
+            # What is pending is settled first, so the order per object holds (under the flush
+            # lock already when ``flushing``: it is not re-entrant).
+            if flushing:
+                await self._confirm()
+            else:
+                await self.flush()
             await self._store(
                 message,
                 refused=(

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from memcached_operator.shared.bus.stream_admin import stream_problems
@@ -32,13 +33,15 @@ LiveCheck = Callable[[], str | None]
 
 
 class JetStreamProbe:
-    """Whether JetStream answers, asked every few seconds in the background.
+    """Whether JetStream says it cannot work, asked every few seconds in the background.
 
     Work that waits on a JetStream without a quorum (two of three nodes lost) makes no
     progress, and a restart cannot change that: the service then stays alive and reports not
     ready (/readyz's streams check fails), rather than being restarted in a loop. The probe
     reads the service's streams' info (stream_admin.stream_problems, quorum included), which
-    every service's NATS user may.
+    every service's NATS user may. Only an answer counts: a server that answers nothing at all
+    (hung, or unreachable) is this connection's problem, which a restart may well solve (it
+    reconnects, to another node of a cluster), so it excuses nothing.
     """
 
     def __init__(
@@ -47,7 +50,7 @@ class JetStreamProbe:
         self._js = js
         self._streams = streams
         self._every = every
-        self.answering = True
+        self.unavailable = False  # JetStream answered that it cannot store (no leader, quorum)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -64,11 +67,13 @@ class JetStreamProbe:
                 problems = await asyncio.wait_for(
                     stream_problems(self._js, self._streams), timeout=self._every
                 )
-                self.answering = not problems
+                self.unavailable = bool(problems)
             except asyncio.CancelledError:
                 raise
+            except APIError:
+                self.unavailable = True  # an answer: e.g. 503, JetStream without a leader
             except Exception:
-                self.answering = False
+                self.unavailable = False  # no answer at all: see the class docstring
             await asyncio.sleep(self._every)
 
 
@@ -92,7 +97,7 @@ def liveness_checks(
         stalled = progress.stalled_for()
         if stall <= 0 or stalled <= stall:
             return None
-        if jetstream is not None and not jetstream.answering:
+        if jetstream is not None and jetstream.unavailable:
             return None  # not ready (the streams check), but alive
         return (
             f"{progress.pending} units of work waiting, no progress for {stalled:.0f}s "

@@ -158,7 +158,13 @@ def test_cluster_up_twice_reuses_and_down_stops_everything(tmp_path: Path) -> No
             capture_output=True,
             text=True,
         )
-        assert status.returncode == 0 and status.stdout.count("running") == len(first)
+        states = {
+            fields[0]: fields[1]
+            for fields in (line.split() for line in status.stdout.splitlines())
+            if len(fields) > 1 and fields[0] in first
+        }
+        assert status.returncode == 0 and states == dict.fromkeys(first, "running")
+        assert "nats node 0" in status.stdout  # and NATS as a cluster status shows it
     finally:
         local_cluster.down(layout)
     for pid in first.values():
