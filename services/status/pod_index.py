@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
+from memcached_operator.shared.runtime import jsonc
 
 log = logging.getLogger("memcached_operator.status.pods")
 
@@ -241,7 +241,7 @@ class PodIndex:
         except NotFoundError:
             return  # aged out of the stream since it was delivered
         try:
-            obj = json.loads(stored.data or b"")
+            obj = jsonc.loads(stored.data or b"")
         except ValueError:
             obj = None
         if not isinstance(obj, dict):

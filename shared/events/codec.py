@@ -17,12 +17,13 @@ and ``io.memcached-operator.reconcile.outcome`` for outcomes of reconciles.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
+
+from memcached_operator.shared.runtime import jsonc
 
 SPECVERSION = "1.0"
 TYPE_PREFIX = "io.memcached-operator"
@@ -164,7 +165,7 @@ def encode(
     headers[MSG_ID] = attrs["id"]
     if extra_headers:
         headers.update(extra_headers)
-    body = json.dumps(strip_managed_fields(obj), separators=(",", ":")).encode()
+    body = jsonc.dumps(strip_managed_fields(obj))
     return headers, body
 
 
@@ -177,7 +178,7 @@ def decode(headers: Mapping[str, str], data: bytes) -> Event:
         return decode_value(headers.get(f"ce-{name}", ""))
 
     try:
-        body = json.loads(data) if data else {}
+        body = jsonc.loads(data) if data else {}
     except ValueError as err:
         raise ValueError(f"event body is not JSON: {err}") from err
     if not isinstance(body, dict):

@@ -16,7 +16,6 @@ published; :func:`snapshot` reads only from a replica that holds it (shared/bus/
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import KubeClient, Resource
+from memcached_operator.shared.runtime import jsonc
 
 log = logging.getLogger("memcached_operator.state")
 
@@ -84,7 +84,7 @@ class Snapshot:
             return None
         change = events.decode_value(msg.headers.get("ce-type", "")).rsplit(".", 1)[-1]
         try:
-            obj = json.loads(msg.data or b"{}")
+            obj = jsonc.loads(msg.data or b"{}")
         except ValueError:
             log.warning("unreadable event on %s; ignoring it", msg.subject)
             return None

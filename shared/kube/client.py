@@ -10,7 +10,6 @@ and records a CLIENT span per call.
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.parse
 import urllib.request
@@ -28,6 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from memcached_operator.shared.kube.kubelib import Configuration, RESTClientObject
 from memcached_operator.shared.kube.kubelib import config as kube_config
+from memcached_operator.shared.runtime import jsonc
 from memcached_operator.shared.runtime.errors import ClassifiedError, PermanentError, TransientError
 
 API_REQUESTS = Counter(
@@ -251,7 +251,7 @@ class KubeClient:
             span.set_attribute("http.response.status_code", resp.status)
             if resp.status >= 400:
                 try:
-                    status = json.loads(raw)
+                    status = jsonc.loads(raw)
                 except ValueError:
                     status = {"message": raw.decode(errors="replace")[:500]}
                 span.set_status(Status(StatusCode.ERROR, str(resp.status)))
@@ -261,7 +261,7 @@ class KubeClient:
                     reason=str(status.get("reason", "")),
                     retry_after=_retry_after(resp.headers),
                 )
-            result: JsonObject = json.loads(raw) if raw else {}
+            result: JsonObject = jsonc.loads(raw) if raw else {}
             return result
 
     async def get(self, res: Resource, namespace: str, name: str) -> JsonObject | None:
@@ -388,7 +388,7 @@ class KubeClient:
             if resp.status >= 400:
                 raw = await resp.read()
                 try:
-                    message = str(json.loads(raw).get("message", ""))
+                    message = str(jsonc.loads(raw).get("message", ""))
                 except ValueError:
                     message = raw.decode(errors="replace")[:300]
                 raise ApiError(resp.status, message, retry_after=_retry_after(resp.headers))
@@ -399,7 +399,7 @@ class KubeClient:
                     raise TransientError(f"watch {res.plural} broke: {err}") from err
                 if not line:
                     return
-                event: JsonObject = json.loads(line)
+                event: JsonObject = jsonc.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise ApiError(

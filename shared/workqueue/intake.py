@@ -9,11 +9,11 @@ object, a required header missing) is refused as a :class:`PoisonRequest`. All p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
 from memcached_operator.shared.bus.subjects import REQUESTS, ObjectKey, parse
+from memcached_operator.shared.runtime import jsonc
 from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.deadletter import (
     MALFORMED_BODY,
@@ -46,7 +46,7 @@ def parse_key(controller: Controller, subject: str) -> ObjectKey:
 def check_body(body: bytes) -> None:
     """A body must be a JSON object in UTF-8."""
     try:
-        doc = json.loads(body.decode("utf-8"))
+        doc = jsonc.loads(body)
     except ValueError as err:  # UnicodeDecodeError is one
         raise PoisonRequest(MALFORMED_BODY, f"the body is not JSON in UTF-8: {err}") from None
     if not isinstance(doc, dict):

@@ -10,7 +10,6 @@ span belongs in another trace than the request's (one that reads first, then kno
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from opentelemetry.context import Context
 
 from memcached_operator.shared.bus.subjects import ObjectKey
+from memcached_operator.shared.runtime import jsonc
 from memcached_operator.shared.runtime.errors import PermanentError, TransientError
 
 __all__ = [
@@ -72,7 +72,7 @@ class Request:
         """The JSON body as a dict (empty when there is no body)."""
         if not self.body:
             return {}
-        doc: dict[str, Any] = json.loads(self.body)
+        doc: dict[str, Any] = jsonc.loads(self.body)
         return doc
 
 
