@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.api.pods import endpoint, pod_ip, pod_ready, valid_ip
-from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus import leaderget, subjects
 from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
@@ -97,16 +97,12 @@ class PodIndex:
 
     async def newest_event(self, namespace: str) -> int:
         """Stream sequence of the newest pod event of ``namespace`` (0: none). Asked of the
-        stream's leader, not with a direct get: on a replicated stream a direct get may be
-        answered by a replica that does not hold the newest pod event yet, and the barrier
-        would let a refresh read pods older than its request."""
-        try:
-            newest = await self._js.get_last_msg(
-                EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace), direct=False
-            )
-        except NotFoundError:
-            return 0
-        return newest.seq or 0
+        stream's leader (shared/bus/leaderget.py), not with a direct get: on a replicated
+        stream a direct get may be answered by a replica that does not hold the newest pod
+        event yet, and the barrier would let a refresh read pods older than its request."""
+        return await leaderget.last_sequence(
+            self._js, EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace)
+        )
 
     async def caught_up(self, namespace: str, *, timeout: float) -> bool:
         """Whether the index has folded every pod event of ``namespace`` the stream held when

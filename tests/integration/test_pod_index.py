@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from memcached_operator.shared.api.contract import OWNER_ANNOTATION
-from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus import leaderget, subjects
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.status.pod_index import PodIndex
@@ -172,3 +174,22 @@ async def test_an_index_that_is_not_following_says_so_instead_of_answering(
     started = asyncio.get_running_loop().time()
     assert not await stopped.caught_up(ns, timeout=0.5)
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_the_barrier_reads_the_newest_sequence_of_the_namespaces_pod_events(
+    nc: Client, ns: str, index: PodIndex
+) -> None:
+    """newest_event asks the leader for a sequence number only (shared/bus/leaderget.py): 0 for
+    a namespace without pod events, then the stream sequence of its newest pod event, whichever
+    pod it is of and however many other namespaces publish meanwhile."""
+    js = nc.jetstream()
+    assert await index.newest_event(ns) == 0
+    await publish(js, "added", pod(ns, "cache-a", owner="cache", ready=False))
+    await publish(js, "added", pod(ns, "cache-b", owner="cache", ready=True))
+    newest = await js.get_last_msg(
+        EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", ns), direct=False
+    )
+    await publish(js, "added", pod(f"{ns}-other", "cache-c", owner="cache", ready=True))
+    assert newest.seq and await index.newest_event(ns) == newest.seq
+    with pytest.raises(APIError):
+        await leaderget.last_sequence(js, "NO_SUCH_STREAM", "mcop.events.pod.x.*")

@@ -143,6 +143,8 @@ def test_message_size_counts_headers_as_the_server_does() -> None:
     assert message_size({}, b"x" * 10) == 10
     # "NATS/1.0\r\n" + "k: v\r\n" + "\r\n" + body
     assert message_size({"k": "v"}, b"abc") == 10 + 6 + 2 + 3
+    # Bytes, not characters: "é" is two in UTF-8.
+    assert message_size({"k": "é", "kk": "vv"}, b"") == 10 + 7 + 8 + 2
 
 
 def test_which_publish_failures_are_for_good() -> None:
