@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from memcached_operator.shared.bus import headers as nats_headers
 
@@ -98,3 +99,14 @@ async def connect(
         **kwargs,
     )
     return nc
+
+
+def client_of(js: JetStreamContext) -> Client:
+    """The connection behind ``js`` (nats-py keeps it there; it has no public accessor)."""
+    nc: Client = js._nc
+    return nc
+
+
+def api_prefix(js: JetStreamContext) -> str:
+    """The JetStream API subject prefix of ``js`` (``$JS.API``; a JetStream domain changes it)."""
+    return str(getattr(js, "_prefix", "$JS.API"))

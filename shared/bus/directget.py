@@ -47,6 +47,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from memcached_operator.shared.bus import connection
 from memcached_operator.shared.runtime.errors import TransientError
 
 log = logging.getLogger("memcached_operator.directget")
@@ -111,7 +112,7 @@ class DirectGetter:
     @classmethod
     def of(cls, js: JetStreamContext) -> DirectGetter:
         """The getter of the connection behind ``js`` (made on first use)."""
-        nc: Client = js._nc  # nats-py keeps the connection here; no public accessor
+        nc = connection.client_of(js)
         getter = cls._by_client.get(nc)
         if getter is None:
             getter = cls._by_client[nc] = cls(nc)
@@ -204,7 +205,7 @@ class DirectGetter:
         done: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
         self._waiting[token] = ([], done)
         body = json.dumps({"multi_last": list(subjects), "batch": len(subjects)}).encode()
-        prefix = getattr(js, "_prefix", "$JS.API")  # a JetStream domain changes it
+        prefix = connection.api_prefix(js)
         try:
             nc = self._nc()
             if nc is None:

@@ -15,6 +15,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
+from memcached_operator.shared.bus import connection
 from memcached_operator.shared.runtime import jsonc
 
 # JetStream's error code for "no message found" (a 404, as a missing stream is too).
@@ -27,10 +28,10 @@ async def last_sequence(
     """Sequence of the newest message of ``stream`` on ``subject`` (wildcards allowed) as its
     leader holds it; 0 when there is none. Another error of the JetStream API raises its
     :class:`~nats.js.errors.APIError`; a reply that is not one raises ValueError."""
-    nc = js._nc  # nats-py keeps the connection here; no public accessor
-    prefix = getattr(js, "_prefix", "$JS.API")  # a JetStream domain changes it
     body = jsonc.dumps({"last_by_subj": subject, "no_hdr": True})
-    reply = await nc.request(f"{prefix}.STREAM.MSG.GET.{stream}", body, timeout=timeout)
+    reply = await connection.client_of(js).request(
+        f"{connection.api_prefix(js)}.STREAM.MSG.GET.{stream}", body, timeout=timeout
+    )
     doc: Any = jsonc.loads(reply.data or b"")
     if not isinstance(doc, dict):
         raise ValueError(f"not a STREAM.MSG.GET reply: {reply.data[:100]!r}")
