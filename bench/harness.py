@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import sys
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from typing import Any
 
 from bench.watch import watch_forever
 from deploy.local.layout import Layout, free_base_port
+from deploy.local.layout import free_port as free_port  # re-exported for the bench modules
 from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.models import Memcached
@@ -38,12 +38,6 @@ from memcached_operator.shared.kube.client import (
     JsonObject,
     KubeClient,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_block(size: int = 8) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -23,7 +22,7 @@ import pytest
 from deploy.local import build
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.layout import Layout, block_size, free_base_port
+from deploy.local.layout import Layout, block_size, free_base_port, free_port
 from deploy.local.nats_cluster import NatsCluster
 from deploy.local.processes import Supervisor
 from memcached_operator.reconciler.desired import desired_deployment, matches
@@ -36,12 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "packaging: builds the wheel and runs the services from a fresh venv"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

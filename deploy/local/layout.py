@@ -48,6 +48,13 @@ def free_base_port(size: int = 8) -> int:
     raise RuntimeError("no block of free loopback ports found")
 
 
+def free_port() -> int:
+    """One loopback port free now, below the ephemeral range like :func:`free_base_port`: a port
+    the kernel handed out for ``bind(0)`` can be taken by any outgoing connection before the
+    server meant for it binds (a test's nats-server once waited 30 s on such a port)."""
+    return free_base_port(1)
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "memcached-operator" / "local"

@@ -223,7 +223,7 @@ def start(
         env.update(nats_conf.server_environment(passwords, cost=LOCAL_BCRYPT_COST))
     rec = sup.start(name, [binary(), "-c", str(conf)], env=env)
     if wait:
-        wait_ready(port)
+        wait_ready(port, rec)
     return rec
 
 
@@ -249,8 +249,8 @@ def start_cluster(
         )
         for node, (client, monitor, _) in enumerate(ports)
     ]
-    for client, monitor, _ in ports:
-        wait_ready(client)
+    for (client, monitor, _), rec in zip(ports, records, strict=True):
+        wait_ready(client, rec)
         wait_healthy(monitor)
     return records
 
@@ -271,9 +271,16 @@ def wait_healthy(monitor_port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nats-server (monitor {monitor_port}) not healthy after {timeout}s")
 
 
-def wait_ready(port: int, timeout: float = 30.0) -> None:
+def wait_ready(port: int, rec: Record | None = None, timeout: float = 30.0) -> None:
+    """Wait until the server on ``port`` greets a client; if its process (``rec``) has exited,
+    fail at once with the end of its log (a port taken, a configuration refused)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if rec is not None and not rec.alive():
+            raise RuntimeError(
+                f"nats-server exited before accepting connections on port {port}:\n"
+                + _log_tail(Path(rec.log))
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                 if conn.recv(4).startswith(b"INFO"):
@@ -281,3 +288,10 @@ def wait_ready(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nats-server not accepting connections on port {port} after {timeout}s")
+
+
+def _log_tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"

@@ -1,0 +1,33 @@
+"""Starting the local nats-server: a server that cannot start says why at once, instead of a
+30-second wait for a port it never opened; test ports come from below the ephemeral range."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from deploy.local import nats as local_nats
+from deploy.local.layout import free_port
+from deploy.local.processes import Supervisor
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_server_whose_port_is_taken_fails_at_once_with_its_log(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="exited before accepting") as failed:
+            local_nats.start(sup, port=port, monitor_port=free_port())
+    assert "address already in use" in str(failed.value).lower(), failed.value
+    sup.stop(local_nats.NAME)
+
+
+def test_test_ports_are_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(1024 < port < low for port in ports), sorted(ports)
