@@ -1,12 +1,14 @@
 """What a contender's processes cost while a scenario runs: resident memory sampled over time
 (:class:`RssPoller`) and CPU seconds between two readings (:class:`CpuMeter`), read from /proc
-for each process and its children."""
+for each process and its children; messages through nats-server (:class:`NatsTraffic`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,3 +93,37 @@ class CpuMeter:
             name: round(cpu_seconds(pid) - self._start.get(name, 0.0), 2)
             for name, pid in self.pids.items()
         }
+
+
+_TRAFFIC_FIELDS = ("in_msgs", "out_msgs", "in_bytes", "out_bytes")
+
+
+def nats_varz(monitor_ports: list[int]) -> dict[str, int]:
+    """nats-server's own message and byte counters (``/varz``), summed over the nodes."""
+    totals = dict.fromkeys(_TRAFFIC_FIELDS, 0)
+    for port in monitor_ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as resp:
+                varz = json.loads(resp.read())
+        except (OSError, ValueError):
+            continue
+        for name in _TRAFFIC_FIELDS:
+            totals[name] += int(varz.get(name) or 0)
+    return totals
+
+
+@dataclass
+class NatsTraffic:
+    """Messages and bytes through nats-server between :meth:`start` and :meth:`stop`: every
+    publish, acknowledgement, API request and delivery is one message in or out, so this counts
+    the hops a contender's pipeline makes per CR (nats-server's CPU follows it)."""
+
+    monitor_ports: list[int]
+    _start: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._start = nats_varz(self.monitor_ports)
+
+    def stop(self) -> dict[str, int]:
+        end = nats_varz(self.monitor_ports)
+        return {name: end[name] - self._start.get(name, 0) for name in _TRAFFIC_FIELDS}

@@ -79,9 +79,17 @@ def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:
             until = f"{e_plane:.1f} / {e_nats:.1f} / {sum(e_own.values()):.1f}"
         else:
             until = "-"
+        msgs = s.get("nats_msgs_per_cr") or {}
+        kb = s.get("nats_kb_per_cr") or {}
+        traffic = (
+            f"{_fmt(msgs.get('in'), 1)} / {_fmt(msgs.get('out'), 1)} "
+            f"({_fmt(kb.get('in'), 1)} / {_fmt(kb.get('out'), 1)} KB)"
+            if msgs
+            else "-"
+        )
         rows.append(
             f"| {name} | {plane:.1f} | {nats:.1f} | {sum(own.values()):.1f} ({by_process}) "
-            f"| {until} |"
+            f"| {until} | {traffic} |"
         )
     return rows
 
@@ -242,8 +250,9 @@ def markdown(results: dict[str, Any]) -> str:
             "the last column only up to the moment every Deployment was correct):",
             "",
             "| scenario | control plane | nats-server | contender (by process) "
-            "| until Deployments correct: control plane / nats / contender |",
-            "|---|---:|---:|---|---:|",
+            "| until Deployments correct: control plane / nats / contender "
+            "| NATS messages / CR in / out (KB) |",
+            "|---|---:|---:|---|---:|---:|",
             *cpu_rows,
             "",
         ]

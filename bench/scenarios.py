@@ -44,7 +44,7 @@ from bench.harness import (
     wait_http_ok,
     wait_service_ready,
 )
-from bench.meters import CpuMeter, RssPoller
+from bench.meters import CpuMeter, NatsTraffic, RssPoller
 from deploy.local.processes import Supervisor
 from memcached_operator.reconciler.desired import desired_deployment
 from memcached_operator.shared.api.models import Memcached
@@ -132,6 +132,8 @@ class Bench:
         rss.start()
         cpu = CpuMeter({**self.cluster.pids(), **contender.pids()})
         cpu.start()
+        traffic = NatsTraffic([monitor for _, monitor, _ in self.cluster.layout.nats_ports])
+        await asyncio.to_thread(traffic.start)
         objs = [memcached(f"mc-{i:05d}", namespace, size=self.args.size) for i in range(n)]
         isolated = self.args.scaling and not self.args.with_downstream
         if isolated:
@@ -154,6 +156,7 @@ class Bench:
             requests_after = await asyncio.to_thread(self.cluster.operator_requests)
             peak = await rss.stop()
             cpu_s = cpu.stop()
+            nats_traffic = await asyncio.to_thread(traffic.stop)
             cpu_deployments = cpu_to_deployments.result() if cpu_to_deployments.done() else None
             cpu_to_deployments.cancel()
             metrics = contender.metrics()
@@ -213,6 +216,14 @@ class Bench:
             or None,
             "peak_rss_mb": peak,
             "cpu_s": cpu_s,
+            "nats_msgs_per_cr": {
+                "in": rounded(nats_traffic["in_msgs"] / n),
+                "out": rounded(nats_traffic["out_msgs"] / n),
+            },
+            "nats_kb_per_cr": {
+                "in": rounded(nats_traffic["in_bytes"] / n / 1024),
+                "out": rounded(nats_traffic["out_bytes"] / n / 1024),
+            },
             "namespace_deleted_s": round(cleanup, 1),
             "cpu_s_to_deployments": cpu_deployments,
             "breakdown": {

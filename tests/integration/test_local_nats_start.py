@@ -1,13 +1,17 @@
 """Starting the local nats-server: a server that cannot start says why at once, instead of a
-30-second wait for a port it never opened; test ports come from below the ephemeral range."""
+30-second wait for a port it never opened; test ports come from below the ephemeral range; the
+bench reads the server's own message counters."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
+import nats
 import pytest
 
+from bench.meters import NatsTraffic
 from deploy.local import nats as local_nats
 from deploy.local.layout import free_port
 from deploy.local.processes import Supervisor
@@ -31,3 +35,26 @@ def test_test_ports_are_below_the_ephemeral_range() -> None:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = {free_port() for _ in range(50)}
     assert all(1024 < port < low for port in ports), sorted(ports)
+
+
+def test_the_bench_counts_the_messages_through_the_server(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    port, monitor = free_port(), free_port()
+    local_nats.start(sup, port=port, monitor_port=monitor)
+    try:
+        traffic = NatsTraffic([monitor])
+        traffic.start()
+
+        async def publish() -> None:
+            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            for i in range(5):
+                await nc.publish("bench.traffic", b"x" * 100 * (i + 1))
+            await nc.flush()
+            await nc.close()
+
+        asyncio.run(publish())
+        counted = traffic.stop()
+    finally:
+        sup.stop(local_nats.NAME)
+    assert counted["in_msgs"] == 5, counted
+    assert counted["in_bytes"] == 1500, counted
