@@ -1,8 +1,8 @@
 """A small, real OTLP/HTTP trace receiver for the tracing-on benchmark: it decodes and counts.
 
 It accepts ``POST /v1/traces`` (protobuf, optionally gzip), decodes every request with
-opentelemetry-proto as a collector would, and counts spans per service; ``GET /count``
-answers the counts as JSON. It runs as its own process so that decoding does not share the
+opentelemetry-proto as a collector would, and counts spans per service and per service and
+span name; ``GET /count`` answers the counts as JSON. It runs as its own process so that decoding does not share the
 harness's event loop.
 """
 
@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 _spans: Counter[str] = Counter()
+_names: Counter[str] = Counter()
 
 
 async def _traces(request: web.Request) -> web.Response:
@@ -36,7 +37,10 @@ async def _traces(request: web.Request) -> web.Response:
             ),
             "unknown",
         )
-        _spans[service] += sum(len(s.spans) for s in resource_spans.scope_spans)
+        for scope_spans in resource_spans.scope_spans:
+            _spans[service] += len(scope_spans.spans)
+            for span in scope_spans.spans:
+                _names[f"{service}: {span.name}"] += 1
     return web.Response(
         body=ExportTraceServiceResponse().SerializeToString(),
         content_type="application/x-protobuf",
@@ -44,7 +48,11 @@ async def _traces(request: web.Request) -> web.Response:
 
 
 async def _count(_request: web.Request) -> web.Response:
-    return web.Response(text=json.dumps({"spans": dict(_spans), "total": sum(_spans.values())}))
+    return web.Response(
+        text=json.dumps(
+            {"spans": dict(_spans), "by_name": dict(_names), "total": sum(_spans.values())}
+        )
+    )
 
 
 def main() -> None:

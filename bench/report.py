@@ -274,6 +274,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"4 workers, time to all Available: **{tracing['ratio_available']:.2f}x** "
             f"(Deployments: {tracing['ratio_deployments']:.2f}x)."
         )
+        per_cr = tracing.get("spans_per_cr_by_name") or {}
+        if per_cr:
+            lines.append(
+                "Spans per CR by service and name: "
+                + ", ".join(f"{name} {count:g}" for name, count in per_cr.items())
+                + "."
+            )
     watcher = results.get("watcher")
     if watcher:
         lines.append(

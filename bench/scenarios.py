@@ -423,6 +423,13 @@ class Bench:
         return {
             "spans": counts.get("total", 0),
             "spans_by_service": counts.get("spans", {}),
+            # Per CR, by service and span name: where a trace's spans come from.
+            "spans_per_cr_by_name": {
+                name: round(count / self.args.n, 2)
+                for name, count in sorted(
+                    (counts.get("by_name") or {}).items(), key=lambda item: -item[1]
+                )
+            },
             "ratio_available": ratio(traced.get("t_available"), off.get("t_available")),
             "ratio_deployments": ratio(traced.get("t_deployments"), off.get("t_deployments")),
         }
