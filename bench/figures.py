@@ -195,3 +195,54 @@ def reconcile_runs(name: str, metrics: dict[str, str], n: int) -> float | None:
         for role, text in metrics.items()
         if role.startswith("reconciler")
     )
+
+
+def span_delta(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
+    """The spans one traced run exported: the OTLP receiver's counts after it less before it,
+    in all, by service, and per CR by service and span name (largest first)."""
+
+    def less(key: str) -> dict[str, int]:
+        old = before.get(key) or {}
+        return {
+            k: v - old.get(k, 0) for k, v in (after.get(key) or {}).items() if v - old.get(k, 0)
+        }
+
+    by_name = less("by_name")
+    return {
+        "total": int(after.get("total", 0)) - int(before.get("total", 0)),
+        "by_service": less("spans"),
+        "per_cr_by_name": {
+            name: round(count / n, 2)
+            for name, count in sorted(by_name.items(), key=lambda item: -item[1])
+        },
+    }
+
+
+def tracing_summary(repetitions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Tracing on ÷ off within each repetition (pipeline-4-traced against pipeline-4), the
+    median of those, and the spans of the median traced run."""
+    pairs = [
+        (rep["pipeline-4-traced"], rep["pipeline-4"])
+        for rep in repetitions
+        if "pipeline-4-traced" in rep and "pipeline-4" in rep
+    ]
+    if not pairs:
+        return None
+    available = [ratio(on.get("t_available"), off.get("t_available")) for on, off in pairs]
+    deployments = [ratio(on.get("t_deployments"), off.get("t_deployments")) for on, off in pairs]
+    median_traced = median_runs([{"t": on} for on, _ in pairs])["t"]
+    spans = median_traced.get("spans") or {}
+
+    def middle(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return round(statistics.median(known), 3) if known else None
+
+    return {
+        "runs_available": available,
+        "runs_deployments": deployments,
+        "ratio_available": middle(available),
+        "ratio_deployments": middle(deployments),
+        "spans": spans.get("total", 0),
+        "spans_by_service": spans.get("by_service", {}),
+        "spans_per_cr_by_name": spans.get("per_cr_by_name", {}),
+    }

@@ -272,7 +272,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"Tracing on (always-on sampler, OTLP/HTTP export of {tracing['spans']} spans) vs off, "
             f"4 workers, time to all Available: **{tracing['ratio_available']:.2f}x** "
-            f"(Deployments: {tracing['ratio_deployments']:.2f}x)."
+            f"(Deployments: {tracing['ratio_deployments']:.2f}x)"
+            + (
+                " — the median of "
+                + ", ".join(f"{r:.2f}x" for r in tracing["runs_available"] if r is not None)
+                + ", each against the untraced run of its repetition."
+                if len(tracing.get("runs_available") or []) > 1
+                else "."
+            )
         )
         per_cr = tracing.get("spans_per_cr_by_name") or {}
         if per_cr:

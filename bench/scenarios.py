@@ -24,11 +24,12 @@ from bench.contenders import REPO, Contender, FloorClient, GoPeer, KopfPeer, Pip
 from bench.figures import (
     breakdown,
     median_runs,
-    ratio,
     ratio_spread,
     reconcile_runs,
     rounded,
     scaling_summary,
+    span_delta,
+    tracing_summary,
     worker_rows,
 )
 from bench.harness import (
@@ -65,6 +66,7 @@ class Bench:
         self.supervisor = Supervisor(cluster.layout.state_dir / "bench")
         self.operator_kubeconfig = cluster.operator_kubeconfig()
         self.started: list[Contender] = []
+        self._otlp_port: int | None = None
 
     def contender(self, cls: type[Contender], namespace: str, **kwargs: Any) -> Contender:
         c = cls(
@@ -308,10 +310,10 @@ class Bench:
         log(f"watcher: {result}")
         return result
 
-    def traced(self, otlp_port: int) -> Pipeline:
+    def traced(self, otlp_port: int, suffix: str = "") -> Pipeline:
         contender = self.contender(
             Pipeline,
-            "bench-pipeline-4-traced",
+            f"bench-pipeline-4-traced{suffix}",
             workers=4,
             concurrency=self.args.concurrency,
             status_concurrency=self.args.status_concurrency,
@@ -351,10 +353,17 @@ class Bench:
         a = self.args
         await self.warm_up()
         repetitions = []
-        for rep in range(a.repeat):
-            if a.repeat > 1:
-                log(f"repetition {rep + 1} of {a.repeat}")
-            repetitions.append(await self.contenders(suffix=f"-r{rep + 1}" if rep else ""))
+        traced = not a.skip_tracing and 4 in a.workers
+        if traced:
+            await self._start_otlp()
+        try:
+            for rep in range(a.repeat):
+                if a.repeat > 1:
+                    log(f"repetition {rep + 1} of {a.repeat}")
+                repetitions.append(await self.contenders(suffix=f"-r{rep + 1}" if rep else ""))
+        finally:
+            if traced:
+                self.supervisor.stop("otlp-receiver")
         scenarios = median_runs(repetitions)
         results: dict[str, Any] = {"scenarios": scenarios}
         if a.repeat > 1:
@@ -363,9 +372,9 @@ class Bench:
         scaling = scaling_summary(scenarios, repetitions, a.workers)
         if scaling:
             results["scaling"] = scaling
-        if not a.skip_tracing and "pipeline-4" in scenarios:
-            results["tracing"] = await self.tracing(scenarios)
-        results["versus_go"] = versus_go.summary(repetitions, results.get("tracing"))
+        if traced:
+            results["tracing"] = tracing_summary(repetitions)
+        results["versus_go"] = versus_go.summary(repetitions)
         if not a.skip_watcher:
             results["watcher"] = await self.watcher_throughput(a.watcher_changes)
         return results
@@ -402,37 +411,27 @@ class Bench:
                     status=not a.scaling or a.with_downstream,
                 ),
             )
+        if self._otlp_port is not None and "pipeline-4" in scenarios:
+            before = self._span_counts()
+            traced = await self.scenario("pipeline-4-traced", self.traced(self._otlp_port, suffix))
+            traced["spans"] = span_delta(before, self._span_counts(), a.n)
+            scenarios["pipeline-4-traced"] = traced
         return scenarios
 
-    async def tracing(self, scenarios: dict[str, Any]) -> dict[str, Any]:
-        otlp_port = free_port()
+    async def _start_otlp(self) -> None:
+        """The OTLP receiver the traced runs export to, for every repetition."""
+        port = free_port()
         rec = self.supervisor.start(
             "otlp-receiver",
-            [sys.executable, "-m", "bench.otlp", "--port", str(otlp_port)],
+            [sys.executable, "-m", "bench.otlp", "--port", str(port)],
             cwd=REPO,
         )
-        try:
-            await wait_http_ok(otlp_port, "/count", timeout=30, alive=rec.alive)
-            contender = self.traced(otlp_port)
-            traced = await self.scenario("pipeline-4-traced", contender)
-            scenarios["pipeline-4-traced"] = traced
-            counts = json.loads(scrape(otlp_port, "/count") or "{}")
-        finally:
-            self.supervisor.stop("otlp-receiver")
-        off = scenarios["pipeline-4"]
-        return {
-            "spans": counts.get("total", 0),
-            "spans_by_service": counts.get("spans", {}),
-            # Per CR, by service and span name: where a trace's spans come from.
-            "spans_per_cr_by_name": {
-                name: round(count / self.args.n, 2)
-                for name, count in sorted(
-                    (counts.get("by_name") or {}).items(), key=lambda item: -item[1]
-                )
-            },
-            "ratio_available": ratio(traced.get("t_available"), off.get("t_available")),
-            "ratio_deployments": ratio(traced.get("t_deployments"), off.get("t_deployments")),
-        }
+        await wait_http_ok(port, "/count", timeout=30, alive=rec.alive)
+        self._otlp_port = port
+
+    def _span_counts(self) -> dict[str, Any]:
+        assert self._otlp_port is not None
+        return dict(json.loads(scrape(self._otlp_port, "/count") or "{}"))
 
     async def rss_10k(self, count: int) -> dict[str, Any]:
         namespace = "bench-rss-10k"
