@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.js import JetStreamContext
 
 from bench.meters import cpu_seconds
 from deploy.local import nats as local_nats
@@ -36,7 +37,9 @@ from memcached_operator.reconciler.desired import desired_deployment
 from memcached_operator.routes import router
 from memcached_operator.shared.api.contract import OWNER_ANNOTATION
 from memcached_operator.shared.api.models import Memcached
+from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.stream_admin import ensure_streams
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.watcher.emitter import Emitter
 from memcached_operator.watcher.owners import Kind, replica_set_name
 from memcached_operator.watcher.publisher import Publisher
@@ -159,7 +162,7 @@ def changes(name: str, namespace: str, rv: int) -> list[tuple[Kind, str, dict[st
 
 async def run(
     n: int, url: str, profile: cProfile.Profile | None, rate: float, group: int = 1
-) -> tuple[int, float, float]:
+) -> tuple[int, int, float, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_streams(js)
@@ -187,11 +190,20 @@ async def run(
     if profile is not None:
         profile.disable()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    stored = await _stored(js, namespace) - 10  # less the warm-up CR's changes
     times = os.times()
     print(f"  user {times.user - times0.user:.2f} s, system {times.system - times0.system:.2f} s")
     flusher.cancel()
     await nc.close()
-    return len(work), cpu, wall
+    return len(work), stored, cpu, wall
+
+
+async def _stored(js: JetStreamContext, namespace: str) -> int:
+    """Events the stream holds of ``namespace``'s objects (a run's namespace is its own)."""
+    info = await js.stream_info(
+        EVENTS_STREAM, subjects_filter=f"{subjects.PREFIX}.events.*.{namespace}.>"
+    )
+    return sum((info.state.subjects or {}).values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeat):
                 profile = cProfile.Profile(time.process_time) if args.profile else None
                 server0 = cpu_seconds(rec.pid)
-                count, cpu, wall = asyncio.run(
+                count, stored, cpu, wall = asyncio.run(
                     run(args.n, f"nats://127.0.0.1:{port}", profile, args.rate, args.group)
                 )
                 server = cpu_seconds(rec.pid) - server0
                 print(
-                    f"run {i + 1}: {count} changes, watcher {cpu / count * 1e6:.0f} µs CPU per"
+                    f"run {i + 1}: {count} changes, {stored} stored, watcher"
+                    f" {cpu / count * 1e6:.0f} µs CPU per"
                     f" change ({cpu:.2f} s), nats-server {server / count * 1e6:.0f} µs,"
                     f" {count / wall:.0f} changes/s, load {os.getloadavg()[0]:.1f}",
                     flush=True,
