@@ -190,8 +190,8 @@ async def run(
     if profile is not None:
         profile.disable()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-    stored = await _stored(js, namespace) - 10  # less the warm-up CR's changes
     times = os.times()
+    stored = await _stored(js, namespace) - 10  # less the warm-up CR's changes
     print(f"  user {times.user - times0.user:.2f} s, system {times.system - times0.system:.2f} s")
     flusher.cancel()
     await nc.close()
