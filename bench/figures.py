@@ -128,6 +128,9 @@ def breakdown(metrics: dict[str, str]) -> dict[str, Any]:
         call: round(sums.get(call, 0.0) / n * 1000, 1) for call, n in counts.items() if n
     }
     out["status_refreshes"] = _by_labels(metrics, "mcop_status_writes_total", "result")
+    out["status_refreshes_by_origin"] = _by_labels(
+        metrics, "mcop_status_refreshes_by_origin_total", "origin", "result"
+    )
     out["pod_reads"] = _by_labels(metrics, "mcop_pod_reads_total", "source")
     return {k: v for k, v in out.items() if v}
 

@@ -23,9 +23,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from nats.js import JetStreamContext
 from opentelemetry import trace
@@ -42,14 +42,15 @@ from memcached_operator.shared.api.contract import (
 from memcached_operator.shared.bus import subjects
 from memcached_operator.shared.bus.directget import StoredMsg
 from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
+from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events import state
-from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.events.outcomes import Outcome, OutcomeResult
 from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
 from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
 from memcached_operator.shared.workqueue.options import queue_from_args
-from memcached_operator.shared.workqueue.types import Prepared, Request, Result
+from memcached_operator.shared.workqueue.types import ORIGIN, Prepared, Request, Result
 from memcached_operator.status.conditions import fold_status
 from memcached_operator.status.endpoints import ready_endpoints, ready_nodes
 from memcached_operator.status.pod_index import INDEX, LIST, POD_READS, PodIndex
@@ -72,6 +73,26 @@ SKIPPED = "skipped"
 DEFERRED = "deferred"
 AWAITING = "awaiting"
 LAST_TRACE_ID = "lastTraceId"
+REFRESHES_BY_ORIGIN = Counter(
+    "mcop_status_refreshes_by_origin_total",
+    "Status refreshes by the origin of their request (the newest of those coalesced into it: "
+    "a watched change, or a reconcile's outcome; 'other' for any other header value) and by "
+    "what they did (as mcop_status_writes_total, and 'gone')",
+    ["origin", "result"],
+)
+# The origins a status request has (a header anyone who may publish requests can set: any
+# other value is counted as "other", so it cannot add series).
+ORIGINS = frozenset(
+    [f"watcher:{kind}.{change}" for kind in ("deployment", "pod") for change in events.CHANGES]
+    + [f"reconciler:{result}" for result in get_args(OutcomeResult)]
+)
+OTHER_ORIGIN = "other"
+
+
+def origin_label(headers: Mapping[str, str] | None) -> str:
+    """The request's origin as a metric label: one of :data:`ORIGINS`, or "other"."""
+    origin = (headers or {}).get(ORIGIN, "")
+    return origin if origin in ORIGINS else OTHER_ORIGIN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +221,7 @@ class StatusRefresher:
             # Too soon after this process's last write of the CR: come back without reading
             # anything (a burst of changes costs one deferral each, not one refresh each).
             STATUS_WRITES.labels(DEFERRED).inc()
+            REFRESHES_BY_ORIGIN.labels(origin_label(request.headers), DEFERRED).inc()
             return Result(requeue_after=self.min_interval - since)
         # The outcome, the CR and its Deployment in one read of the stream, and alongside it
         # the pod index's barrier (see pod_index.py).
@@ -227,6 +249,7 @@ class StatusRefresher:
         async def run() -> Result:
             result, what = await self._refresh(key, stored, cr, deployment, indexed=indexed)
             trace.get_current_span().set_attribute("status.result", what)
+            REFRESHES_BY_ORIGIN.labels(origin_label(request.headers), what).inc()
             return result
 
         return Prepared(run=run, parent=parent, links=(other,))
