@@ -200,6 +200,12 @@ def reconcile_runs(name: str, metrics: dict[str, str], n: int) -> float | None:
     )
 
 
+def median_of(values: list[float | None]) -> float | None:
+    """The median of the known values (ratios of runs that finished), None without any."""
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
 def span_delta(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
     """The spans one traced run exported: the OTLP receiver's counts after it less before it,
     in all, by service, and per CR by service and span name (largest first)."""
@@ -235,16 +241,11 @@ def tracing_summary(repetitions: list[dict[str, Any]]) -> dict[str, Any] | None:
     deployments = [ratio(on.get("t_deployments"), off.get("t_deployments")) for on, off in pairs]
     median_traced = median_runs([{"t": on} for on, _ in pairs])["t"]
     spans = median_traced.get("spans") or {}
-
-    def middle(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return round(statistics.median(known), 3) if known else None
-
     return {
         "runs_available": available,
         "runs_deployments": deployments,
-        "ratio_available": middle(available),
-        "ratio_deployments": middle(deployments),
+        "ratio_available": median_of(available),
+        "ratio_deployments": median_of(deployments),
         "spans": spans.get("total", 0),
         "spans_by_service": spans.get("by_service", {}),
         "spans_per_cr_by_name": spans.get("per_cr_by_name", {}),

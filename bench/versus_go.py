@@ -9,8 +9,9 @@ peer's are its replicas. Tracing on vs off is ours traced ÷ ours untraced in th
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
+
+from bench.figures import median_of
 
 OURS, PEER = "pipeline-4", "go-32"
 TRACED = "pipeline-4-traced"  # ours with tracing on, in the same repetition
@@ -52,8 +53,7 @@ def summary(repetitions: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     median: dict[str, float | None] = {}
     for key in ("available", "deployments", "cpu", "tracing"):
-        values = [r[key] for r in runs if r[key] is not None]
-        median[key] = round(statistics.median(values), 3) if values else None
+        median[key] = median_of([r[key] for r in runs])
     return {
         "ours": OURS,
         "peer": PEER,
