@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,18 +99,32 @@ class CpuMeter:
 _TRAFFIC_FIELDS = ("in_msgs", "out_msgs", "in_bytes", "out_bytes")
 
 
-def nats_varz(monitor_ports: list[int]) -> dict[str, int]:
-    """nats-server's own message and byte counters (``/varz``), summed over the nodes."""
+def nats_varz(monitor_ports: list[int], wait: float = 10.0) -> dict[str, int]:
+    """nats-server's own message and byte counters (``/varz``), summed over the nodes. A node
+    whose monitor does not answer within ``wait`` seconds is an error naming the port and the
+    cause: a zero in its place would read as "no traffic"."""
     totals = dict.fromkeys(_TRAFFIC_FIELDS, 0)
     for port in monitor_ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as resp:
-                varz = json.loads(resp.read())
-        except (OSError, ValueError):
-            continue
+        varz = _read_varz(port, wait)
         for name in _TRAFFIC_FIELDS:
             totals[name] += int(varz.get(name) or 0)
     return totals
+
+
+def _read_varz(port: int, wait: float) -> dict[str, object]:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as resp:
+                varz = json.loads(resp.read())
+            if isinstance(varz, dict):
+                return varz
+            failure = f"not a JSON object: {str(varz)[:80]}"
+        except (OSError, ValueError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"nats-server monitor on port {port} unreadable: {failure}")
+        time.sleep(0.2)
 
 
 @dataclass

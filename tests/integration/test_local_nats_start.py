@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import nats
 import pytest
 
-from bench.meters import NatsTraffic
+from bench.meters import NatsTraffic, nats_varz
 from deploy.local import nats as local_nats
 from deploy.local.layout import free_port
 from deploy.local.processes import Supervisor
@@ -53,8 +54,18 @@ def test_the_bench_counts_the_messages_through_the_server(tmp_path: Path) -> Non
             await nc.close()
 
         asyncio.run(publish())
+        # Polled (bounded): nothing promises the totals are updated before flush() returns.
+        deadline = time.monotonic() + 5
         counted = traffic.stop()
+        while counted["in_msgs"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counted = traffic.stop()
     finally:
         sup.stop(local_nats.NAME)
     assert counted["in_msgs"] == 5, counted
     assert counted["in_bytes"] == 1500, counted
+
+
+def test_an_unreadable_monitor_is_an_error_not_zero_traffic() -> None:
+    with pytest.raises(RuntimeError, match=r"unreadable: .*Connection refused"):
+        nats_varz([free_port()], wait=0.5)
