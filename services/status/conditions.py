@@ -68,10 +68,6 @@ _DEPLOYMENT_FAILURE_REASONS = frozenset(
     {"FailedCreate", "FailedDelete", REPLICA_FAILURE, PROGRESS_DEADLINE_EXCEEDED}
 )
 
-# The Deployment controller's Progressing reasons while a new ReplicaSet is still coming up.
-_DEPLOYMENT_ROLLING_REASONS = frozenset(
-    {"ReplicaSetUpdated", "NewReplicaSetCreated", "FoundNewReplicaSet"}
-)
 # metav1.Condition's message limit: a condition that breaks it would make the API server reject
 # the whole status write, so outcome text is fitted to it first (reasons: fit_reason).
 _MESSAGE_MAX = 32768
@@ -162,7 +158,7 @@ def _progressing(
             "(see the Degraded condition)",
             generation,
         )
-    rolling = view.progressing_condition.get("reason") in _DEPLOYMENT_ROLLING_REASONS
+    rolling = view.rolling
     if (
         view.replicas != size
         or view.updated != size

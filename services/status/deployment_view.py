@@ -22,6 +22,8 @@ PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 REPLICA_FAILURE = "ReplicaFailure"
 # metav1.Condition's reason grammar and length: a condition that breaks them would make the API
 # server reject the whole status write, so a reason someone else wrote is fitted to them first.
+# The Deployment controller's Progressing reasons while a new ReplicaSet is still coming up.
+ROLLING_REASONS = frozenset({"ReplicaSetUpdated", "NewReplicaSetCreated", "FoundNewReplicaSet"})
 _REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
 _REASON_MAX = 1024
 
@@ -61,7 +63,7 @@ class DeploymentView:
     replica_failure_condition: dict[str, Any]
 
     @classmethod
-    def of(cls, deployment: dict[str, Any], size: int) -> DeploymentView:
+    def of(cls, deployment: Mapping[str, Any], size: int) -> DeploymentView:
         status = deployment.get("status") or {}
         conditions = conditions_by_type(deployment)
         generation = as_int((deployment.get("metadata") or {}).get("generation"))
@@ -86,6 +88,12 @@ class DeploymentView:
         )
 
     @property
+    def rolling(self) -> bool:
+        """The Deployment says a new ReplicaSet is still coming up (read only once the
+        controller has observed the Deployment's spec, where the fold reads it)."""
+        return self.progressing_condition.get("reason") in ROLLING_REASONS
+
+    @property
     def deadline_message(self) -> str:
         message = str(self.progressing_condition.get("message") or "").strip()
         return message or "the rollout did not progress within its progress deadline"
@@ -105,12 +113,19 @@ class DeploymentView:
 
 
 def deployment_inputs(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Everything of a Deployment that :func:`fold_status` reads. Two versions with equal
-    inputs fold to the same status, so the watcher asks for no refresh between them (the
-    Deployment controller's revision annotation, a condition's lastUpdateTime)."""
+    """Everything of a Deployment that :func:`fold_status` reads, as the fold reads it. Two
+    versions with equal inputs fold to the same status, so the watcher asks for no refresh
+    between them: the Deployment controller's revision annotation, a condition's
+    lastUpdateTime, the Available condition's reason, and the Progressing condition's reason
+    and message except where the fold looks at them (a deadline exceeded; a new ReplicaSet
+    still rolling, once the controller has observed the spec). Its first status update of a
+    new Deployment, Progressing=True before anything is observed, wakes nothing."""
     status = deployment.get("status") or {}
     meta = deployment.get("metadata") or {}
     conditions = conditions_by_type(deployment)
+    view = DeploymentView.of(deployment, size=0)
+    available = view.available_condition
+    available_true = available.get("status") == "True"
     return (
         meta.get("generation"),
         meta.get("deletionTimestamp"),
@@ -126,13 +141,14 @@ def deployment_inputs(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
                 "availableReplicas",
             )
         ),
-        *(
-            (c.get("status"), c.get("reason"), c.get("message"))
-            for c in (
-                conditions.get("Available") or {},
-                conditions.get("Progressing") or {},
-                # Without it, a pod the API refuses would reach the status only at the deadline.
-                conditions.get(REPLICA_FAILURE) or {},
-            )
+        available_true,
+        None if available_true else available.get("message"),
+        view.deadline_exceeded,
+        view.deadline_message if view.deadline_exceeded else None,
+        view.observed and view.rolling,
+        # Without it, a pod the API refuses would reach the status only at the deadline.
+        tuple(
+            (conditions.get(REPLICA_FAILURE) or {}).get(field)
+            for field in ("status", "reason", "message")
         ),
     )
