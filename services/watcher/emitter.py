@@ -7,7 +7,9 @@ work queues as every controller declared beside its handler (services/reconciler
 services/status/watches.py), routed by shared/bus/routing.py: the watcher gets the table from
 the package root (memcached_operator.routes) and imports no other service.
 
-A PRODUCER span per change carries the trace to the event and its requests. An object
+A PRODUCER span per change that makes requests carries the trace to the event and the
+requests; a change that makes none is published without a span of its own (half the changes:
+a CR's status echoes, pods not yet ready), its event carrying the trace it came with. An object
 annotated with ``tracing.k8s.io/traceparent`` continues that trace instead of starting one: a
 Memcached whose writer put it there, and a Deployment, which the reconciler stamps with the
 trace of its write (so the rollout that write starts stays in the same trace).
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from memcached_operator.shared.api.pods import pod_ip, pod_ready
@@ -62,9 +65,12 @@ def extensions(kind: Kind, obj: Mapping[str, Any], owner: Owner | None = None) -
 class Emitter:
     """Publishes each change of a watched kind, and the requests ``router`` makes of it."""
 
-    def __init__(self, publisher: Publisher, router: Router) -> None:
+    def __init__(
+        self, publisher: Publisher, router: Router, *, tracer: trace.Tracer = tracer
+    ) -> None:
         self.publisher = publisher
         self.router = router
+        self.tracer = tracer
 
     async def emit(self, kind: Kind, change: str, obj: JsonObject, before: Known | None) -> None:
         meta = obj.get("metadata") or {}
@@ -84,7 +90,14 @@ class Emitter:
         parent = telemetry.context_from_annotation(obj)
         owner = believed_owner(kind, obj)
         requests = self.router.requests(Change(kind.name, change, key, owner.key, obj))
-        with tracer.start_as_current_span(
+        if not requests:
+            # Nothing in the pipeline consumes this change (a CR's status echo, a pod not yet
+            # ready): no span of its own. The event carries the trace it came with, or ids
+            # flagged not sampled, so the audit still shows a trace id for it.
+            context = parent or telemetry.unsampled_context()
+            await self._send(kind, change, obj, owner, subject, key, context)
+            return
+        with self.tracer.start_as_current_span(
             f"send {subjects.PREFIX}.{subjects.EVENTS}.{kind.name}",
             context=parent,
             kind=SpanKind.PRODUCER,
@@ -100,17 +113,32 @@ class Emitter:
                 "k8s.change": change,
             },
         ):
-            trace_headers: dict[str, str] = {}
-            telemetry.inject(trace_headers)
-            headers, body = events.encode(
-                kind=kind.name,
-                change=change,
-                obj=obj,
-                extra_headers=trace_headers,
-                extensions=extensions(kind, obj, owner),
-            )
-            await self.publisher.send(Message(subject, body, headers, f"{kind.name}.{change}", key))
+            trace_headers = await self._send(kind, change, obj, owner, subject, key, None)
             for controller, target in requests:
                 await self.publisher.request(
                     controller, target, {**trace_headers, ORIGIN: f"watcher:{kind.name}.{change}"}
                 )
+
+    async def _send(
+        self,
+        kind: Kind,
+        change: str,
+        obj: JsonObject,
+        owner: Owner,
+        subject: str,
+        key: ObjectKey,
+        context: Context | None,
+    ) -> dict[str, str]:
+        """Publish the change's event with trace ``context`` (None: the current span's) in its
+        headers; those trace headers, for the requests that follow it."""
+        trace_headers: dict[str, str] = {}
+        telemetry.inject(trace_headers, context=context)
+        headers, body = events.encode(
+            kind=kind.name,
+            change=change,
+            obj=obj,
+            extra_headers=trace_headers,
+            extensions=extensions(kind, obj, owner),
+        )
+        await self.publisher.send(Message(subject, body, headers, f"{kind.name}.{change}", key))
+        return trace_headers

@@ -22,6 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Link, Span, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -31,6 +32,7 @@ TRACEPARENT_ANNOTATION = "tracing.k8s.io/traceparent"
 MESSAGING_SYSTEM = "nats"
 _W3C = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
+_IDS = RandomIdGenerator()
 
 
 def resource_attributes(service: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -112,6 +114,20 @@ def inject(headers: MutableMapping[str, str], context: Context | None = None) ->
     propagate.inject(headers, context=context)
     if "traceparent" not in headers:
         _W3C.inject(headers, context=context)
+
+
+def unsampled_context() -> Context:
+    """A new trace and span id flagged not sampled, with no span behind them: what a message
+    nobody traces further carries, so that its trace id still identifies it (audit)."""
+    span = trace.NonRecordingSpan(
+        SpanContext(
+            trace_id=_IDS.generate_trace_id(),
+            span_id=_IDS.generate_span_id(),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        )
+    )
+    return trace.set_span_in_context(span)
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:
