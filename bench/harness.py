@@ -157,6 +157,21 @@ def _available(cr: JsonObject) -> bool:
     return False
 
 
+def deployment_available(dep: JsonObject) -> bool:
+    """The Deployment's own word that its pods are up: the controller has observed its spec,
+    counts every replica ready, and says Available (what a CR's Available folds from)."""
+    meta = dep.get("metadata") or {}
+    status = dep.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return False
+    if int(status.get("readyReplicas") or 0) < int((dep.get("spec") or {}).get("replicas") or 0):
+        return False
+    return any(
+        c.get("type") == "Available" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
 # The objects a CR owns besides its Deployment, by the name the Observer keeps them under.
 COMPANIONS = (("service", SERVICE, desired_service), ("pdb", PDB, desired_pdb))
 
@@ -178,6 +193,8 @@ class Observer:
     # Every owned object as desired: the Deployment, the Service and the PDB (when wanted).
     objects_ok: dict[str, float] = field(default_factory=dict)
     available: dict[str, float] = field(default_factory=dict)
+    # When each CR's Deployment itself first said Available (the control plane's part done).
+    deployment_available: dict[str, float] = field(default_factory=dict)
     deployments_seen: set[str] = field(default_factory=set)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -233,6 +250,8 @@ class Observer:
         self.deployments_seen.add(name)
         self.last_deployment[name] = dep
         now = time.monotonic()
+        if name not in self.deployment_available and deployment_available(dep):
+            self.deployment_available[name] = now
         self._check_deployment(name, now)
         self._check_objects(name, now)
 

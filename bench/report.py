@@ -256,6 +256,19 @@ def markdown(results: dict[str, Any]) -> str:
             *cpu_rows,
             "",
         ]
+    lags = [
+        f"{name} {_fmt(s.get('t_deployments_available'))} s, "
+        f"{_fmt(s.get('p50_status_lag_ms'), 0)} / {_fmt(s.get('p99_status_lag_ms'), 0)} ms"
+        for name, s in scenarios.items()
+        if s.get("p50_status_lag_ms") is not None
+    ]
+    if lags:
+        lines += [
+            "Every Deployment itself Available (observed, all replicas ready, its Available "
+            "condition True), and then each CR's Available p50 / p99 after its Deployment's (the "
+            "operator's own part of the wait): " + "; ".join(lags) + ".",
+            "",
+        ]
     lines += versus_go.markdown(results)
     lines += _repetition_lines(results)
     scaling = results.get("scaling")

@@ -185,6 +185,13 @@ class Bench:
         obj_lat = [t - created[k] for k, t in observer.objects_ok.items() if k in created]
         t_obj = max(observer.objects_ok.values()) - t0 if len(observer.objects_ok) >= n else None
         t_av = max(observer.available.values()) - t0 if observer.available else None
+        # The status's own part: from the Deployment saying Available to the CR saying so.
+        status_lag = [
+            t - observer.deployment_available[k]
+            for k, t in observer.available.items()
+            if k in observer.deployment_available
+        ]
+        deployments_available = observer.deployment_available.values()
         reconciles = reconcile_runs(name, metrics, n)
         result: dict[str, Any] = {
             "complete": complete,
@@ -204,6 +211,11 @@ class Bench:
             "p99_objects_ms": rounded(percentile(obj_lat, 99) * 1000),
             "p50_available_ms": rounded(percentile(av_lat, 50) * 1000),
             "p99_available_ms": rounded(percentile(av_lat, 99) * 1000),
+            "t_deployments_available": rounded(max(deployments_available) - t0)
+            if len(observer.deployment_available) >= n
+            else None,
+            "p50_status_lag_ms": rounded(percentile(status_lag, 50) * 1000),
+            "p99_status_lag_ms": rounded(percentile(status_lag, 99) * 1000),
             "crs_per_s": rounded(n / t_dep) if t_dep and complete else None,
             "reconciles": reconciles,
             "reconciles_per_s": rounded(reconciles / t_dep) if t_dep and reconciles else None,
