@@ -79,7 +79,7 @@ class Pipeline(Contender):
 
     workers: int = 1
     concurrency: int = 8
-    status_concurrency: int = 8
+    status_concurrency: int = 16
     status: bool = True
 
     def _service(self, role: str, service: str, *args: str) -> None:

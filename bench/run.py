@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--create-concurrency", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=8, help="reconciler --concurrency")
     p.add_argument(
-        "--status-concurrency", type=int, default=8, help="status --concurrency (its default)"
+        "--status-concurrency", type=int, default=16, help="status --concurrency (its default)"
     )
     p.add_argument("--floor-concurrency", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])

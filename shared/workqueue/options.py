@@ -17,11 +17,11 @@ from memcached_operator.shared.workqueue.settings import QueueSettings
 from memcached_operator.shared.workqueue.types import ORIGIN, DeadLetterCallback
 
 
-def concurrency(prefix: str) -> Any:
+def concurrency(prefix: str, default: int = 8) -> Any:
     """The ``concurrency`` field of a controller, read from ``<prefix>_CONCURRENCY`` (two
     controllers' processes may share one environment, e.g. a local cluster's shell)."""
     return setting(
-        8, env=f"{prefix}_CONCURRENCY", ge=1, help="requests handled at once by this process"
+        default, env=f"{prefix}_CONCURRENCY", ge=1, help="requests handled at once by this process"
     )
 
 

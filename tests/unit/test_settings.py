@@ -94,7 +94,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "status": {
         "health_port": 8083,
-        "concurrency": 8,
+        "concurrency": 16,
         "min_interval": 1.0,
         "settle": 30.0,
         "yield_backlog": 16,
@@ -185,7 +185,7 @@ def test_defaults_when_neither_flag_nor_variable(command: str) -> None:
     ),
     [
         ("reconciler", "--concurrency", "RECONCILE_CONCURRENCY", "3", "5", "concurrency", 3, 5),
-        ("status", "--concurrency", "STATUS_CONCURRENCY", "16", "2", "concurrency", 16, 2),
+        ("status", "--concurrency", "STATUS_CONCURRENCY", "12", "2", "concurrency", 12, 2),
         ("reconciler", "--ack-wait", "ACK_WAIT", "4", "7.5", "ack_wait", 4.0, 7.5),
         ("status", "--lease-ttl", "LEASE_TTL", "4", "9", "lease_ttl", 4.0, 9.0),
         ("watcher", "--health-port", "HEALTH_PORT", "9000", "0", "health_port", 9000, 0),
@@ -272,9 +272,9 @@ def test_flag_over_environment_over_default(
 
 def test_each_controller_reads_only_its_own_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECONCILE_CONCURRENCY", "3")
-    monkeypatch.setenv("STATUS_CONCURRENCY", "16")
+    monkeypatch.setenv("STATUS_CONCURRENCY", "12")
     assert load("reconciler").concurrency == 3
-    assert load("status").concurrency == 16
+    assert load("status").concurrency == 12
 
 
 def test_variable_names_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,7 +396,7 @@ def test_help_gives_the_service_default() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     text = " ".join(sub.choices["status"].format_help().split())
     assert "(env HEALTH_PORT, default 8083)" in text
-    assert "(env STATUS_CONCURRENCY, default 8)" in text
+    assert "(env STATUS_CONCURRENCY, default 16)" in text
 
 
 def test_a_queue_model_must_name_its_concurrency_variable() -> None:
