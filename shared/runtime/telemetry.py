@@ -118,7 +118,10 @@ def inject(headers: MutableMapping[str, str], context: Context | None = None) ->
 
 def unsampled_context() -> Context:
     """A new trace and span id flagged not sampled, with no span behind them: what a message
-    nobody traces further carries, so that its trace id still identifies it (audit)."""
+    nobody traces further carries, so that its trace id still identifies it (audit). With
+    OTEL_SDK_DISABLED=true none (the empty context), as no span of the process has ids."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return Context()
     span = trace.NonRecordingSpan(
         SpanContext(
             trace_id=_IDS.generate_trace_id(),

@@ -101,3 +101,10 @@ def test_without_one_it_carries_fresh_ids_flagged_not_sampled() -> None:
     assert first[3] == "00" and second[3] == "00"
     assert int(first[1], 16) and int(first[2], 16)  # valid ids
     assert first[1] != second[1]  # one trace id per event, as before
+
+
+def test_with_tracing_disabled_it_carries_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_SDK_DISABLED=true: no span of the process has ids, and neither do these events."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    published, _ = emit([("added", cr(1)), ("modified", cr(1))])
+    assert "traceparent" not in published.events[1].headers
