@@ -185,6 +185,8 @@ USERS: tuple[User, ...] = (
                 _family(DEADLETTER, "watcher"),
                 *_stream_info(),
                 *_ordered_consumer(EVENTS_STREAM),
+                # publisher.py: which of a failed batch's events of an object the stream holds.
+                f"{API}.DIRECT.GET.{EVENTS_STREAM}.{_family(EVENTS)}",
             ),
             subscribe=(_inbox("watcher"),),
             publish_deny=_NO_STREAM_ADMIN,

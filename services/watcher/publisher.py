@@ -34,9 +34,11 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from memcached_operator.shared.bus import subjects
+from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import state
 from memcached_operator.shared.events.codec import MSG_ID
@@ -68,6 +70,8 @@ REQUESTS_PUBLISHED = Counter(
 )
 
 ACK_TIMEOUT = 5.0
+# Reads of a subject's newest event before a re-send decides what to skip (see _resend).
+POSITION_TRIES = 5
 # nats-server's default max_payload, for a publisher without a connection (unit tests).
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 PROGRESS_SOURCE = "watcher-publish"
@@ -250,25 +254,54 @@ class Publisher:
         await self._resend([message for message, _ in resend])
 
     async def _resend(self, messages: list[Message]) -> None:
-        """Re-send, in order, messages whose publish failed or is unknown, keeping the newest
-        event of each object the newest of its subject. Messages after a failed one may be
-        stored already (a node died between them; on a cluster the stream leader can change):
-        re-sending an older modification behind them would make it the object's newest event,
-        and the message id would drop the newer one's re-send. So a modification with a later
-        event of the same object in the batch is not re-sent (the later one has the newer
-        state; it was never stored anyway), and an object's last event, when older ones of it
-        were re-sent, is stored again under a new id if its first copy is already stored."""
+        """Re-send, in order, messages whose publish failed or is unknown, losing no change and
+        keeping the newest event of each object the newest of its subject. Messages after a
+        failed one may be stored already (a node died between them; on a cluster the stream
+        leader can change): re-sending an older modification behind them would make it the
+        object's newest event, and the message id would drop the newer one's re-send. So the
+        stream is asked, per object with several events here, which of them it holds last: a
+        modification before that one is not re-sent (the stream cannot take it back in order;
+        the newer state is stored), every other message is. An object's last event, when older
+        ones of it were newly stored, is stored again under a new id if its first copy already
+        is (the stream must end on the newest state)."""
         last = {m.subject: i for i, m in enumerate(messages) if m.event}
         resent: set[str] = set()  # subjects an older event was newly stored on just now
+        stored_at: dict[str, int] = {}  # subject -> position here of its newest stored event
         for i, message in enumerate(messages):
             older = bool(message.event) and last[message.subject] != i
             if older and message.event.endswith(".modified"):
-                log.info("not re-sending %s: a newer event of it follows", message.event)
-                self._settled()
-                continue
+                if message.subject not in stored_at:
+                    stored_at[message.subject] = await self._stored_position(
+                        message.subject, messages
+                    )
+                if i < stored_at[message.subject]:
+                    log.info("not re-sending %s: a newer event of it is stored", message.event)
+                    self._settled()
+                    continue
             again = bool(message.event) and not older and message.subject in resent
             if await self._store(message, again=again) and older:
                 resent.add(message.subject)
+
+    async def _stored_position(self, subject: str, messages: list[Message]) -> int:
+        """Where in ``messages`` the newest event the stream holds on ``subject`` is; -1 when it
+        holds none of them, or cannot say within a few tries (then everything is re-sent: a
+        duplicate of the newest state rather than a lost change)."""
+        ids = {m.headers.get(MSG_ID, ""): i for i, m in enumerate(messages) if m.subject == subject}
+        for attempt in range(POSITION_TRIES):
+            try:
+                stored = await self.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+            except NotFoundError:
+                return -1
+            except Exception as err:
+                log.debug("could not read the newest event on %s: %r", subject, err)
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            msg_id = (stored.headers or {}).get(MSG_ID, "")
+            if msg_id not in ids and "." in msg_id:
+                # A copy stored again (see _store) has its first id plus ".<sequence>".
+                msg_id = msg_id.rpartition(".")[0]
+            return ids.get(msg_id, -1) if msg_id else -1
+        return -1
 
     async def _store(
         self, message: Message, *, refused: tuple[str, str] | None = None, again: bool = False

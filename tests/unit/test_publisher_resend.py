@@ -2,15 +2,19 @@
 its subject (services/watcher/publisher.py). A node that dies between two publishes can leave a
 later event stored and the earlier ones not: the re-send must not store the older states after
 the newer one (the stream would then show the object as it was before), and the message id that
-makes re-sends harmless must not hide the newer one when it has to be stored again. The stream
-here is a dict with JetStream's de-duplication by message id; no I/O."""
+makes re-sends harmless must not hide the newer one when it has to be stored again. Nor may it
+lose a change that can still be stored in order: when none of an object's events got through,
+every one of them is re-sent. The stream here is a list with JetStream's de-duplication by
+message id and its direct get of a subject's newest message; no I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.runtime.progress import Progress
@@ -32,6 +36,7 @@ class _Stream:
     def __init__(self) -> None:
         self.stored: list[tuple[str, str, bytes]] = []
         self.ids: dict[str, int] = {}
+        self.asked = 0
 
     async def publish(
         self, subject: str, body: bytes, *, headers: dict[str, str], **_: Any
@@ -42,6 +47,14 @@ class _Stream:
         self.stored.append((subject, msg_id, body))
         self.ids[msg_id] = len(self.stored)
         return _Ack(len(self.stored))
+
+    async def get_last_msg(self, stream: str, subject: str, *, direct: bool) -> Any:
+        """The direct get the re-send asks before skipping anything."""
+        self.asked += 1
+        found = [msg_id for s, msg_id, _ in self.stored if s == subject]
+        if not found:
+            raise NotFoundError()
+        return SimpleNamespace(headers={"Nats-Msg-Id": found[-1]})
 
     def newest(self, subject: str) -> bytes:
         return [body for s, _, body in self.stored if s == subject][-1]
@@ -83,3 +96,23 @@ async def test_an_added_event_already_stored_does_not_store_the_newer_one_twice(
     publisher = Publisher(stream, progress=Progress())  # type: ignore[arg-type]
     await publisher._resend([_event(1, "added"), _event(2)])
     assert [body for _, _, body in stream.stored] == [b"rv1", b"rv2"]
+
+
+async def test_a_re_send_of_modifications_that_never_got_through_loses_none() -> None:
+    """A NATS restart in the middle of a flush: every change of the object is still stored,
+    once each and in order (the stream holds none of them, so nothing forces a skip)."""
+    stream = _Stream()
+    await stream.publish(SUBJECT, b"rv0", headers={"Nats-Msg-Id": "id-0"})  # an earlier flush
+    publisher = Publisher(stream, progress=Progress())  # type: ignore[arg-type]
+    await publisher._resend([_event(1), _event(2), _event(3)])
+    assert [body for _, _, body in stream.stored] == [b"rv0", b"rv1", b"rv2", b"rv3"]
+
+
+async def test_only_the_modifications_before_the_one_stored_are_skipped() -> None:
+    stream = _Stream()
+    await stream.publish(SUBJECT, b"rv2", headers={"Nats-Msg-Id": "id-2"})  # got through
+    publisher = Publisher(stream, progress=Progress())  # type: ignore[arg-type]
+    await publisher._resend([_event(1), _event(2), _event(3), _event(4)])
+    # rv1 cannot follow rv2 in order; rv3 and rv4 can, and are not lost.
+    assert [body for _, _, body in stream.stored] == [b"rv2", b"rv3", b"rv4"]
+    assert stream.asked == 1  # one read for the object, not one per event
