@@ -20,10 +20,10 @@ PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 # The Deployment condition that carries a ReplicaSet's failure to create (or delete) pods, and
 # the reason used when its own reason does not fit the Condition grammar.
 REPLICA_FAILURE = "ReplicaFailure"
-# metav1.Condition's reason grammar and length: a condition that breaks them would make the API
-# server reject the whole status write, so a reason someone else wrote is fitted to them first.
 # The Deployment controller's Progressing reasons while a new ReplicaSet is still coming up.
 ROLLING_REASONS = frozenset({"ReplicaSetUpdated", "NewReplicaSetCreated", "FoundNewReplicaSet"})
+# metav1.Condition's reason grammar and length: a condition that breaks them would make the API
+# server reject the whole status write, so a reason someone else wrote is fitted to them first.
 _REASON = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
 _REASON_MAX = 1024
 
@@ -122,7 +122,6 @@ def deployment_inputs(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
     new Deployment, Progressing=True before anything is observed, wakes nothing."""
     status = deployment.get("status") or {}
     meta = deployment.get("metadata") or {}
-    conditions = conditions_by_type(deployment)
     view = DeploymentView.of(deployment, size=0)
     available = view.available_condition
     available_true = available.get("status") == "True"
@@ -147,8 +146,5 @@ def deployment_inputs(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
         view.deadline_message if view.deadline_exceeded else None,
         view.observed and view.rolling,
         # Without it, a pod the API refuses would reach the status only at the deadline.
-        tuple(
-            (conditions.get(REPLICA_FAILURE) or {}).get(field)
-            for field in ("status", "reason", "message")
-        ),
+        tuple(view.replica_failure_condition.get(f) for f in ("status", "reason", "message")),
     )
