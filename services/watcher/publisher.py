@@ -13,14 +13,19 @@ requests streams have their own leaders, so a request published right behind its
 otherwise reach a worker before the event is readable, and a follower answering the worker's
 read might not hold the event yet.
 
-Events and requests wait for the next flush (every 20 ms, or sooner when a batch is full), which
+Events and requests wait for the next flush (every 50 ms, or sooner when a batch is full), which
 publishes them together. During a burst changes trickle in a few per event-loop turn (~250/s in
 the bench), and writing each at once cost one socket write, one acknowledgement read and their
 event-loop turns per change in the watcher, and as many wake-ups in nats-server: measured with
 ``python -m bench.watcher_cpu`` (the watcher's emit path against a real nats-server at 250
-changes/s), holding them for the flush cut nats-server's CPU per change by 32-45 % and the
-watcher's by 14-20 %, and in the 1,000-CR bench both by 6-16 % (bench/README.md), for at most
-20 ms more on the way to the stream.
+changes/s), holding them for a 20 ms flush cut nats-server's CPU per change by 32-45 % and the
+watcher's by 14-20 %, and in the 1,000-CR bench both by 6-16 % (bench/README.md). A flush costs
+about the same whether it carries two changes or twenty (a write, the acks' reads, a dozen
+event-loop turns on each side), and while the control plane rolls the pods out the watcher sees
+only 100-200 changes a second: every 50 ms instead of 20 cut the watcher's CPU per change by
+22-25 % and nats-server's by 35 % at 100-250 changes/s (``bench.watcher_cpu --rate``), and in
+the 1,000-CR burst the watcher's by 6 % and nats-server's by 11 %, for at most 50 ms more on
+the way to the stream.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ REQUESTS_PUBLISHED = Counter(
 )
 
 ACK_TIMEOUT = 5.0
+# Seconds between flushes (a full batch goes at once): see the module docstring.
+FLUSH_INTERVAL = 0.05
 # Reads of a subject's newest event before a re-send decides what to skip (see _resend).
 POSITION_TRIES = 5
 # nats-server's default max_payload, for a publisher without a connection (unit tests).
@@ -199,7 +206,7 @@ class Publisher:
             return
         self._pending.append((message, future))
 
-    async def run_flusher(self, interval: float = 0.02) -> None:
+    async def run_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
         """Publish what is queued, and confirm it, every `interval` seconds."""
         while True:
             await asyncio.sleep(interval)
