@@ -15,7 +15,9 @@ Freshness. A refresh must not miss a pod change that happened before its request
 reads, a refresh asks the stream for the sequence of the newest pod event in the CR's namespace
 (one direct get) and waits until the index has folded up to it: a read-your-writes barrier that
 covers every request, whichever change caused it and whatever it was coalesced with. That one
-read goes to the stream's leader (a replica of an R3 stream may be behind it). If the
+read goes to the stream's leader (a replica of an R3 stream may be behind it). The refreshes of
+one namespace share it (shared/runtime/coalesce.py): one read in flight per namespace, answering
+every refresh that asked before it went out, so sixteen refreshes at once cost two reads. If the
 index does not get there in time (NATS is restarting, the index is resubscribing), the refresher
 lists the pods from the API server instead, so a lagging index costs a request, never a wrong
 status.
@@ -41,6 +43,7 @@ from memcached_operator.shared.bus.streams import EVENTS_STREAM
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.runtime import jsonc
+from memcached_operator.shared.runtime.coalesce import Coalesced
 
 log = logging.getLogger("memcached_operator.status.pods")
 
@@ -50,6 +53,11 @@ POD_READS = Counter(
     "mcop_pod_reads_total",
     "How a refresh got the CR's pods: index, or list (the index was behind or not synced)",
     ["source"],
+)
+POD_BARRIERS = Counter(
+    "mcop_pod_index_barrier_reads_total",
+    "Reads of the newest pod event's sequence for the index's barrier (shared by the refreshes "
+    "of a namespace that asked before the read went out)",
 )
 INDEX = "index"
 LIST = "list"
@@ -77,6 +85,7 @@ class PodIndex:
         self.sequence = 0
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._barrier: Coalesced[str, int] = Coalesced(self.newest_event)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -100,6 +109,7 @@ class PodIndex:
         stream's leader (shared/bus/leaderget.py), not with a direct get: on a replicated
         stream a direct get may be answered by a replica that does not hold the newest pod
         event yet, and the barrier would let a refresh read pods older than its request."""
+        POD_BARRIERS.inc()
         return await leaderget.last_sequence(
             self._js, EVENTS_STREAM, subjects.wildcard(subjects.EVENTS, "pod", namespace)
         )
@@ -110,7 +120,7 @@ class PodIndex:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            needed = await asyncio.wait_for(self.newest_event(namespace), timeout=timeout)
+            needed = await asyncio.wait_for(self._barrier(namespace), timeout=timeout)
         except Exception as err:
             log.debug("pod index: could not read the newest pod event: %r", err)
             return False
