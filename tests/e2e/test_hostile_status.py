@@ -307,7 +307,13 @@ async def test_a_dead_lettered_cr_says_so_and_resync_leaves_it_alone_until_its_s
             timeout=90,
             what="the new generation reconciled: Degraded=False, 2 ready",
         )
-        assert counter.counts["poisoned"] > before.get("poisoned", 0)
+        # The request went out before that reconcile, but the counter sees it only when this
+        # loop reads it: the whole chain can fit inside one blocking kubectl call above.
+        await await_for(
+            lambda: counter.counts["poisoned"] > before.get("poisoned", 0),
+            timeout=10,
+            what="the new generation's request",
+        )
         resumed = counter.counts["poisoned"]
         await await_for(
             lambda: counter.counts["poisoned"] > resumed,
