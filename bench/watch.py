@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from memcached_operator.shared.kube.client import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.kube.watchlines import Oversized
 from memcached_operator.shared.runtime.errors import TransientError
 
 log = logging.getLogger("bench.watch")
@@ -49,6 +50,8 @@ async def watch_forever(
                 label_selector=label_selector,
                 timeout_seconds=600,
             ):
+                if isinstance(event, Oversized):
+                    continue  # the bench's objects are small; a tenant's are not its business
                 obj = event.get("object") or {}
                 rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
                 if event.get("type") != "BOOKMARK":

@@ -33,6 +33,8 @@ from memcached_operator.shared.workqueue.deadletter import (
 # Mcop-Deadletter-* headers. Reasons (CamelCase, like the work queue's):
 DEADLETTER_CONTROLLER = "watcher"
 MESSAGE_TOO_LARGE = "MessageTooLarge"
+# A watch event longer than the watcher reads (shared/kube/watchlines.py).
+WATCH_EVENT_TOO_LARGE = "WatchEventTooLarge"
 INVALID_SUBJECT = "InvalidSubject"
 PERMISSION_DENIED = "PermissionDenied"
 PUBLISH_FAILED = "PublishFailed"

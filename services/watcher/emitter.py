@@ -35,9 +35,10 @@ from memcached_operator.shared.bus.routing import Change, Router
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import JsonObject
+from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE, Identity, Oversized
 from memcached_operator.shared.runtime import telemetry
 from memcached_operator.shared.workqueue.types import ORIGIN
-from memcached_operator.watcher.deadletters import INVALID_SUBJECT
+from memcached_operator.watcher.deadletters import INVALID_SUBJECT, WATCH_EVENT_TOO_LARGE
 from memcached_operator.watcher.informer import Known
 from memcached_operator.watcher.owners import Kind, Owner, believed_owner, find_owner
 from memcached_operator.watcher.publisher import Message, Publisher
@@ -66,11 +67,17 @@ class Emitter:
     """Publishes each change of a watched kind, and the requests ``router`` makes of it."""
 
     def __init__(
-        self, publisher: Publisher, router: Router, *, tracer: trace.Tracer = tracer
+        self,
+        publisher: Publisher,
+        router: Router,
+        *,
+        tracer: trace.Tracer = tracer,
+        max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.publisher = publisher
         self.router = router
         self.tracer = tracer
+        self.max_line = max_line
 
     async def emit(self, kind: Kind, change: str, obj: JsonObject, before: Known | None) -> None:
         meta = obj.get("metadata") or {}
@@ -118,6 +125,31 @@ class Emitter:
                 await self.publisher.request(
                     controller, target, {**trace_headers, ORIGIN: f"watcher:{kind.name}.{change}"}
                 )
+
+    async def oversized(self, kind: Kind, line: Oversized, who: Identity | None) -> None:
+        """Dead-letter a change whose watch event was too long to read, with what its first
+        bytes say: the record names the object (when they do) and keeps those bytes."""
+        change = who.change.lower() if who is not None else "unknown"
+        key, subject = ObjectKey("", ""), ""
+        headers: dict[str, str] = {}
+        if who is not None:
+            key = ObjectKey(who.namespace, who.name)
+            subject = subjects.subject(subjects.EVENTS, kind.name, key)
+            stub = {
+                "metadata": {
+                    "namespace": who.namespace,
+                    "name": who.name,
+                    "uid": who.uid,
+                    "resourceVersion": who.resource_version,
+                }
+            }
+            headers, _ = events.encode(kind=kind.name, change=change, obj=stub)
+        await self.publisher.refuse(
+            Message(subject, line.prefix, headers, f"{kind.name}.{change}", key),
+            WATCH_EVENT_TOO_LARGE,
+            f"the watch event was {line.size} bytes; the watcher reads at most "
+            f"{self.max_line} (--max-watch-line)",
+        )
 
     async def _send(
         self,

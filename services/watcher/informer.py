@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.kube.client import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.kube.watchlines import (
+    DEFAULT_MAX_LINE,
+    Identity,
+    Oversized,
+    identify,
+)
 from memcached_operator.shared.runtime.backoff import retry_delay
 from memcached_operator.shared.runtime.errors import TransientError
 
@@ -34,6 +40,9 @@ class Known:
 Emit = Callable[[str, JsonObject, "Known | None"], Awaitable[None]]
 # Sees every object listed or watched, changed or not (``deleted`` for a deletion).
 Observe = Callable[[JsonObject, bool], None]
+# Told of a watch event too long to read (shared/kube/watchlines.py), and what it was about
+# when its first bytes say (None: they do not).
+Refuse = Callable[[Oversized, "Identity | None"], Awaitable[None]]
 
 
 def key_of(obj: JsonObject) -> ObjectKey:
@@ -100,6 +109,8 @@ class Informer:
         label_selector: str | None = None,
         watch_timeout: int = 300,
         observe: Observe | None = None,
+        refuse: Refuse | None = None,
+        max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -109,6 +120,8 @@ class Informer:
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         self.observe = observe
+        self.refuse = refuse
+        self.max_line = max_line
         self.synced = asyncio.Event()
         self.resource_version = ""
 
@@ -122,6 +135,29 @@ class Informer:
             self.known.pop(key, None)
         else:
             self.known[key] = known_of(obj)
+
+    async def _oversized(self, line: Oversized) -> None:
+        """A watch event too long to read: the watch goes on. A deletion reaches the stream as
+        a relist's does (with a stub of the object); any other change is handed to ``refuse``
+        (the watcher dead-letters it) and left out of ``known``, so a relist, whose objects
+        are read whole, emits it again."""
+        who = identify(line.prefix)
+        log.error(
+            "a %s watch event of %d bytes is over the %d-byte bound; not read",
+            self.resource.plural,
+            line.size,
+            self.max_line,
+            extra={"object": f"{who.namespace}/{who.name}" if who else "unknown"},
+        )
+        if who is not None:
+            key = ObjectKey(who.namespace, who.name)
+            if who.change == "DELETED" and key in self.known:
+                await self._apply("deleted", _stub(key, Known(who.uid, who.resource_version)))
+            elif self.refuse is not None:
+                await self.refuse(line, who)
+            self.resource_version = who.resource_version
+        elif self.refuse is not None:
+            await self.refuse(line, None)
 
     async def relist(self) -> None:
         items, rv = await self.kube.list(
@@ -156,8 +192,12 @@ class Informer:
                     namespace=self.namespace,
                     label_selector=self.label_selector,
                     timeout_seconds=self.watch_timeout,
+                    max_line=self.max_line,
                 ):
                     attempt = 0
+                    if isinstance(event, Oversized):
+                        await self._oversized(event)
+                        continue
                     kind = event.get("type")
                     obj = event.get("object") or {}
                     rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")

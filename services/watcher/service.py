@@ -87,7 +87,7 @@ async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> N
         metrics.workqueue_adds_total.labels(controller)
 
     publisher = Publisher(js, nc=conn.nc, worker=conn.worker)
-    emitter = Emitter(publisher, router)
+    emitter = Emitter(publisher, router, max_line=args.max_watch_line)
     skip = DeadLettered()
     informers: list[Informer] = []
     for kind, resource, selector in WATCHED:
@@ -97,6 +97,9 @@ async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> N
             async def emit(change, obj, before, kind=kind):  # type: ignore[no-untyped-def]
                 await emitter.emit(kind, change, obj, before)
 
+            async def refuse(line, who, kind=kind):  # type: ignore[no-untyped-def]
+                await emitter.oversized(kind, line, who)
+
             informers.append(
                 Informer(
                     kube,
@@ -105,6 +108,8 @@ async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> N
                     known=known,
                     namespace=namespace,
                     label_selector=selector,
+                    refuse=refuse,
+                    max_line=args.max_watch_line,
                     observe=(
                         (lambda obj, deleted: skip.observe(obj, deleted=deleted))
                         if resource is MEMCACHED

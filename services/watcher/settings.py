@@ -1,5 +1,5 @@
-"""The watcher process's settings: the common service settings, the namespaces it watches and
-the resync period."""
+"""The watcher process's settings: the common service settings, the namespaces it watches, the
+resync period and the bound on one watch event."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
+from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE
 from memcached_operator.shared.runtime.settings import ServiceSettings, health_port, setting
 
 
@@ -25,6 +26,14 @@ class WatcherSettings(ServiceSettings):
         env="RESYNC_PERIOD",
         gt=0,
         help="seconds between re-requests of every CR's reconcile",
+    )
+
+    max_watch_line: int = setting(
+        DEFAULT_MAX_LINE,
+        env="MAX_WATCH_LINE_BYTES",
+        ge=4096,
+        help="bytes of one watch event the watcher reads at most; a longer one is "
+        "dead-lettered (WatchEventTooLarge) and the watch goes on",
     )
 
     @field_validator("namespaces", mode="before")

@@ -25,8 +25,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
+from memcached_operator.shared.kube import watchlines
 from memcached_operator.shared.kube.kubelib import Configuration, RESTClientObject
 from memcached_operator.shared.kube.kubelib import config as kube_config
+from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE, Oversized
 from memcached_operator.shared.runtime import jsonc
 from memcached_operator.shared.runtime.errors import ClassifiedError, PermanentError, TransientError
 
@@ -380,9 +382,12 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         timeout_seconds: int = 300,
-    ) -> AsyncIterator[JsonObject]:
-        """Yield raw watch events ({type, object}) with bookmarks on; raises ApiError(410)
-        when the resourceVersion is too old, TransientError when the stream breaks."""
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> AsyncIterator[JsonObject | Oversized]:
+        """Yield raw watch events ({type, object}) with bookmarks on, and an event longer than
+        ``max_line`` bytes as :class:`Oversized` (watchlines.py: it does not end the watch);
+        raises ApiError(410) when the resourceVersion is too old, TransientError when the
+        stream breaks."""
         query = {
             "watch": "true",
             "allowWatchBookmarks": "true",
@@ -413,13 +418,17 @@ class KubeClient:
                 except ValueError:
                     message = raw.decode(errors="replace")[:300]
                 raise ApiError(resp.status, message, retry_after=_retry_after(resp.headers))
+            reader = watchlines.lines(resp.content.readany, max_line=max_line)
             while True:
                 try:
-                    line = await resp.content.readline()
+                    line = await anext(reader, None)
                 except (aiohttp.ClientError, TimeoutError) as err:
                     raise TransientError(f"watch {res.plural} broke: {err}") from err
-                if not line:
+                if line is None:
                     return
+                if isinstance(line, Oversized):
+                    yield line
+                    continue
                 event: JsonObject = jsonc.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}

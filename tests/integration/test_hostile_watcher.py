@@ -4,6 +4,7 @@ progress. Real API server, real nats-server, the watcher (and reconciler) as pro
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import urllib.error
@@ -26,12 +27,13 @@ from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.workqueue.deadletter import (
     DL_BODY_TRUNCATED,
     DL_CONTROLLER,
+    DL_ERROR,
     DL_REASON,
     DL_SUBJECT,
 )
 from memcached_operator.shared.workqueue.types import ORIGIN
 from tests.conftest import Cluster, free_port
-from tests.support import Services, metric, read_stream, wait_for
+from tests.support import Services, StoredMessage, metric, read_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -344,4 +346,153 @@ def test_a_change_too_large_for_the_server_is_dead_lettered_and_the_next_one_pub
         metric(port, "mcop_dead_lettered_total", controller="watcher", reason="MessageTooLarge")
         >= 1
     )
+    assert http_get(port, "/healthz")[0] == 200
+
+
+def _deadletters(nats_url: str, key: ObjectKey) -> list[StoredMessage]:
+    return asyncio.run(
+        read_stream(
+            nats_url,
+            subjects.subject(subjects.DEADLETTER, "watcher", key),
+            stream=DEADLETTER_STREAM,
+        )
+    )
+
+
+def _managed_deployment(cluster: Cluster, namespace: str, name: str, **env: str) -> None:
+    """A tenant's Deployment labelled as ours, created in one request with the body as given
+    (``kubectl create --raw``: kubectl's own encoding would escape ``<`` six-fold on the way)."""
+    container = {
+        "name": "c",
+        "image": "pause",
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+    }
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+    cluster.kubectl(
+        "create",
+        "--raw",
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        "-f",
+        "-",
+        input_=json.dumps(doc),
+    )
+
+
+def _event_stored(nats_url: str, kind: str, key: ObjectKey) -> bool:
+    return bool(asyncio.run(read_stream(nats_url, subjects.subject(subjects.EVENTS, kind, key))))
+
+
+def test_an_object_whose_watch_event_outgrows_the_read_buffer_does_not_end_the_watch(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    # A megabyte of "<" is a megabyte in etcd and six in the watch's JSON ("\u003c" each):
+    # longer than aiohttp's line buffer (4 MiB), which used to end the watch with LineTooLong
+    # and relist every Deployment the watcher sees, at every change of this one.
+    port = start_watcher(service_procs, namespace)
+    _managed_deployment(cluster, namespace, "big", BLOB="<" * 1_400_000)
+    _managed_deployment(cluster, namespace, "next")
+
+    wait_for(
+        lambda: _event_stored(cluster.nats_url, "deployment", ObjectKey(namespace, "next")),
+        timeout=60,
+        what="the event of the Deployment created after the large one",
+    )
+    # The large one was read whole and published (the local server takes 8 MB messages; on
+    # one that takes less, it is dead-lettered as MessageTooLarge, as any large change is).
+    stored = asyncio.run(
+        read_stream(
+            cluster.nats_url,
+            subjects.subject(subjects.EVENTS, "deployment", ObjectKey(namespace, "big")),
+        )
+    )
+    assert stored, "the large Deployment's event was not published"
+    container = events.decode(stored[0].headers, stored[0].data).data["spec"]["template"]["spec"]
+    assert container["containers"][0]["env"][0]["value"] == "<" * 1_400_000
+    log = service_procs.log("watcher")
+    assert "failed unexpectedly" not in log
+    assert log.count("listed deployments") == 1, "the Deployment watch was restarted"
+    assert http_get(port, "/healthz")[0] == 200
+
+
+def test_a_watch_event_over_the_watchers_bound_is_dead_lettered_by_name_and_the_next_read(
+    cluster: Cluster, service_procs: Services, namespace: str
+) -> None:
+    port = start_watcher(service_procs, namespace, MAX_WATCH_LINE_BYTES="65536")
+    # One published while small, then grown over the bound, then deleted.
+    grow = ObjectKey(namespace, "grow")
+    _managed_deployment(cluster, namespace, "grow")
+    wait_for(
+        lambda: _event_stored(cluster.nats_url, "deployment", grow),
+        timeout=60,
+        what="the small Deployment's event",
+    )
+    cluster.kubectl("annotate", "deployment/grow", "-n", namespace, f"test/blob={'b' * 100_000}")
+    _managed_deployment(cluster, namespace, "big", BLOB="b" * 100_000)
+    _managed_deployment(cluster, namespace, "next")
+
+    wait_for(
+        lambda: _event_stored(cluster.nats_url, "deployment", ObjectKey(namespace, "next")),
+        timeout=60,
+        what="the event of the Deployment created after the oversized one",
+    )
+    records = wait_for(
+        lambda: _deadletters(cluster.nats_url, ObjectKey(namespace, "big")),
+        timeout=30,
+        what="the oversized watch event dead-lettered",
+    )
+    headers = records[0].headers
+    assert headers[DL_REASON] == "WatchEventTooLarge"
+    assert headers[DL_SUBJECT] == subjects.subject(
+        subjects.EVENTS, "deployment", ObjectKey(namespace, "big")
+    )
+    assert headers["ce-name"] == "big" and headers["ce-namespace"] == namespace
+    assert "the watch event was 1" in headers[DL_ERROR] and "at most 65536" in headers[DL_ERROR]
+    # The record keeps the event's first KiB, which is how the API server began it.
+    assert records[0].data.startswith(b'{"type":"ADDED","object":{"kind":"Deployment"')
+    assert len(records[0].data) == 1024
+    # Not published, not believed from a forged shape: the stream has no event of it.
+    assert not _event_stored(cluster.nats_url, "deployment", ObjectKey(namespace, "big"))
+    assert (
+        metric(port, "mcop_dead_lettered_total", controller="watcher", reason="WatchEventTooLarge")
+        >= 1
+    )
+    # The grown one's modification is dead-lettered too; its deletion still reaches the
+    # stream, as a relist reports one (the object's identity, without its body).
+    grown = _deadletters(cluster.nats_url, grow)
+    assert grown and grown[0].headers["ce-type"].endswith(".modified"), grown
+    cluster.kubectl("delete", "deployment", "grow", "-n", namespace)
+    newest = wait_for(
+        lambda: (
+            [
+                m
+                for m in asyncio.run(
+                    read_stream(
+                        cluster.nats_url, subjects.subject(subjects.EVENTS, "deployment", grow)
+                    )
+                )
+                if m.headers["ce-type"].endswith(".deleted")
+            ]
+        ),
+        timeout=30,
+        what="the grown Deployment's deletion on the stream",
+    )
+    assert events.decode(newest[-1].headers, newest[-1].data).data["metadata"]["name"] == "grow"
+    log = service_procs.log("watcher")
+    assert log.count("listed deployments") == 1, "the Deployment watch was restarted"
     assert http_get(port, "/healthz")[0] == 200

@@ -37,7 +37,12 @@ QUEUE = {
 COMMANDS: dict[str, tuple[type[Settings], dict[str, str]]] = {
     "watcher": (
         WatcherSettings,
-        {**COMMON, "--namespaces": "WATCH_NAMESPACES", "--resync": "RESYNC_PERIOD"},
+        {
+            **COMMON,
+            "--namespaces": "WATCH_NAMESPACES",
+            "--resync": "RESYNC_PERIOD",
+            "--max-watch-line": "MAX_WATCH_LINE_BYTES",
+        },
     ),
     "reconciler": (
         ReconcilerSettings,
