@@ -26,7 +26,6 @@ from bench.harness import (
     create_crs,
     create_namespace,
     free_port,
-    free_port_block,
     memcached,
     nats_env,
     percentile,
@@ -34,7 +33,7 @@ from bench.harness import (
     service_command,
 )
 from deploy.local import cluster as local_cluster
-from deploy.local.layout import Layout, block_size
+from deploy.local.layout import Layout, block_size, free_base_port
 from deploy.local.nats_cluster import NatsCluster
 from deploy.local.processes import Supervisor
 from memcached_operator.shared.bus.streams import REQUESTS_STREAM
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = p.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="mcop-failover-"))
-    layout = Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3)
+    layout = Layout(state, base_port=free_base_port(block_size(3)), nodes=2, nats_nodes=3)
     try:
         local_cluster.up(layout)
         result = asyncio.run(measure(layout, args.kills))

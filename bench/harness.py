@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.watch import watch_forever
-from deploy.local.layout import Layout, free_base_port
+from deploy.local.layout import Layout
 from deploy.local.layout import free_port as free_port  # re-exported for the bench modules
 from memcached_operator.reconciler.companions import desired_pdb, desired_service
 from memcached_operator.reconciler.desired import desired_deployment, matches
@@ -38,11 +38,6 @@ from memcached_operator.shared.kube.client import (
     JsonObject,
     KubeClient,
 )
-
-
-def free_port_block(size: int = 8) -> int:
-    return free_base_port(size)
-
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -58,7 +58,7 @@ def _is_nats(name: str) -> bool:
     return name == "nats-server" or name.startswith("nats-server-")
 
 
-def _cpu_split(cpu: dict[str, float]) -> tuple[float, float, dict[str, float]]:
+def cpu_split(cpu: dict[str, float]) -> tuple[float, float, dict[str, float]]:
     """Control plane, nats-server (every node of a cluster), and the contender's processes."""
     own = {k: v for k, v in cpu.items() if k not in _CONTROL_PLANE and not _is_nats(k)}
     plane = sum(v for k, v in cpu.items() if k in _CONTROL_PLANE)
@@ -71,11 +71,11 @@ def _cpu_rows(scenarios: dict[str, Any]) -> list[str]:
         cpu: dict[str, float] = s.get("cpu_s") or {}
         if not cpu:
             continue
-        plane, nats, own = _cpu_split(cpu)
+        plane, nats, own = cpu_split(cpu)
         by_process = ", ".join(f"{k} {v:.1f}" for k, v in own.items())
         early = s.get("cpu_s_to_deployments") or {}
         if early:
-            e_plane, e_nats, e_own = _cpu_split(early)
+            e_plane, e_nats, e_own = cpu_split(early)
             until = f"{e_plane:.1f} / {e_nats:.1f} / {sum(e_own.values()):.1f}"
         else:
             until = "-"

@@ -30,9 +30,9 @@ from typing import Any
 from bench import report
 from bench.cluster import BenchCluster
 from bench.contenders import REPO
-from bench.harness import free_port, free_port_block, machine, source_version
+from bench.harness import free_port, machine, source_version
 from bench.scenarios import Bench, log
-from deploy.local.layout import Layout, block_size
+from deploy.local.layout import Layout, block_size, free_base_port
 from deploy.local.processes import Supervisor
 from memcached_operator.shared.kube.client import KubeClient
 
@@ -43,7 +43,7 @@ async def main_async(args: argparse.Namespace) -> int:
     state = Path(tempfile.mkdtemp(prefix="mcop-bench-"))
     layout = Layout(
         state,
-        base_port=free_port_block(block_size(args.nats_nodes)),
+        base_port=free_base_port(block_size(args.nats_nodes)),
         nodes=args.nodes,
         nats_nodes=args.nats_nodes,
     )

@@ -37,7 +37,6 @@ from bench.harness import (
     create_crs,
     create_namespace,
     free_port,
-    free_port_block,
     memcached,
     nats_env,
     process_env,
@@ -48,7 +47,7 @@ from chaos.report import Report
 from chaos.status_writes import overlapping, status_write_spans
 from deploy.local import cluster as local_cluster
 from deploy.local import nats as local_nats
-from deploy.local.layout import Layout, block_size
+from deploy.local.layout import Layout, block_size, free_base_port
 from deploy.local.processes import Record, Supervisor
 from memcached_operator.reconciler.desired import desired_deployment, matches
 from memcached_operator.shared.api.contract import owned_by
@@ -356,7 +355,7 @@ def run_chaos(
     own = state_dir is None
     state = state_dir or Path(tempfile.mkdtemp(prefix="mcop-chaos-"))
     layout = Layout(
-        state, base_port=free_port_block(block_size(nats_nodes)), nodes=2, nats_nodes=nats_nodes
+        state, base_port=free_base_port(block_size(nats_nodes)), nodes=2, nats_nodes=nats_nodes
     )
     chaos: Chaos | None = None
     cluster_pids: set[int] = set()

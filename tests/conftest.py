@@ -69,10 +69,6 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
-def free_port_block(size: int = 8) -> int:
-    return free_base_port(size)
-
-
 class Cluster:
     """The session's real control plane + NATS, with small helpers the tests share."""
 
@@ -254,7 +250,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
     and nats-server, started once per session on free ports in a temporary directory."""
-    yield from _up(Layout(tmp_path_factory.mktemp("cluster"), base_port=free_port_block(), nodes=2))
+    yield from _up(Layout(tmp_path_factory.mktemp("cluster"), base_port=free_base_port(), nodes=2))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +260,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     module: a second control plane and three NATS nodes left running for the rest of the
     session would load the machine under every later test."""
     state = tmp_path_factory.mktemp("nats-cluster")
-    yield from _up(Layout(state, base_port=free_port_block(block_size(3)), nodes=2, nats_nodes=3))
+    yield from _up(Layout(state, base_port=free_base_port(block_size(3)), nodes=2, nats_nodes=3))
 
 
 def _up(layout: Layout) -> Iterator[Cluster]:

@@ -13,9 +13,9 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from deploy.local import cluster as local_cluster
-from deploy.local.layout import Layout
+from deploy.local.layout import Layout, free_base_port
 from deploy.local.processes import Supervisor
-from tests.conftest import Cluster, free_port_block
+from tests.conftest import Cluster
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -136,7 +136,7 @@ async def test_jetstream_file_storage_survives_a_killed_server(cluster: Cluster)
 
 
 def test_cluster_up_twice_reuses_and_down_stops_everything(tmp_path: Path) -> None:
-    layout = Layout(tmp_path / "second", base_port=free_port_block(), nodes=1)
+    layout = Layout(tmp_path / "second", base_port=free_base_port(), nodes=1)
     sup = Supervisor(layout.state_dir)
     try:
         local_cluster.up(layout)
