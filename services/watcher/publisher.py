@@ -236,27 +236,38 @@ class Publisher:
             await self._confirm()
 
     async def _confirm(self) -> None:
-        """Wait for the pipelined publishes (the caller holds the flush lock)."""
+        """Wait for the pipelined publishes (the caller holds the flush lock).
+
+        One wait for the whole batch, bounded (an ack lost with a dropped connection would
+        otherwise stall the watcher for good; the re-send below is harmless if the message was
+        stored): its acks arrive together, and waiting for each in turn cost two event-loop
+        turns and a timer per message."""
         pending, self._pending = self._pending, []
+        if not pending:
+            return
+        futures = [future for _, future in pending]
+        if not all(future.done() for future in futures):
+            await asyncio.wait(futures, timeout=ACK_TIMEOUT, return_when=asyncio.FIRST_EXCEPTION)
         failed_from: int | None = None
         for i, (message, future) in enumerate(pending):
-            try:
-                # Bounded: an ack lost with a dropped connection would otherwise stall the
-                # watcher for good; the re-send below is harmless if the message was stored.
-                ack = await asyncio.wait_for(future, timeout=ACK_TIMEOUT)
-            except Exception as err:
+            if not future.done():
+                log.warning("publish failed, will resend: no ack within %.0f s", ACK_TIMEOUT)
+                failed_from = i
+                break
+            err = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if err is not None:
                 log.warning("publish failed, will resend: %s", err)
                 failed_from = i
                 break
-            self._count(ack, message)
+            self._count(future.result(), message)
             self._settled()
         if failed_from is None:
             return
         resend = pending[failed_from:]
-        for i, (_, future) in enumerate(resend):
-            if i > 0 and not future.done():
+        for _, future in resend:
+            if not future.done():
                 future.cancel()
-            elif future.done() and not future.cancelled():
+            elif not future.cancelled():
                 future.exception()  # seen: the message is re-sent below
         await self._resend([message for message, _ in resend])
 
