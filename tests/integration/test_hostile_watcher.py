@@ -398,6 +398,17 @@ def _event_stored(nats_url: str, kind: str, key: ObjectKey) -> bool:
     return bool(asyncio.run(read_stream(nats_url, subjects.subject(subjects.EVENTS, kind, key))))
 
 
+def _await_deployment_event(cluster: Cluster, key: ObjectKey, what: str) -> None:
+    wait_for(lambda: _event_stored(cluster.nats_url, "deployment", key), timeout=60, what=what)
+
+
+def _big_then_next(cluster: Cluster, namespace: str, blob: str) -> None:
+    """A Deployment "big" whose environment is ``blob``, then "next", whose event must come."""
+    _managed_deployment(cluster, namespace, "big", BLOB=blob)
+    _managed_deployment(cluster, namespace, "next")
+    _await_deployment_event(cluster, ObjectKey(namespace, "next"), "the next Deployment's event")
+
+
 def test_an_object_whose_watch_event_outgrows_the_read_buffer_does_not_end_the_watch(
     cluster: Cluster, service_procs: Services, namespace: str
 ) -> None:
@@ -405,14 +416,7 @@ def test_an_object_whose_watch_event_outgrows_the_read_buffer_does_not_end_the_w
     # longer than aiohttp's line buffer (4 MiB), which used to end the watch with LineTooLong
     # and relist every Deployment the watcher sees, at every change of this one.
     port = start_watcher(service_procs, namespace)
-    _managed_deployment(cluster, namespace, "big", BLOB="<" * 1_400_000)
-    _managed_deployment(cluster, namespace, "next")
-
-    wait_for(
-        lambda: _event_stored(cluster.nats_url, "deployment", ObjectKey(namespace, "next")),
-        timeout=60,
-        what="the event of the Deployment created after the large one",
-    )
+    _big_then_next(cluster, namespace, "<" * 1_400_000)
     # The large one was read whole and published (the local server takes 8 MB messages; on
     # one that takes less, it is dead-lettered as MessageTooLarge, as any large change is).
     stored = asyncio.run(
@@ -437,20 +441,9 @@ def test_a_watch_event_over_the_watchers_bound_is_dead_lettered_by_name_and_the_
     # One published while small, then grown over the bound, then deleted.
     grow = ObjectKey(namespace, "grow")
     _managed_deployment(cluster, namespace, "grow")
-    wait_for(
-        lambda: _event_stored(cluster.nats_url, "deployment", grow),
-        timeout=60,
-        what="the small Deployment's event",
-    )
+    _await_deployment_event(cluster, grow, "the small Deployment's event")
     cluster.kubectl("annotate", "deployment/grow", "-n", namespace, f"test/blob={'b' * 100_000}")
-    _managed_deployment(cluster, namespace, "big", BLOB="b" * 100_000)
-    _managed_deployment(cluster, namespace, "next")
-
-    wait_for(
-        lambda: _event_stored(cluster.nats_url, "deployment", ObjectKey(namespace, "next")),
-        timeout=60,
-        what="the event of the Deployment created after the oversized one",
-    )
+    _big_then_next(cluster, namespace, "b" * 100_000)
     records = wait_for(
         lambda: _deadletters(cluster.nats_url, ObjectKey(namespace, "big")),
         timeout=30,
