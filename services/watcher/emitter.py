@@ -134,6 +134,7 @@ class Emitter:
         headers: dict[str, str] = {}
         if who is not None:
             key = ObjectKey(who.namespace, who.name)
+            # identify() takes only names the API server validated: within the subject bounds.
             subject = subjects.subject(subjects.EVENTS, kind.name, key)
             stub = {
                 "metadata": {

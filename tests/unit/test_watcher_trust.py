@@ -226,3 +226,38 @@ async def test_a_message_that_keeps_failing_while_connected_is_dead_lettered_aft
     assert headers["Mcop-Deadletter-Reason"] == "PublishFailed"
     assert headers["Mcop-Deadletter-Subject"] == subject
     assert progress.pending == 0
+
+
+class _Refusals:
+    """A publisher that records what it is asked to dead-letter."""
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[Message, str, str]] = []
+
+    async def refuse(self, message: Message, reason: str, detail: str) -> None:
+        self.refused.append((message, reason, detail))
+
+
+@pytest.mark.parametrize("name", ["big", "n" * 253, "a.b" * 84])
+def test_an_oversized_watch_events_record_names_the_object_and_keeps_its_first_bytes(
+    name: str,
+) -> None:
+    # Up to the longest and most dotted names Kubernetes allows: an exception here would end
+    # the watch, the very thing the bound prevents.
+    from memcached_operator.shared.bus.routing import Router
+    from memcached_operator.shared.kube.watchlines import Identity, Oversized
+    from memcached_operator.watcher.deadletters import WATCH_EVENT_TOO_LARGE
+    from memcached_operator.watcher.emitter import Emitter
+    from memcached_operator.watcher.owners import Kind
+
+    refusals = _Refusals()
+    emitter = Emitter(cast(Publisher, refusals), Router([]), max_line=65536)
+    who = Identity("MODIFIED", name, "team-a", "0b1f8c1e-6a4e-4f0e-9a52-9d7a5b0e8c11", "42")
+    line = Oversized(size=100_000, prefix=b'{"type":"MODIFIED"')
+    asyncio.run(emitter.oversized(Kind("deployment", owned=True), line, who))
+
+    ((message, reason, detail),) = refusals.refused
+    assert reason == WATCH_EVENT_TOO_LARGE
+    assert message.key == ObjectKey("team-a", name) and message.body == line.prefix
+    assert message.headers["ce-name"] == name and message.headers["ce-resourceversion"] == "42"
+    assert "100000 bytes" in detail and "at most 65536" in detail
