@@ -35,7 +35,7 @@ from memcached_operator.shared.bus.routing import Change, Router
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.kube.client import JsonObject
-from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE, Identity, Oversized
+from memcached_operator.shared.kube.watchlines import Identity, Oversized
 from memcached_operator.shared.runtime import telemetry
 from memcached_operator.shared.workqueue.types import ORIGIN
 from memcached_operator.watcher.deadletters import INVALID_SUBJECT, WATCH_EVENT_TOO_LARGE
@@ -67,17 +67,11 @@ class Emitter:
     """Publishes each change of a watched kind, and the requests ``router`` makes of it."""
 
     def __init__(
-        self,
-        publisher: Publisher,
-        router: Router,
-        *,
-        tracer: trace.Tracer = tracer,
-        max_line: int = DEFAULT_MAX_LINE,
+        self, publisher: Publisher, router: Router, *, tracer: trace.Tracer = tracer
     ) -> None:
         self.publisher = publisher
         self.router = router
         self.tracer = tracer
-        self.max_line = max_line
 
     async def emit(self, kind: Kind, change: str, obj: JsonObject, before: Known | None) -> None:
         meta = obj.get("metadata") or {}
@@ -149,7 +143,7 @@ class Emitter:
             Message(subject, line.prefix, headers, f"{kind.name}.{change}", key),
             WATCH_EVENT_TOO_LARGE,
             f"the watch event was {line.size} bytes; the watcher reads at most "
-            f"{self.max_line} (--max-watch-line)",
+            f"{line.limit} (--max-watch-line)",
         )
 
     async def _send(

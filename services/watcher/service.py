@@ -87,7 +87,7 @@ async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> N
         metrics.workqueue_adds_total.labels(controller)
 
     publisher = Publisher(js, nc=conn.nc, worker=conn.worker)
-    emitter = Emitter(publisher, router, max_line=args.max_watch_line)
+    emitter = Emitter(publisher, router)
     skip = DeadLettered()
     informers: list[Informer] = []
     for kind, resource, selector in WATCHED:

@@ -25,10 +25,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from memcached_operator.shared.kube import watchlines
 from memcached_operator.shared.kube.kubelib import Configuration, RESTClientObject
 from memcached_operator.shared.kube.kubelib import config as kube_config
-from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE, Oversized
+from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE, Oversized, lines
 from memcached_operator.shared.runtime import jsonc
 from memcached_operator.shared.runtime.errors import ClassifiedError, PermanentError, TransientError
 
@@ -418,7 +417,7 @@ class KubeClient:
                 except ValueError:
                     message = raw.decode(errors="replace")[:300]
                 raise ApiError(resp.status, message, retry_after=_retry_after(resp.headers))
-            reader = watchlines.lines(resp.content.readany, max_line=max_line)
+            reader = lines(resp.content.readany, max_line=max_line)
             while True:
                 try:
                     line = await anext(reader, None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Above every line the API server writes under its default limits: an object of etcd's 1.5 MiB
 # with every byte escaped to six.
@@ -45,10 +45,11 @@ _HEAD = re.compile(
 
 @dataclass(frozen=True)
 class Oversized:
-    """A line longer than the bound: how long it was and its first bytes."""
+    """A line longer than the bound: how long it was, its first bytes, and the bound."""
 
     size: int
     prefix: bytes
+    limit: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,12 @@ async def lines(
             if end == -1:
                 break
             if prefix is not None:
-                yield Oversized(size, prefix)
+                yield Oversized(size, prefix, max_line)
             elif parts:
                 yield b"".join(parts)
             parts, size, prefix = [], 0, None
             start = end + 1
     if prefix is not None:
-        yield Oversized(size, prefix)
+        yield Oversized(size, prefix, max_line)
     elif parts:
         yield b"".join(parts)

@@ -251,9 +251,9 @@ def test_an_oversized_watch_events_record_names_the_object_and_keeps_its_first_b
     from memcached_operator.watcher.owners import Kind
 
     refusals = _Refusals()
-    emitter = Emitter(cast(Publisher, refusals), Router([]), max_line=65536)
+    emitter = Emitter(cast(Publisher, refusals), Router([]))
     who = Identity("MODIFIED", name, "team-a", "0b1f8c1e-6a4e-4f0e-9a52-9d7a5b0e8c11", "42")
-    line = Oversized(size=100_000, prefix=b'{"type":"MODIFIED"')
+    line = Oversized(size=100_000, prefix=b'{"type":"MODIFIED"', limit=65536)
     asyncio.run(emitter.oversized(Kind("deployment", owned=True), line, who))
 
     ((message, reason, detail),) = refusals.refused
