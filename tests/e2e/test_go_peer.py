@@ -2,8 +2,9 @@
 the same work as this pipeline, or the comparison is void: on the real control plane its
 Deployment, Service and PodDisruptionBudget carry every field our reconciler's builders
 (desired.py, companions.py) give them, by the same ``matches`` the bench's observer uses, and
-its status has the same fields and condition reasons as the status service's. Under leader
-election only one of two replicas reconciles."""
+its status has the same fields and condition reasons as the status service's, and it records
+the same Kubernetes Event (one, Available, for a healthy new CR). Under leader election only one
+of two replicas reconciles."""
 
 from __future__ import annotations
 
@@ -108,6 +109,22 @@ def test_same_objects_and_status_as_the_pipeline(
             "Progressing": ("False", "RolloutComplete"),
             "Degraded": ("False", "ReconcileSucceeded"),
         }
+
+        # The Event the status service records for a healthy new CR, and no other: a Kubernetes
+        # write per CR that the pipeline pays, so the peer pays it too.
+        def peer_events() -> list[tuple[str, str, str, str]]:
+            items = cluster.kubectl_json("get", "events.events.k8s.io", "-n", namespace)["items"]
+            return [
+                (e["type"], e["reason"], e.get("action", ""), e.get("note", ""))
+                for e in items
+                if e.get("reportingController") == "memcached-operator/status"
+                and e["regarding"]["name"] == "mc"
+            ]
+
+        wait_for(lambda: peer_events(), timeout=30, what="the peer's Available Event")
+        events = peer_events()
+        assert [e[:3] for e in events] == [("Normal", "AllReplicasReady", "StatusChanged")], events
+        assert events[0][3].startswith("Available is True: "), events
 
         # Below two replicas the PDB goes, as the pipeline's reconciler deletes it.
         cluster.kubectl(

@@ -4,7 +4,8 @@
 // server defaults are no difference and an unchanged object is not rewritten); list the pods
 // from the cache; write the status when it changed. It runs on every change of the CR, of an
 // owned object, and of a pod whose owner annotation names the CR. Errors requeue with the
-// workqueue's rate-limited backoff, as controller-runtime does by default.
+// workqueue's rate-limited backoff, as controller-runtime does by default. A status write that
+// changes a condition in a way worth telling records an Event (events.go), as ours does.
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -30,6 +32,7 @@ import (
 type MemcachedReconciler struct {
 	client.Client
 	Scheme           *runtime.Scheme
+	Recorder         events.EventRecorder
 	ProgressDeadline int32
 }
 
@@ -57,11 +60,14 @@ func (r *MemcachedReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	status := foldStatus(mc, deployment, owned, pods.Items, err)
 	if !equality.Semantic.DeepEqual(status, mc.Status) {
+		before := mc.Status.Conditions
 		mc.Status = status
 		if statusErr := r.Status().Update(ctx, mc); statusErr != nil {
 			if err == nil {
 				err = statusErr
 			}
+		} else {
+			recordTransitions(r.Recorder, mc, before, status.Conditions)
 		}
 	}
 	return ctrl.Result{}, err

@@ -85,6 +85,7 @@ func main() {
 	reconciler := &MemcachedReconciler{
 		Client:           mgr.GetClient(),
 		Scheme:           mgr.GetScheme(),
+		Recorder:         mgr.GetEventRecorder("memcached-operator/status"),
 		ProgressDeadline: int32(progressDeadline),
 	}
 	if err := reconciler.SetupWithManager(mgr, workers); err != nil {
