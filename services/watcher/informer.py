@@ -7,6 +7,10 @@ jitter. What it adds is a `known` map (key -> uid and resourceVersion of the las
 reached the stream), seeded from the stream itself at start-up: a list is diffed against it,
 so a restarted or second watcher emits exactly the changes the stream lacks — including
 deletions that happened while no watcher ran — and nothing it already holds.
+
+A list is read and diffed a page at a time, each page within a byte bound (``max_page``:
+KubeClient.list_pages asks for fewer objects per page when one is longer), so that the memory
+a relist takes is one page's, however many large objects a tenant labels for us to watch.
 """
 
 from __future__ import annotations
@@ -58,8 +62,16 @@ def known_of(obj: JsonObject) -> Known:
 def diff(known: dict[ObjectKey, Known], listed: list[JsonObject]) -> list[tuple[str, JsonObject]]:
     """Changes that take the stream from `known` to the listed state, in a stable order:
     additions and modifications in list order, then deletions (with a stub object)."""
-    changes: list[tuple[str, JsonObject]] = []
     seen: set[ObjectKey] = set()
+    return diff_page(known, listed, seen) + deletions(known, seen)
+
+
+def diff_page(
+    known: dict[ObjectKey, Known], listed: list[JsonObject], seen: set[ObjectKey]
+) -> list[tuple[str, JsonObject]]:
+    """The additions and modifications of one page of a list, in list order; adds the page's
+    keys to ``seen`` (what :func:`deletions` leaves out once every page is read)."""
+    changes: list[tuple[str, JsonObject]] = []
     for obj in listed:
         key = key_of(obj)
         seen.add(key)
@@ -73,9 +85,12 @@ def diff(known: dict[ObjectKey, Known], listed: list[JsonObject]) -> list[tuple[
             changes.append(("added", obj))
         elif before.resource_version != now.resource_version:
             changes.append(("modified", obj))
-    for key in sorted(set(known) - seen):
-        changes.append(("deleted", _stub(key, known[key])))
     return changes
+
+
+def deletions(known: dict[ObjectKey, Known], seen: set[ObjectKey]) -> list[tuple[str, JsonObject]]:
+    """The objects `known` holds that no page of the list had, as deletions (with a stub)."""
+    return [("deleted", _stub(key, known[key])) for key in sorted(set(known) - seen)]
 
 
 def _stub(key: ObjectKey, known: Known) -> JsonObject:
@@ -111,6 +126,7 @@ class Informer:
         observe: Observe | None = None,
         refuse: Refuse | None = None,
         max_line: int = DEFAULT_MAX_LINE,
+        max_page: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -122,6 +138,7 @@ class Informer:
         self.observe = observe
         self.refuse = refuse
         self.max_line = max_line
+        self.max_page = max_page
         self.synced = asyncio.Event()
         self.resource_version = ""
 
@@ -160,22 +177,31 @@ class Informer:
             await self.refuse(line, None)
 
     async def relist(self) -> None:
-        items, rv = await self.kube.list(
-            self.resource, namespace=self.namespace, label_selector=self.label_selector
+        seen: set[ObjectKey] = set()
+        rv = ""
+        pages = self.kube.list_pages(
+            self.resource,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            max_bytes=self.max_page,
         )
-        if self.observe is not None:
-            # Also the objects the stream already holds, which diff() leaves out: a restarted
-            # watcher must know their state too.
-            for obj in items:
-                self.observe(obj, False)
-        for change, obj in diff(self.known, items):
+        async for page in pages:
+            if self.observe is not None:
+                # Also the objects the stream already holds, which diff_page() leaves out: a
+                # restarted watcher must know their state too.
+                for obj in page.items:
+                    self.observe(obj, False)
+            for change, obj in diff_page(self.known, page.items, seen):
+                await self._apply(change, obj)
+            rv = page.resource_version
+        for change, obj in deletions(self.known, seen):
             await self._apply(change, obj)
         self.resource_version = rv
         self.synced.set()
         log.info(
             "listed %s",
             self.resource.plural,
-            extra={"count": len(items), "resource_version": rv},
+            extra={"count": len(seen), "resource_version": rv},
         )
 
     async def run(self) -> None:

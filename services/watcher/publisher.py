@@ -13,19 +13,20 @@ requests streams have their own leaders, so a request published right behind its
 otherwise reach a worker before the event is readable, and a follower answering the worker's
 read might not hold the event yet.
 
-Events and requests wait for the next flush (every 50 ms, or sooner when a batch is full), which
-publishes them together. During a burst changes trickle in a few per event-loop turn (~250/s in
-the bench), and writing each at once cost one socket write, one acknowledgement read and their
-event-loop turns per change in the watcher, and as many wake-ups in nats-server: measured with
-``python -m bench.watcher_cpu`` (the watcher's emit path against a real nats-server at 250
-changes/s), holding them for a 20 ms flush cut nats-server's CPU per change by 32-45 % and the
-watcher's by 14-20 %, and in the 1,000-CR bench both by 6-16 % (bench/README.md). A flush costs
-about the same whether it carries two changes or twenty (a write, the acks' reads, a dozen
-event-loop turns on each side), and while the control plane rolls the pods out the watcher sees
-only 100-200 changes a second: every 50 ms instead of 20 cut the watcher's CPU per change by
-22-25 % and nats-server's by 35 % at 100-250 changes/s (``bench.watcher_cpu --rate``), and in
-the 1,000-CR burst the watcher's by 6 % and nats-server's by 11 %, for at most 50 ms more on
-the way to the stream.
+Events and requests wait for the next flush (every 50 ms, or sooner when a batch is full: 256
+messages, or 4 MiB of event bodies, so that a relist of large objects holds a bounded amount),
+which publishes them together. During a burst changes trickle in a few per event-loop turn
+(~250/s in the bench), and writing each at once cost one socket write, one acknowledgement read
+and their event-loop turns per change in the watcher, and as many wake-ups in nats-server:
+measured with ``python -m bench.watcher_cpu`` (the watcher's emit path against a real nats-
+server at 250 changes/s), holding them for a 20 ms flush cut nats-server's CPU per change by
+32-45 % and the watcher's by 14-20 %, and in the 1,000-CR bench both by 6-16 %
+(bench/README.md). A flush costs about the same whether it carries two changes or twenty (a
+write, the acks' reads, a dozen event-loop turns on each side), and while the control plane
+rolls the pods out the watcher sees only 100-200 changes a second: every 50 ms instead of 20 cut
+the watcher's CPU per change by 22-25 % and nats-server's by 35 % at 100-250 changes/s
+(``bench.watcher_cpu --rate``), and in the 1,000-CR burst the watcher's by 6 % and nats-server's
+by 11 %, for at most 50 ms more on the way to the stream.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ REQUESTS_PUBLISHED = Counter(
 )
 
 ACK_TIMEOUT = 5.0
+# Bytes of queued event bodies that make a batch full, however few messages it holds: what a
+# flush holds in memory at once (a relist of large objects queues them as fast as it reads).
+BATCH_BYTES = 4 * 1024 * 1024
 # Seconds between flushes (a full batch goes at once): see the module docstring.
 FLUSH_INTERVAL = 0.05
 # Reads of a subject's newest event before a re-send decides what to skip (see _resend).
@@ -128,6 +132,7 @@ class Publisher:
         nc: Client | None = None,
         worker: str = "",
         batch: int = 256,
+        batch_bytes: int = BATCH_BYTES,
         max_attempts: int = 5,
         give_up_after: float = 30.0,
         progress: Progress = TRACKER,
@@ -136,6 +141,7 @@ class Publisher:
         self.nc = nc
         self.worker = worker
         self.batch = batch
+        self.batch_bytes = batch_bytes
         self.max_attempts = max_attempts
         self.give_up_after = give_up_after
         self._progress = progress
@@ -144,6 +150,7 @@ class Publisher:
         # Requests waiting for the events before them to be stored (see the module docstring).
         self._requests: list[Message] = []
         self._events: list[Message] = []
+        self._event_bytes = 0  # the bodies' of _events
         self._last_event: Message | None = None
         self._flushing = asyncio.Lock()
 
@@ -173,7 +180,8 @@ class Publisher:
             return
         self._last_event = message
         self._events.append(message)
-        if len(self._events) >= self.batch:
+        self._event_bytes += len(message.body)
+        if len(self._events) >= self.batch or self._event_bytes >= self.batch_bytes:
             await self.flush()
 
     async def _pipeline(self, message: Message) -> None:
@@ -221,6 +229,7 @@ class Publisher:
             # Both taken at once: a request queued while this flush waits has its event in
             # the next flush, which must store that event before publishing the request.
             events, self._events = self._events, []
+            self._event_bytes = 0
             requests, self._requests = self._requests, []
             for message in events:
                 await self._pipeline(message)

@@ -110,6 +110,7 @@ async def serve(args: WatcherSettings, stop: asyncio.Event, router: Router) -> N
                     label_selector=selector,
                     refuse=refuse,
                     max_line=args.max_watch_line,
+                    max_page=args.max_list_page,
                     observe=(
                         (lambda obj, deleted: skip.observe(obj, deleted=deleted))
                         if resource is MEMCACHED

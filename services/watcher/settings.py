@@ -1,5 +1,5 @@
 """The watcher process's settings: the common service settings, the namespaces it watches, the
-resync period and the bound on one watch event."""
+resync period and the bounds on one watch event and one list page."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ class WatcherSettings(ServiceSettings):
         ge=4096,
         help="bytes of one watch event the watcher reads at most; a longer one is "
         "dead-lettered (WatchEventTooLarge) and the watch goes on",
+    )
+
+    max_list_page: int = setting(
+        DEFAULT_MAX_LINE,
+        env="MAX_LIST_PAGE_BYTES",
+        ge=4096,
+        help="bytes of one page of a list the watcher reads at most; a longer page is asked "
+        "for again with half as many objects (one object is always read whole)",
     )
 
     @field_validator("namespaces", mode="before")

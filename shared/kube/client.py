@@ -5,11 +5,14 @@ the TLS connection pool; requests go through its REST layer as plain dicts, beca
 services publish objects as JSON and apply them with server-side apply, and model classes would
 only be converted back. Every call passes through :meth:`KubeClient.request`, the one place
 that classifies failures (transient: retry with backoff; permanent: report), counts requests
-and records a CLIENT span per call.
+and records a CLIENT span per call. A list can be read page by page within a byte bound
+(:meth:`KubeClient.list_pages`), so that a tenant's huge objects cannot make one page, or one
+relist, take more memory than a service has.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 import urllib.request
@@ -42,9 +45,49 @@ API_REQUEST_SECONDS = Histogram(
     ["verb", "resource"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+LIST_PAGES_SHRUNK = Counter(
+    "mcop_kube_list_pages_shrunk_total",
+    "List pages whose body was over the byte bound, asked for again with half as many objects",
+    ["resource"],
+)
 _tracer = trace.get_tracer("memcached-operator.kube")
+log = logging.getLogger("memcached_operator.kube")
 
 JsonObject = dict[str, Any]
+# Objects per list page, as client-go's reflector asks for.
+LIST_PAGE_LIMIT = 500
+
+
+class BodyTooLarge(Exception):
+    """A response body longer than the bound its reader set (the rest was not read)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the response body is over {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its objects, the list's resourceVersion, and whether it is the
+    last (then that resourceVersion is the one to watch from)."""
+
+    items: list[JsonObject]
+    resource_version: str
+    last: bool
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or :class:`BodyTooLarge` as soon as more than ``limit`` bytes arrived (the
+    connection is closed then, not drained)."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise BodyTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -227,11 +270,13 @@ class KubeClient:
         resource: str = "",
         timeout: float = 30.0,
         traced: bool = True,
+        max_bytes: int | None = None,
     ) -> JsonObject:
         """One API call; returns the decoded body or raises ApiError / TransientError.
 
         ``traced=False`` leaves out the span (readiness probes would otherwise start a trace
-        every few seconds); the call is counted either way.
+        every few seconds); the call is counted either way. ``max_bytes`` bounds the body
+        read: a longer one is dropped as it arrives, raising :class:`BodyTooLarge`.
         """
         span_cm: AbstractContextManager[Span] = (
             _tracer.start_as_current_span(
@@ -261,7 +306,11 @@ class KubeClient:
                 span.set_status(Status(StatusCode.ERROR, str(err)))
                 raise TransientError(f"{method} {path}: {type(err).__name__}: {err}") from err
             try:
-                raw = await resp.read()
+                raw = await (resp.read() if max_bytes is None else _read_bounded(resp, max_bytes))
+            except BodyTooLarge:
+                API_REQUESTS.labels(method, resource, "too_large").inc()
+                span.set_status(Status(StatusCode.ERROR, "response body over the bound"))
+                raise
             except (aiohttp.ClientError, TimeoutError) as err:
                 # The connection broke half-way through the response (a server going away).
                 API_REQUESTS.labels(method, resource, "error").inc()
@@ -353,10 +402,34 @@ class KubeClient:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
-        limit: int = 500,
+        limit: int = LIST_PAGE_LIMIT,
     ) -> tuple[list[JsonObject], str]:
         """All objects (paginated) and the list's resourceVersion to watch from."""
         items: list[JsonObject] = []
+        pages = self.list_pages(
+            res, namespace=namespace, label_selector=label_selector, limit=limit
+        )
+        async for page in pages:
+            items.extend(page.items)
+            if page.last:
+                return items, page.resource_version
+        raise AssertionError("list_pages ended without its last page")  # pragma: no cover
+
+    async def list_pages(
+        self,
+        res: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        limit: int = LIST_PAGE_LIMIT,
+        max_bytes: int | None = None,
+    ) -> AsyncIterator[Page]:
+        """The objects page by page, so that a caller holds one page at a time.
+
+        With ``max_bytes``, no page's body is read past that many bytes: a page that is longer
+        is asked for again (same continue token) with half as many objects, down to one, and
+        the rest of the list keeps the smaller size. One object is read whole, whatever its
+        size: the API server bounds an object (etcd's request limit), not this client."""
         token = ""
         while True:
             query = {"limit": str(limit)}
@@ -364,14 +437,30 @@ class KubeClient:
                 query["labelSelector"] = label_selector
             if token:
                 query["continue"] = token
-            page = await self.request(
-                "GET", res.path(namespace), query=query, resource=res.plural, timeout=120
-            )
-            items.extend(page.get("items") or [])
-            meta = page.get("metadata") or {}
+            try:
+                body = await self.request(
+                    "GET",
+                    res.path(namespace),
+                    query=query,
+                    resource=res.plural,
+                    timeout=120,
+                    max_bytes=max_bytes if limit > 1 else None,
+                )
+            except BodyTooLarge as err:
+                limit = max(1, limit // 2)
+                LIST_PAGES_SHRUNK.labels(res.plural).inc()
+                log.warning(
+                    "a page of %s was over %d bytes; asking for %d objects at a time",
+                    res.plural,
+                    err.limit,
+                    limit,
+                )
+                continue
+            meta = body.get("metadata") or {}
             token = meta.get("continue") or ""
+            yield Page(body.get("items") or [], str(meta.get("resourceVersion", "")), not token)
             if not token:
-                return items, str(meta.get("resourceVersion", ""))
+                return
 
     async def watch(
         self,

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[type[Settings], dict[str, str]]] = {
             "--namespaces": "WATCH_NAMESPACES",
             "--resync": "RESYNC_PERIOD",
             "--max-watch-line": "MAX_WATCH_LINE_BYTES",
+            "--max-list-page": "MAX_LIST_PAGE_BYTES",
         },
     ),
     "reconciler": (
