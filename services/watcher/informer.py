@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from memcached_operator.shared.bus.subjects import ObjectKey
-from memcached_operator.shared.kube.client import ApiError, JsonObject, KubeClient, Resource
+from memcached_operator.shared.kube.client import (
+    DEFAULT_MAX_PAGE,
+    ApiError,
+    JsonObject,
+    KubeClient,
+    Resource,
+)
 from memcached_operator.shared.kube.watchlines import (
     DEFAULT_MAX_LINE,
     Identity,
@@ -59,18 +65,13 @@ def known_of(obj: JsonObject) -> Known:
     return Known(str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
 
 
-def diff(known: dict[ObjectKey, Known], listed: list[JsonObject]) -> list[tuple[str, JsonObject]]:
-    """Changes that take the stream from `known` to the listed state, in a stable order:
-    additions and modifications in list order, then deletions (with a stub object)."""
-    seen: set[ObjectKey] = set()
-    return diff_page(known, listed, seen) + deletions(known, seen)
-
-
 def diff_page(
     known: dict[ObjectKey, Known], listed: list[JsonObject], seen: set[ObjectKey]
 ) -> list[tuple[str, JsonObject]]:
     """The additions and modifications of one page of a list, in list order; adds the page's
-    keys to ``seen`` (what :func:`deletions` leaves out once every page is read)."""
+    keys to ``seen`` (what :func:`deletions` leaves out once every page is read). Over every
+    page and then the deletions, these are the changes that take the stream from ``known`` to
+    the listed state."""
     changes: list[tuple[str, JsonObject]] = []
     for obj in listed:
         key = key_of(obj)
@@ -126,7 +127,7 @@ class Informer:
         observe: Observe | None = None,
         refuse: Refuse | None = None,
         max_line: int = DEFAULT_MAX_LINE,
-        max_page: int = DEFAULT_MAX_LINE,
+        max_page: int = DEFAULT_MAX_PAGE,
     ) -> None:
         self.kube = kube
         self.resource = resource

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
+from memcached_operator.shared.kube.client import DEFAULT_MAX_PAGE
 from memcached_operator.shared.kube.watchlines import DEFAULT_MAX_LINE
 from memcached_operator.shared.runtime.settings import ServiceSettings, health_port, setting
 
@@ -37,7 +38,7 @@ class WatcherSettings(ServiceSettings):
     )
 
     max_list_page: int = setting(
-        DEFAULT_MAX_LINE,
+        DEFAULT_MAX_PAGE,
         env="MAX_LIST_PAGE_BYTES",
         ge=4096,
         help="bytes of one page of a list the watcher reads at most; a longer page is asked "

@@ -54,8 +54,10 @@ _tracer = trace.get_tracer("memcached-operator.kube")
 log = logging.getLogger("memcached_operator.kube")
 
 JsonObject = dict[str, Any]
-# Objects per list page, as client-go's reflector asks for.
+# Objects per list page, as client-go's reflector asks for; bytes of one page a service reads
+# at most by default (as much as one watch line: every object the API server stores fits).
 LIST_PAGE_LIMIT = 500
+DEFAULT_MAX_PAGE = DEFAULT_MAX_LINE
 
 
 class BodyTooLarge(Exception):
