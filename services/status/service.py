@@ -45,7 +45,7 @@ from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events import state
 from memcached_operator.shared.events.outcomes import Outcome, OutcomeResult
-from memcached_operator.shared.kube.client import MEMCACHED, POD, KubeClient
+from memcached_operator.shared.kube.client import DEFAULT_MAX_PAGE, MEMCACHED, POD, KubeClient
 from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
@@ -194,9 +194,11 @@ class StatusRefresher:
         pods: PodIndex,
         index_wait: float = 2.0,
         settle: float = 30.0,
+        max_page: int = DEFAULT_MAX_PAGE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
+        self.max_page = max_page
         self.clock = clock
         self.js = js
         self.pods = pods
@@ -397,8 +399,17 @@ class StatusRefresher:
             [f"{LABEL_INSTANCE}={label_value(key.name)}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
         )
         cr = {"metadata": {"name": key.name, "namespace": key.namespace}}
-        pods, _ = await self.kube.list(POD, namespace=key.namespace, label_selector=selector)
-        return ready_nodes(cr, pods), ready_endpoints(cr, pods)
+        # A page at a time, keeping only names and endpoints: the pods a selector catches are
+        # any a tenant labelled so, of any size, and this process serves every tenant.
+        nodes: set[str] = set()
+        endpoints: set[str] = set()
+        pages = self.kube.list_pages(
+            POD, namespace=key.namespace, label_selector=selector, max_bytes=self.max_page
+        )
+        async for page in pages:
+            nodes.update(ready_nodes(cr, page.items))
+            endpoints.update(ready_endpoints(cr, page.items))
+        return sorted(nodes), sorted(endpoints)
 
     def _note_folded(self, key: subjects.ObjectKey, stored: StoredOutcome | None) -> None:
         if stored is not None:
