@@ -70,12 +70,11 @@ class BodyTooLarge(Exception):
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a list: its objects, the list's resourceVersion, and whether it is the
-    last (then that resourceVersion is the one to watch from)."""
+    """One page of a list: its objects and the list's resourceVersion (the one to watch from
+    once every page is read)."""
 
     items: list[JsonObject]
     resource_version: str
-    last: bool
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -408,14 +407,14 @@ class KubeClient:
     ) -> tuple[list[JsonObject], str]:
         """All objects (paginated) and the list's resourceVersion to watch from."""
         items: list[JsonObject] = []
+        rv = ""
         pages = self.list_pages(
             res, namespace=namespace, label_selector=label_selector, limit=limit
         )
         async for page in pages:
             items.extend(page.items)
-            if page.last:
-                return items, page.resource_version
-        raise AssertionError("list_pages ended without its last page")  # pragma: no cover
+            rv = page.resource_version
+        return items, rv
 
     async def list_pages(
         self,
@@ -460,7 +459,7 @@ class KubeClient:
                 continue
             meta = body.get("metadata") or {}
             token = meta.get("continue") or ""
-            yield Page(body.get("items") or [], str(meta.get("resourceVersion", "")), not token)
+            yield Page(body.get("items") or [], str(meta.get("resourceVersion", "")))
             if not token:
                 return
 
