@@ -17,10 +17,12 @@ while the handler runs, and deletes it afterwards, each write with a TTL so that
 worker's lease frees itself. A worker that finds the lease held neither naks (a nak counts as
 a delivery) nor drops the message: it keeps it alive with in-progress acks and polls (woken at
 once when the holder is in the same process). While waiting, and once more after acquiring if
-it had to wait, it asks the stream for the subject's newest message: if that is not its own, a
-newer request will run after it, so it acks its stale one and lets go. (A request that got the
-lease at once needs no such check: it was the newest when delivered, a moment before; in the
-rare race where a newer one replaces it in between, both run, and the second is a no-op.)
+it had to wait, it asks the stream for the subject's newest message: if that is a newer one, it
+will run after this one; if there is none, a newer one replaced this one and has run already
+(acked requests leave the stream). Either way it acks its stale one and lets go. (A request
+that got the lease at once needs no such check: it was the newest when delivered, a moment
+before; in the rare race where a newer one replaces it in between, both run, and the second is
+a no-op.)
 Hence no two runs of an object overlap, and requests that arrive during a run cause one more
 run after it.
 

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter
 
+from memcached_operator.shared.bus.leaderget import last_sequence
 from memcached_operator.shared.bus.streams import REQUESTS_STREAM
 from memcached_operator.shared.runtime import metrics
 from memcached_operator.shared.runtime.errors import PermanentError, as_transient
@@ -79,6 +80,35 @@ retries_total = Counter(
 )
 
 How = Literal["ack", "nak", "term", "in_progress"]
+
+
+async def superseded(js: JetStreamContext, msg: Msg) -> bool:
+    """Whether a newer request for the subject of ``msg`` (a delivered, unsettled request) is
+    waiting or has run already.
+
+    A direct get may be answered by a follower of a replicated stream that does not hold this
+    request yet: it then shows an older request or none, which says nothing; only a newer one
+    supersedes this one. In those two cases the leader is asked. If the leader holds no request
+    for the subject, this one is gone from the stream although nobody settled it: a newer one
+    replaced it (one per subject) and was acked after its run, which started after this request
+    was published (WorkQueue retention removes what is acked). Running this one after that
+    would be a run out of order, so it is let go too.
+    """
+    own = msg.metadata.sequence.stream
+    try:
+        try:
+            raw = await js.get_last_msg(REQUESTS_STREAM, msg.subject, direct=True)
+            newest = raw.seq or 0
+        except NotFoundError:
+            newest = 0
+        if newest >= own:
+            return newest > own
+        newest = await last_sequence(js, REQUESTS_STREAM, msg.subject)
+    except Exception as err:
+        # Running once too often is harmless; skipping a needed run is not.
+        log.debug("could not read the newest request on %s: %r", msg.subject, err)
+        return False
+    return newest == 0 or newest > own
 
 
 class Runner:
@@ -196,7 +226,7 @@ class Runner:
         if held is None:
             return
         try:
-            if held.waited and await self._superseded(msg):
+            if held.waited and await superseded(self._js, msg):
                 await self._let_go(msg)
                 return
             queued = max(0.0, time.time() - queued_since)
@@ -212,20 +242,6 @@ class Runner:
             waiting = self._released.pop(held.name, None)
             if waiting is not None:
                 waiting.set()
-
-    async def _superseded(self, msg: Msg) -> bool:
-        """Whether a newer request for this subject is waiting. A direct get may be answered
-        by a follower of a replicated stream that does not hold this request yet: it then shows
-        an older request or none, which says nothing; only a newer one supersedes this one."""
-        try:
-            newest = await self._js.get_last_msg(REQUESTS_STREAM, msg.subject, direct=True)
-        except NotFoundError:
-            return False  # none, or a replica behind: running once too often is harmless
-        except Exception as err:
-            # Running once too often is harmless; skipping a needed run is not.
-            log.debug("could not read the newest request on %s: %r", msg.subject, err)
-            return False
-        return (newest.seq or 0) > msg.metadata.sequence.stream
 
     async def _let_go(self, msg: Msg) -> None:
         """Ack a request that a newer one for the same object supersedes (that one runs)."""
@@ -252,7 +268,7 @@ class Runner:
                 if released is None:
                     metrics.lease_contention_total.labels(self._label).inc()
                     log.debug("%s/%s: lease held, waiting", self.controller, request.key)
-                if await self._superseded(msg):
+                if await superseded(self._js, msg):
                     await self._let_go(msg)
                     return None
                 if schedule.progress_due():

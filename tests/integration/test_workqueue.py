@@ -53,6 +53,7 @@ from memcached_operator.shared.workqueue.deadletter import (
     UNPARSABLE_SUBJECT,
 )
 from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, enqueue
+from memcached_operator.shared.workqueue.runner import superseded
 from memcached_operator.shared.workqueue.settings import QueueSettings
 from memcached_operator.shared.workqueue.types import Handler, Request, Result
 from tests.support import await_for
@@ -423,6 +424,42 @@ async def test_a_request_arriving_during_a_run_causes_exactly_one_more_run(
     assert (first.n, second.n) == (1, 3)
     assert first.ended is not None and second.started >= first.ended
     assert metric("mcop_lease_contention_total", controller=controller) > contention_before
+
+
+async def test_a_waiting_request_is_superseded_by_a_newer_one_waiting_or_already_run(
+    nc: Client, controller: str
+) -> None:
+    """What a request waiting for its object's lease learns from the stream. Its own request
+    the newest: it runs. A newer one waiting: it lets go. A newer one that replaced it and has
+    already run and been acked (gone from the stream, which keeps what is unsettled): it lets
+    go too, or it would run after the newer one, out of order (a CI run saw request 145 of an
+    object run after its request 149)."""
+    js = nc.jetstream()
+    k = ObjectKey("default", "overtaken")
+    await js.add_consumer(
+        REQUESTS_STREAM,
+        ConsumerConfig(
+            durable_name=f"mcop-{controller}",
+            filter_subject=f"mcop.requests.{controller}.>",
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    psub = await js.pull_subscribe_bind(durable=f"mcop-{controller}", stream=REQUESTS_STREAM)
+    try:
+        await enqueue(js, controller=controller, key=k, body=body(1))
+        [waiting] = await psub.fetch(1, timeout=5)  # delivered, held while the lease is busy
+        assert not await superseded(js, waiting)
+
+        await enqueue(js, controller=controller, key=k, body=body(2))  # replaces request 1
+        assert await superseded(js, waiting)
+
+        [newer] = await psub.fetch(1, timeout=5)  # another worker runs request 2 and acks it
+        assert json.loads(newer.data)["n"] == 2
+        await newer.ack_sync()
+        assert await pending_subjects(js, controller) == {}
+        assert await superseded(js, waiting), "request 1 would run after request 2"
+    finally:
+        await psub.unsubscribe()
 
 
 async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
