@@ -36,7 +36,13 @@ from memcached_operator.shared.bus.streams import (
 )
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, POD, KubeClient
+from memcached_operator.shared.kube.client import (
+    DEFAULT_MAX_PAGE,
+    DEPLOYMENT,
+    MEMCACHED,
+    POD,
+    KubeClient,
+)
 from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.types import ORIGIN
 
@@ -50,6 +56,8 @@ TRACE_URL_VARIABLE = "OTEL_TRACE_URL_TEMPLATE"
 _KV_OPERATION = "KV-Operation"
 # How many unready pods and dead letters the explanation lists (JSON: the count is complete).
 _SHOWN = 5
+# The longest pod reason and message kept (a tenant may write any into a pod's status).
+_REASON_MAX, _MESSAGE_MAX = 128, 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +142,15 @@ async def stream_facts(nc: Client, key: ObjectKey) -> dict[str, Any]:
 
 
 def _not_ready_reason(pod: dict[str, Any]) -> tuple[str, str]:
+    reason, message = _unclipped_reason(pod)
+    return _clip(reason, _REASON_MAX), _clip(message, _MESSAGE_MAX)
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _unclipped_reason(pod: dict[str, Any]) -> tuple[str, str]:
     status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting")
@@ -183,17 +200,22 @@ async def cluster_facts(kube: KubeClient, key: ObjectKey) -> dict[str, Any]:
         kube.get(MEMCACHED, key.namespace, key.name),
         kube.get(DEPLOYMENT, key.namespace, key.name),
     )
-    pods: list[dict[str, Any]] = []
+    unready: list[dict[str, Any]] = []
     labels = (((deployment or {}).get("spec") or {}).get("selector") or {}).get("matchLabels")
     if isinstance(labels, dict) and labels:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        pods, _ = await kube.list(POD, namespace=key.namespace, label_selector=selector)
-    unready = [
-        {"name": str((p.get("metadata") or {}).get("name")), "reason": r, "message": m}
-        for p in pods
-        if not _ready(p) and not (p.get("metadata") or {}).get("deletionTimestamp")
-        for r, m in [_not_ready_reason(p)]
-    ]
+        # A page at a time, keeping a line per unready pod: anyone who may create pods in the
+        # namespace can label large ones as this CR's.
+        pages = kube.list_pages(
+            POD, namespace=key.namespace, label_selector=selector, max_bytes=DEFAULT_MAX_PAGE
+        )
+        async for page in pages:
+            unready.extend(
+                {"name": str((p.get("metadata") or {}).get("name")), "reason": r, "message": m}
+                for p in page.items
+                if not _ready(p) and not (p.get("metadata") or {}).get("deletionTimestamp")
+                for r, m in [_not_ready_reason(p)]
+            )
     status = (cr or {}).get("status") or {}
     return {
         "exists": cr is not None,

@@ -42,14 +42,24 @@ class JetStreamProbe:
     every service's NATS user may. Only an answer counts: a server that answers nothing at all
     (hung, or unreachable) is this connection's problem, which a restart may well solve (it
     reconnects, to another node of a cluster), so it excuses nothing.
+
+    Every 5 s: the answer only has to be fresh next to the liveness bound (``--liveness-stall``,
+    120 s by default), and every process of a fleet asks the stream leaders for the info of each
+    of its streams (a reconciler under load spent about 5 % of its CPU on it at 2 s).
     """
 
     def __init__(
-        self, js: JetStreamContext, streams: tuple[str, ...], *, every: float = 2.0
+        self,
+        js: JetStreamContext,
+        streams: tuple[str, ...],
+        *,
+        every: float = 5.0,
+        timeout: float = 2.0,
     ) -> None:
         self._js = js
         self._streams = streams
         self._every = every
+        self._timeout = timeout
         self.unavailable = False  # JetStream answered that it cannot store (no leader, quorum)
         self._task: asyncio.Task[None] | None = None
 
@@ -65,7 +75,7 @@ class JetStreamProbe:
         while True:
             try:
                 problems = await asyncio.wait_for(
-                    stream_problems(self._js, self._streams), timeout=self._every
+                    stream_problems(self._js, self._streams), timeout=self._timeout
                 )
                 self.unavailable = bool(problems)
             except asyncio.CancelledError:
