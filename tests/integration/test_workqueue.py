@@ -142,6 +142,18 @@ async def pending_subjects(js: JetStreamContext, controller: str) -> dict[str, i
     return dict(info.state.subjects or {})
 
 
+async def add_consumer(js: JetStreamContext, controller: str) -> None:
+    """The durable consumer a queue of ``controller`` would create, made before any queue."""
+    await js.add_consumer(
+        REQUESTS_STREAM,
+        ConsumerConfig(
+            durable_name=f"mcop-{controller}",
+            filter_subject=f"mcop.requests.{controller}.>",
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+
+
 def metric(sample: str, /, **labels: str) -> float:
     return REGISTRY.get_sample_value(sample, labels) or 0.0
 
@@ -343,14 +355,7 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
     catches up."""
     js = nc.jetstream()
     busy = f"{controller}-busy"
-    await js.add_consumer(
-        REQUESTS_STREAM,
-        ConsumerConfig(
-            durable_name=f"mcop-{busy}",
-            filter_subject=f"mcop.requests.{busy}.>",
-            ack_policy=AckPolicy.EXPLICIT,
-        ),
-    )
+    await add_consumer(js, busy)
     for n in range(5):
         await enqueue(js, controller=busy, key=ObjectKey("default", f"b{n}"), body=body(n))
     recorder = Recorder(sleep=lambda r: 0.2)
@@ -436,14 +441,7 @@ async def test_a_waiting_request_is_superseded_by_a_newer_one_waiting_or_already
     object run after its request 149)."""
     js = nc.jetstream()
     k = ObjectKey("default", "overtaken")
-    await js.add_consumer(
-        REQUESTS_STREAM,
-        ConsumerConfig(
-            durable_name=f"mcop-{controller}",
-            filter_subject=f"mcop.requests.{controller}.>",
-            ack_policy=AckPolicy.EXPLICIT,
-        ),
-    )
+    await add_consumer(js, controller)
     psub = await js.pull_subscribe_bind(durable=f"mcop-{controller}", stream=REQUESTS_STREAM)
     try:
         await enqueue(js, controller=controller, key=k, body=body(1))
