@@ -54,7 +54,9 @@ from memcached_operator.shared.bus.streams import (
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events.outcomes import Outcome
+from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.queue import KeyedWorkQueue, enqueue
+from memcached_operator.shared.workqueue.runner import superseded
 from memcached_operator.shared.workqueue.settings import QueueSettings
 from memcached_operator.shared.workqueue.types import Handler, Request, Result
 from memcached_operator.status.service import last_outcome
@@ -405,6 +407,51 @@ async def test_work_queue_paths_need_no_more_than_the_service_user(
         stream=DEADLETTER_STREAM,
     )
     assert [m.headers["Mcop-Deadletter-Reason"] for m in letters] == ["MaxDeliveriesExceeded"]
+
+
+@pytest.mark.parametrize("controller", ["reconcile", "status"])
+async def test_a_waiting_request_asks_the_leader_with_the_service_user(
+    cluster: Cluster, namespace: str, controller: str, streams: None
+) -> None:
+    """A request waiting for its lease whose newer request has already run and been acked
+    finds none in a direct get and asks the stream's leader (shared/workqueue/runner.py,
+    ``superseded``): the service user may, and learns it was overtaken."""
+    user = {"reconcile": "reconciler", "status": "status"}[controller]
+    key = ObjectKey(namespace, "overtaken")
+    mine = subjects.subject(subjects.REQUESTS, controller, key)
+    async with (
+        connect_as(cluster, "admin") as (admin, _),
+        connect_as(cluster, user) as (nc, errors),
+    ):
+        admin_js, js = admin.jetstream(), nc.jetstream()
+
+        # The controller's durable consumer, as its queue makes it.
+        async def nothing(request: Request) -> Result:
+            return Result()
+
+        queue = KeyedWorkQueue(nc, controller=controller)
+        await queue.start(nothing)
+        await queue.stop(timeout=10)
+        psub = await js.pull_subscribe_bind(
+            durable=Controller.of(controller).durable, stream=REQUESTS_STREAM
+        )
+
+        async def delivered() -> nats.aio.msg.Msg:
+            """The next delivery of this test's request (others' leftovers are acked)."""
+            while True:
+                for msg in await psub.fetch(1, timeout=5):
+                    if msg.subject == mine:
+                        return msg
+                    await msg.ack_sync()
+
+        await enqueue(admin_js, controller=controller, key=key, headers={"Mcop-Origin": "test"})
+        waiting = await delivered()
+        await enqueue(admin_js, controller=controller, key=key, headers={"Mcop-Origin": "test"})
+        newer = await delivered()
+        await newer.ack_sync()  # another worker ran it: gone from the stream
+        assert await superseded(js, waiting)
+        await waiting.ack_sync()
+        assert not [e for e in errors if "permission" in e]
 
 
 def test_layout_gives_each_service_its_own_credentials(cluster: Cluster) -> None:
