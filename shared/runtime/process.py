@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from memcached_operator.shared.bus import connection as natsconn
 from memcached_operator.shared.bus.stream_admin import ENSURE_COMMAND, stream_problems
 from memcached_operator.shared.kube.client import KubeClient
-from memcached_operator.shared.runtime import logs, telemetry
+from memcached_operator.shared.runtime import collector, logs, telemetry
 from memcached_operator.shared.runtime.health import (
     HealthServer,
     JetStreamProbe,
@@ -211,6 +211,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     process exits within the grace period whatever `main` is doing then."""
     logs.setup(service)
     telemetry.setup(service)
+    collector.tune()
 
     stop = StopEvent()
 
