@@ -36,13 +36,7 @@ from memcached_operator.shared.bus.streams import (
 )
 from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.events.outcomes import Outcome
-from memcached_operator.shared.kube.client import (
-    DEFAULT_MAX_PAGE,
-    DEPLOYMENT,
-    MEMCACHED,
-    POD,
-    KubeClient,
-)
+from memcached_operator.shared.kube.client import DEPLOYMENT, MEMCACHED, POD, KubeClient
 from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.types import ORIGIN
 
@@ -206,9 +200,7 @@ async def cluster_facts(kube: KubeClient, key: ObjectKey) -> dict[str, Any]:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         # A page at a time, keeping a line per unready pod: anyone who may create pods in the
         # namespace can label large ones as this CR's.
-        pages = kube.list_pages(
-            POD, namespace=key.namespace, label_selector=selector, max_bytes=DEFAULT_MAX_PAGE
-        )
+        pages = kube.list_pages(POD, namespace=key.namespace, label_selector=selector)
         async for page in pages:
             unready.extend(
                 {"name": str((p.get("metadata") or {}).get("name")), "reason": r, "message": m}

@@ -423,14 +423,15 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         limit: int = LIST_PAGE_LIMIT,
-        max_bytes: int | None = None,
+        max_bytes: int | None = DEFAULT_MAX_PAGE,
     ) -> AsyncIterator[Page]:
         """The objects page by page, so that a caller holds one page at a time.
 
-        With ``max_bytes``, no page's body is read past that many bytes: a page that is longer
-        is asked for again (same continue token) with half as many objects, down to one, and
-        the rest of the list keeps the smaller size. One object is read whole, whatever its
-        size: the API server bounds an object (etcd's request limit), not this client."""
+        Unless ``max_bytes`` is None, no page's body is read past that many bytes (16 MiB by
+        default): a page that is longer is asked for again (same continue token) with half as
+        many objects, down to one, and the rest of the list keeps the smaller size. One object
+        is read whole, whatever its size: the API server bounds an object (etcd's request
+        limit), not this client."""
         token = ""
         while True:
             query = {"limit": str(limit)}
