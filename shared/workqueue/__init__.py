@@ -19,10 +19,13 @@ a delivery) nor drops the message: it keeps it alive with in-progress acks and p
 once when the holder is in the same process). While waiting, and once more after acquiring if
 it had to wait, it asks the stream for the subject's newest message: if that is a newer one, it
 will run after this one; if there is none, a newer one replaced this one and has run already
-(acked requests leave the stream). Either way it acks its stale one and lets go. (A request
-that got the lease at once needs no such check: it was the newest when delivered, a moment
-before; in the rare race where a newer one replaces it in between, both run, and the second is
-a no-op.)
+(acked requests leave the stream). Either way it acks its stale one and lets go. A request
+that gets the lease at once is not checked (a round trip per run): it was the newest when
+delivered, a moment before. In the race where a newer one replaces it in between, is run
+elsewhere and releases the lease first, the release's delete marker names the request that
+ran (lease.py), and this one lets go on finding it; only if its first lease attempt comes
+more than the marker's second after that release do both run, the older last (a no-op: a
+run reads the newest state).
 Hence no two runs of an object overlap, and requests that arrive during a run cause one more
 run after it.
 

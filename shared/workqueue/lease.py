@@ -8,6 +8,12 @@ second, so that the next run of the object creates the key again in one round tr
 remembers the markers it wrote (:class:`Markers`) for a run that comes sooner: it creates
 the key expecting the marker's revision.
 
+The marker also says which request's run released it (its stream sequence, ``Mcop-Ran-
+Sequence``). A request delivered before a newer one of the same object replaced it, and which
+reaches the lease only after that newer one has run, finds the marker (its own process's, or
+the one its first create trips over) and learns it is :class:`Overtaken`: that run started
+after this request was published, so this one lets go instead of running after it.
+
 The decisions are pure objects with an injected clock (:class:`Markers`, :func:`conflict`,
 :class:`WaitSchedule`, :class:`Held`); :class:`Leases` is the thin part that talks to NATS.
 """
@@ -38,6 +44,8 @@ WRONG_LAST_SEQUENCE = (10071, 10164)
 KV_OPERATION = "KV-Operation"
 
 MARKER_TTL = 1.0  # seconds a release's delete marker stays in the bucket
+# On a release's delete marker: the stream sequence of the request whose run released it.
+RAN_SEQUENCE = "Mcop-Ran-Sequence"
 
 
 class LeaseLost(Exception):
@@ -59,15 +67,34 @@ class Held:
     waited: bool = False
 
 
+@dataclass(frozen=True)
+class Overtaken:
+    """The lease's marker shows that a run of a newer request of the object (stream sequence
+    ``ran``) has ended: it started after this request was published, so this one is done."""
+
+    ran: int
+
+
+def overtaken(ran: int | str | None, sequence: int) -> Overtaken | None:
+    """Whether a marker's run (``ran``, as stored; None or junk for none) was of a newer
+    request than ``sequence`` (0: unknown, never overtaken)."""
+    try:
+        ran_ = int(ran or 0)
+    except ValueError:
+        return None
+    return Overtaken(ran_) if sequence > 0 and ran_ > sequence else None
+
+
 class Markers:
     """The delete markers this process's releases left that may still be in the bucket, by
-    lease name: the revision a create must expect (0 when there is none, or it expired)."""
+    lease name: the revision a create must expect (0 when there is none, or it expired), and
+    the sequence of the request whose run left it."""
 
     def __init__(self, *, ttl: float = MARKER_TTL, clock: Clock = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        # name -> (revision, time written), oldest first.
-        self._markers: dict[str, tuple[int, float]] = {}
+        # name -> (revision, time written, request sequence of the run), oldest first.
+        self._markers: dict[str, tuple[int, float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._markers)
@@ -79,17 +106,26 @@ class Markers:
             return 0
         return marker[0]
 
-    def wrote(self, name: str, revision: int) -> None:
-        """A release of ``name`` left a marker at ``revision``."""
+    def ran(self, name: str) -> int:
+        """The request sequence of the run that left the marker of ``name`` (0 when none, or
+        it expired); the marker is kept."""
+        marker = self._markers.get(name)
+        if marker is None or self._clock() - marker[1] >= self.ttl:
+            return 0
+        return marker[2]
+
+    def wrote(self, name: str, revision: int, *, ran: int = 0) -> None:
+        """A release of ``name`` left a marker at ``revision``, after a run of request
+        ``ran``."""
         now = self._clock()
         # Oldest first (insertion order): forget the expired ones, which are gone from the
         # bucket too, so this holds only the last second's releases.
-        for old, (_, written) in list(self._markers.items()):
+        for old, (_, written, _) in list(self._markers.items()):
             if now - written < self.ttl:
                 break
             del self._markers[old]
         self._markers.pop(name, None)
-        self._markers[name] = (revision, now)
+        self._markers[name] = (revision, now, ran)
 
 
 def conflict(kv_operation: str | None, sequence: int) -> int | None:
@@ -148,9 +184,16 @@ class Leases:
         self._ttl_header = f"{max(1, math.ceil(ttl))}s"
         self._markers = Markers(ttl=self.MARKER_TTL, clock=clock)
 
-    async def try_acquire(self, name: str, value: bytes) -> int | None:
-        """The new lease revision, or None when another run holds the lease."""
+    async def try_acquire(
+        self, name: str, value: bytes, *, sequence: int = 0
+    ) -> int | Overtaken | None:
+        """The new lease revision; None when another run holds the lease; :class:`Overtaken`
+        when the marker a release left shows a run of a newer request than ``sequence`` (the
+        stream sequence of the request this run would be for; 0: unknown)."""
         subject_ = LEASES_SUBJECT_PREFIX + name
+        newer = overtaken(self._markers.ran(name), sequence)
+        if newer is not None:
+            return newer
         expected: int | None = self._markers.expected(name)
         for _ in range(3):
             assert expected is not None
@@ -165,9 +208,13 @@ class Leases:
             except NotFoundError:
                 expected = 0  # expired in between
                 continue
-            expected = conflict((current.headers or {}).get(KV_OPERATION), current.seq or 0)
+            headers = current.headers or {}
+            expected = conflict(headers.get(KV_OPERATION), current.seq or 0)
             if expected is None:
                 return None
+            newer = overtaken(headers.get(RAN_SEQUENCE), sequence)
+            if newer is not None:
+                return newer
         return None
 
     async def refresh(self, name: str, revision: int, value: bytes) -> int:
@@ -178,12 +225,16 @@ class Leases:
                 raise LeaseLost(name) from None
             raise
 
-    async def release(self, name: str, revision: int) -> None:
+    async def release(self, name: str, revision: int, *, ran: int = 0) -> None:
+        """Delete the lease at ``revision``, leaving a marker that says the run was of request
+        ``ran`` (its stream sequence)."""
         headers = {
             KV_OPERATION: "DEL",
             EXPECTED_LAST_SUBJECT_SEQ: str(revision),
             "Nats-TTL": f"{math.ceil(self.MARKER_TTL)}s",
         }
+        if ran:
+            headers[RAN_SEQUENCE] = str(ran)
         try:
             ack = await self._js.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
         except APIError as err:
@@ -191,7 +242,7 @@ class Leases:
                 raise
             log.warning("lease %s was no longer ours when released", name)
             return
-        self._markers.wrote(name, ack.seq)
+        self._markers.wrote(name, ack.seq, ran=ran)
 
     async def _write(self, subject_: str, value: bytes, expected: int) -> int:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected), "Nats-TTL": self._ttl_header}

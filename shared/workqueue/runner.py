@@ -38,6 +38,7 @@ from memcached_operator.shared.workqueue.lease import (
     WRONG_LAST_SEQUENCE,
     Held,
     Leases,
+    Overtaken,
     WaitSchedule,
 )
 from memcached_operator.shared.workqueue.settings import QueueSettings
@@ -238,7 +239,7 @@ class Runner:
         finally:
             if not held.lost:
                 with contextlib.suppress(Exception):
-                    await self._leases.release(held.name, held.revision)
+                    await self._leases.release(held.name, held.revision, ran=request.sequence)
             waiting = self._released.pop(held.name, None)
             if waiting is not None:
                 waiting.set()
@@ -250,7 +251,7 @@ class Runner:
 
     async def _acquire(self, msg: Msg, request: Request) -> Held | None:
         """Take the object's lease, waiting while another run holds it; None when this request
-        was settled instead (a newer one will run, or the queue is stopping)."""
+        was settled instead (a newer one will run or has run, or the queue is stopping)."""
         name = self.controller.lease_name(request.key)
         value = json.dumps(
             {"worker": self.worker_id, "sequence": request.sequence, "since": time.time()}
@@ -262,7 +263,11 @@ class Runner:
                 if self._stopping.is_set():
                     await _settle(msg, "nak")
                     return None
-                revision = await self._leases.try_acquire(name, value)
+                revision = await self._leases.try_acquire(name, value, sequence=request.sequence)
+                if isinstance(revision, Overtaken):
+                    # A newer request of the object ran since this one was published.
+                    await self._let_go(msg)
+                    return None
                 if revision is not None:
                     return Held(name, revision, value, waited=released is not None)
                 if released is None:

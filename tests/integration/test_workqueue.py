@@ -460,6 +460,52 @@ async def test_a_waiting_request_is_superseded_by_a_newer_one_waiting_or_already
         await psub.unsubscribe()
 
 
+@pytest.mark.parametrize("same_process", [False, True], ids=["other-process", "same-process"])
+async def test_a_request_overtaken_before_its_first_lease_attempt_lets_go(
+    nc: Client, controller: str, same_process: bool
+) -> None:
+    """The race a request that gets its lease at once is not checked for: delivered, then
+    replaced by a newer request that another worker (or a task of its own process) runs and
+    releases before this one first tries the lease. The release's marker names the request
+    that ran, so this one lets go (acked, not run) instead of running after the newer one."""
+    from memcached_operator.shared.workqueue.controller import Controller
+    from memcached_operator.shared.workqueue.lease import Leases
+    from memcached_operator.shared.workqueue.runner import Runner
+
+    js = nc.jetstream()
+    k = ObjectKey("default", "overtaken")
+    await add_consumer(js, controller)
+    psub = await js.pull_subscribe_bind(durable=f"mcop-{controller}", stream=REQUESTS_STREAM)
+    recorder = Recorder()
+
+    def runner(leases: Leases) -> Runner:
+        return Runner(
+            js,
+            controller=Controller(controller),
+            settings=QueueSettings(ack_wait=5.0, lease_ttl=5.0),
+            handler=recorder,
+            leases=leases,
+            worker_id="w",
+            stopping=asyncio.Event(),
+        )
+
+    newer_runner = runner(Leases(js, ttl=5.0))
+    older_runner = newer_runner if same_process else runner(Leases(js, ttl=5.0))
+    try:
+        await enqueue(js, controller=controller, key=k, body=body(1))
+        [older] = await psub.fetch(1, timeout=5)  # delivered; its worker is slow to go on
+        await enqueue(js, controller=controller, key=k, body=body(2))  # replaces request 1
+        [newer] = await psub.fetch(1, timeout=5)
+        await newer_runner.process(newer)  # runs request 2, acks it, releases the lease
+
+        await older_runner.process(older)
+        assert [run.n for run in recorder.of(k)] == [2], "request 1 ran after request 2"
+        with pytest.raises(TimeoutError):
+            await psub.fetch(1, timeout=3)  # request 1 was acked: it is not delivered again
+    finally:
+        await psub.unsubscribe()
+
+
 async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
     nc: Client, controller: str, queues: Any
 ) -> None:

@@ -1,5 +1,6 @@
 """The lease's pure parts: which revision a create expects after this process's own release,
-how a conflict is read, and how a worker waits for a lease another run holds."""
+how a conflict is read, when a release's marker shows a request overtaken, and how a worker
+waits for a lease another run holds."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from memcached_operator.shared.workqueue.lease import (
     MARKER_TTL,
     Held,
     Markers,
+    Overtaken,
     WaitSchedule,
     conflict,
+    overtaken,
 )
 
 pytestmark = pytest.mark.unit
@@ -58,6 +61,35 @@ def test_markers_hold_only_the_last_seconds_releases() -> None:
     markers.wrote("reconcile.ns.last", 501)
     assert len(markers) == 1
     assert markers.expected("reconcile.ns.last") == 501
+
+
+def test_a_marker_remembers_the_request_its_run_was_for_until_it_expires() -> None:
+    clock = Clock()
+    markers = Markers(clock=clock)
+    markers.wrote("reconcile.ns.a", 41, ran=149)
+    assert markers.ran("reconcile.ns.a") == 149
+    assert markers.ran("reconcile.ns.a") == 149  # asking does not use it up
+    assert markers.ran("reconcile.ns.b") == 0
+    clock.now += MARKER_TTL
+    assert markers.ran("reconcile.ns.a") == 0
+
+
+@pytest.mark.parametrize(
+    ("ran", "sequence", "expected"),
+    [
+        (149, 145, Overtaken(149)),  # a newer request ran: this one lets go
+        ("149", 145, Overtaken(149)),  # as the marker's header carries it
+        (145, 145, None),  # its own run (a retaken lease)
+        (140, 145, None),  # an older request's run says nothing of this one
+        (None, 145, None),  # a marker from before the sequence was written
+        ("junk", 145, None),  # not a number: believed to say nothing
+        (149, 0, None),  # the request's sequence unknown
+    ],
+)
+def test_a_request_is_overtaken_only_by_a_run_of_a_newer_one(
+    ran: int | str | None, sequence: int, expected: Overtaken | None
+) -> None:
+    assert overtaken(ran, sequence) == expected
 
 
 @pytest.mark.parametrize("operation", ["DEL", "PURGE"])
