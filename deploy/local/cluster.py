@@ -154,7 +154,7 @@ def ensure_streams(layout: Layout) -> None:
     """The administrative step: the streams and the lease bucket, created as the NATS admin
     with the real `memcached-operator streams ensure` (what the Job nats-streams runs)."""
     env = {**os.environ, **layout.nats_credentials("admin")}
-    for name in ("STREAM_REPLICAS", "EVENTS_MAX_AGE", "LEASE_TTL"):
+    for name in ("STREAM_REPLICAS", "EVENTS_MAX_AGE", "EVENTS_PER_OBJECT", "LEASE_TTL"):
         env.pop(name, None)  # the defaults, whatever this shell has set
     env["STREAM_REPLICAS"] = str(stream_replicas(layout))
     argv = [sys.executable, "-m", "memcached_operator.cli", "streams", "ensure"]

@@ -3,10 +3,10 @@
 `memcached-operator streams ensure`, run with the NATS admin identity (locally by `cluster up`,
 in Kubernetes by the Job `nats-streams`), creates the events, requests and dead-letter streams
 and the lease bucket, or brings existing ones to the configuration its flags give (replicas,
-the events' max age, the lease bucket's TTL). No service may do that: a service only reads the
-streams' info, and :func:`stream_problems` says what is missing or shaped differently from what
-the code needs, so that the service stays unready, and says what to run, until the admin step
-has run.
+the events' max age and per-object cap, the lease bucket's TTL). No service may do that: a
+service only reads the streams' info, and :func:`stream_problems` says what is missing or
+shaped differently from what the code needs, so that the service stays unready, and says what
+to run, until the admin step has run.
 
 On a NATS cluster a replicated stream also needs a quorum: its leader keeps answering stream
 info after it lost its peers (two of three nodes gone), but can store nothing. A stream whose
@@ -30,7 +30,9 @@ from memcached_operator.shared.bus import connection as natsconn
 from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
     DEFAULT_EVENTS_MAX_AGE,
+    DEFAULT_EVENTS_PER_OBJECT,
     DEFAULT_LEASE_TTL,
+    EVENTS_LIMITS,
     EVENTS_STREAM,
     LEASES_STREAM,
     REQUESTS_STREAM,
@@ -105,6 +107,8 @@ async def stream_problems(js: JetStreamContext, names: Iterable[str] = ALL_STREA
         if want is None:
             continue
         for field in _SHAPE:
+            if name == EVENTS_STREAM and field in EVENTS_LIMITS:
+                continue  # the events' per-object cap is a limit an operator sets, not shape
             have, need = getattr(info.config, field), getattr(want, field)
             if need is not None and _normal(have) != _normal(need):
                 problems.append(f"stream {name} has {field}={have!r}, this code needs {need!r}")
@@ -140,6 +144,14 @@ class StreamAdminSettings(NatsSettings):
         gt=0,
         help=f"seconds the event stream keeps events; unset keeps an existing stream's, "
         f"{DEFAULT_EVENTS_MAX_AGE:.0f} for a new one",
+    )
+    events_per_object: int | None = setting(
+        None,
+        env="EVENTS_PER_OBJECT",
+        ge=1,
+        help=f"records the event stream keeps per object, its newest (one object changed in a "
+        f"loop then evicts only its own); applied to a stream only when it has no such limit "
+        f"yet, {DEFAULT_EVENTS_PER_OBJECT} for a new one",
     )
     lease_ttl: float | None = setting(
         None,
@@ -177,6 +189,7 @@ async def ensure(args: StreamAdminSettings, action: str) -> int:
                 js,
                 replicas=args.stream_replicas,
                 events_max_age=args.events_max_age,
+                events_per_object=args.events_per_object,
                 lease_ttl=args.lease_ttl,
                 max_bytes=args.stream_max_bytes,
             )

@@ -21,7 +21,10 @@ fails with a :class:`StreamLimitsError` naming the flag. The split, in 64ths of 
   latest history, as it already is by age). The stream is also the informer cache (the newest
   event per object) and holds the newest outcome per CR; a service that finds no event for an
   object does what it does for one the stream never saw (reads the API server, or applies
-  without force), as it already must after ``max_age``.
+  without force), as it already must after ``max_age``. Each object keeps at most its newest
+  ``max_msgs_per_subject`` records (``--events-per-object``, default 1,000): one object
+  changed in a loop (a tenant's script, a controller fighting ours) then evicts only its own
+  oldest records, not every other object's history from the shared budget.
 - requests 8 (1 GiB, about a million pending requests): discard **new**. Discard old would
   silently drop the oldest pending request, an object that then waits for the next resync;
   discard new refuses a request for one more object while full (a 503 the publisher retries as
@@ -70,6 +73,9 @@ LEASES_SUBJECT_PREFIX = f"$KV.{LEASES_BUCKET}."
 
 DAY = 24 * 60 * 60.0
 DEFAULT_EVENTS_MAX_AGE = 7 * DAY
+# Records the events stream keeps per object (per subject: one object of one kind, or one CR's
+# outcomes); the oldest of an object go first.
+DEFAULT_EVENTS_PER_OBJECT = 1000
 REQUESTS_MAX_AGE = 1 * DAY
 DEADLETTER_MAX_AGE = 30 * DAY
 EVENTS_DUPLICATE_WINDOW = 10 * 60.0
@@ -87,6 +93,9 @@ DEFAULT_MAX_BYTES = 8 * GiB
 _SHARES_OF_64 = {EVENTS_STREAM: 48, REQUESTS_STREAM: 8, DEADLETTER_STREAM: 6, LEASES_STREAM: 2}
 # Fields that are limits an operator may tune by hand: ensure_stream never changes a set one.
 LIMITS = ("max_bytes", "max_age", "max_msgs", "max_msg_size")
+# The events stream's per-object cap is a limit too; on the requests stream and the lease
+# bucket one message per subject is what the code relies on, not a limit.
+EVENTS_LIMITS = (*LIMITS, "max_msgs_per_subject")
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3}
 _UNITS |= {"gb": 1000**3, "t": 1000**4, "tb": 1000**4}
 _UNITS |= {"ki": KiB, "kib": KiB, "mi": MiB, "mib": MiB, "gi": GiB, "gib": GiB}
@@ -131,9 +140,11 @@ def events_config(
     replicas: int = 1,
     max_age: float = DEFAULT_EVENTS_MAX_AGE,
     max_bytes: int = stream_max_bytes(EVENTS_STREAM),
+    per_object: int = DEFAULT_EVENTS_PER_OBJECT,
 ) -> api.StreamConfig:
     """The audit log and informer cache: watched changes and outcomes (see the module
-    docstring); ``max_age`` is the watcher's setting (--events-max-age)."""
+    docstring); ``max_age`` and ``per_object`` are the admin step's settings
+    (--events-max-age, --events-per-object)."""
     return _file_stream(
         EVENTS_STREAM,
         "watched changes and reconcile outcomes (audit, replay)",
@@ -142,6 +153,8 @@ def events_config(
         max_bytes=max_bytes,
         retention=api.RetentionPolicy.LIMITS,
         max_age=max_age,
+        # One object's churn evicts its own oldest records, not others' (module docstring).
+        max_msgs_per_subject=per_object,
         # The oldest audit records go first (see the module docstring).
         discard=api.DiscardPolicy.OLD,
         duplicate_window=min(EVENTS_DUPLICATE_WINDOW, max_age),
@@ -307,6 +320,7 @@ async def ensure_streams(
     *,
     replicas: int = 1,
     events_max_age: float | None = None,
+    events_per_object: int | None = None,
     lease_ttl: float | None = None,
     max_bytes: int | None = None,
 ) -> None:
@@ -325,9 +339,10 @@ async def ensure_streams(
                 replicas=replicas,
                 max_age=events_max_age or DEFAULT_EVENTS_MAX_AGE,
                 max_bytes=stream_max_bytes(EVENTS_STREAM, budget),
+                per_object=events_per_object or DEFAULT_EVENTS_PER_OBJECT,
             ),
             events_max_age is not None,
-            LIMITS,
+            EVENTS_LIMITS,
         ),
         (
             requests_config(replicas=replicas, max_bytes=stream_max_bytes(REQUESTS_STREAM, budget)),

@@ -18,9 +18,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import ServiceUnavailableError
 
+from memcached_operator.shared.bus.stream_admin import stream_problems
 from memcached_operator.shared.bus.streams import (
     DEADLETTER_STREAM,
+    DEFAULT_EVENTS_PER_OBJECT,
     DEFAULT_MAX_BYTES,
+    EVENTS_LIMITS,
     EVENTS_STREAM,
     LEASES_STREAM,
     REQUESTS_STREAM,
@@ -94,6 +97,28 @@ async def test_a_full_events_stream_drops_its_oldest_records_first(
     assert first > 1 and last == 200
     newest = await js.get_last_msg(str(config.name), subject_of(config, 199))
     assert newest.seq == 200
+
+
+async def test_one_object_changed_in_a_loop_evicts_only_its_own_oldest_records(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    """A tenant's object changed in a loop (a script, a controller fighting ours) writes far
+    more than the events stream holds: its own oldest records go, and every other object's
+    history stays (without the per-object cap the flood evicts them all)."""
+    js = nc.jetstream()
+    config = scratch(events_config(max_bytes=64 * 1024, per_object=20))
+    await ensure_stream(js, config, limits=EVENTS_LIMITS)
+    name = str(config.name)
+    quiet = [subject_of(config, i) for i in range(5)]
+    for quiet_subject in quiet:
+        await js.publish(quiet_subject, b"q" * 100)
+    loud = subject_of(config, 99)
+    acks = [await js.publish(loud, b"x" * 200) for _ in range(800)]  # ~200 KB into 64 KiB
+    info = await js.stream_info(name, subjects_filter=">")
+    held = info.state.subjects or {}
+    assert {s: held.get(s) for s in quiet} == dict.fromkeys(quiet, 1), held
+    assert held[loud] == 20  # its newest twenty
+    assert (await js.get_last_msg(name, loud)).seq == acks[-1].seq
 
 
 async def test_a_full_dead_letter_stream_never_refuses_a_dead_letter(
@@ -174,6 +199,33 @@ async def test_ensure_stream_adds_missing_limits_and_never_changes_hand_set_ones
     kept = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"{name} keeps max_bytes=134217728" in line for line in kept), kept
     assert any(f"{name} keeps max_age=3600.0" in line for line in kept), kept
+
+
+async def test_the_events_per_object_cap_is_added_when_missing_and_a_hand_set_one_stays(
+    nc: Client, scratch: Callable[[api.StreamConfig], api.StreamConfig]
+) -> None:
+    """An events stream from before the cap gets it from the admin step; one an operator set
+    by hand stays, and the services do not count it as a misshaped stream."""
+    js = nc.jetstream()
+    ours = scratch(events_config(max_bytes=64 * 1024**2))
+    name = str(ours.name)
+    await js.add_stream(dataclasses.replace(ours, max_msgs_per_subject=-1))
+    await ensure_stream(js, ours, limits=EVENTS_LIMITS)
+    assert (await js.stream_info(name)).config.max_msgs_per_subject == DEFAULT_EVENTS_PER_OBJECT
+
+    hand = dataclasses.replace((await js.stream_info(name)).config, max_msgs_per_subject=5000)
+    await js.update_stream(hand)
+    await ensure_stream(js, ours, limits=EVENTS_LIMITS)
+    assert (await js.stream_info(name)).config.max_msgs_per_subject == 5000
+
+    # The session's own events stream, capped by hand: still the shape the services need.
+    session = (await js.stream_info(EVENTS_STREAM)).config
+    assert session.max_msgs_per_subject == DEFAULT_EVENTS_PER_OBJECT
+    try:
+        await js.update_stream(dataclasses.replace(session, max_msgs_per_subject=5000))
+        assert await stream_problems(js, [EVENTS_STREAM]) == []
+    finally:
+        await js.update_stream(session)
 
 
 async def test_streams_that_do_not_fit_the_server_store_fail_with_a_clear_error(

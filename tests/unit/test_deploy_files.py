@@ -130,7 +130,7 @@ def test_every_deployment_runs_a_subcommand_with_its_probes_and_user() -> None:
         ref = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("nats-users", name)
         # Stream settings belong to the admin step (Job nats-streams), not to a service.
-        assert not {"STREAM_REPLICAS", "EVENTS_MAX_AGE"} & set(env), name
+        assert not {"STREAM_REPLICAS", "EVENTS_MAX_AGE", "EVENTS_PER_OBJECT"} & set(env), name
         assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         assert env["OTEL_PROPAGATORS"]["value"] == "tracecontext,baggage,b3multi"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True

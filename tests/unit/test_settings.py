@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[type[Settings], dict[str, str]]] = {
             "--nats-url": "NATS_URL",
             "--stream-replicas": "STREAM_REPLICAS",
             "--events-max-age": "EVENTS_MAX_AGE",
+            "--events-per-object": "EVENTS_PER_OBJECT",
             "--lease-ttl": "LEASE_TTL",
             "--stream-max-bytes": "STREAM_MAX_BYTES",
         },
