@@ -8,11 +8,11 @@ second, so that the next run of the object creates the key again in one round tr
 remembers the markers it wrote (:class:`Markers`) for a run that comes sooner: it creates
 the key expecting the marker's revision.
 
-The marker also says which request's run released it (its stream sequence, ``Mcop-Ran-
-Sequence``). A request delivered before a newer one of the same object replaced it, and which
-reaches the lease only after that newer one has run, finds the marker (its own process's, or
-the one its first create trips over) and learns it is :class:`Overtaken`: that run started
-after this request was published, so this one lets go instead of running after it.
+The marker also says which request's run released it: its stream sequence, in the header
+``Mcop-Ran-Sequence``. A request delivered before a newer one of the same object replaced it,
+and which reaches the lease only after that newer one has run, finds the marker (its own
+process's, or the one its first create trips over) and learns it is :class:`Overtaken`: that
+run started after this request was published, so this one lets go instead of running after it.
 
 The decisions are pure objects with an injected clock (:class:`Markers`, :func:`conflict`,
 :class:`WaitSchedule`, :class:`Held`); :class:`Leases` is the thin part that talks to NATS.
