@@ -335,7 +335,20 @@ class Runner:
         if isinstance(settlement, Succeed):
             if settlement.requeue_after is not None:
                 headers = requeue_headers(request, settlement.requeue_after, now=time.time())
-                await self._publish_copy(msg, request, headers)
+                try:
+                    await self._publish_copy(msg, request, headers)
+                except Exception as err:
+                    # NATS failing now (a node of the stream gone): not the run's fault.
+                    log.warning(
+                        "%s/%s: could not publish the requeue (%r); redelivered in %.2fs "
+                        "instead (the redelivery will count)",
+                        self.controller,
+                        key,
+                        err,
+                        settlement.requeue_after,
+                    )
+                    await _settle(msg, "nak", delay=settlement.requeue_after)
+                    return
             await _settle(msg, "ack")
         elif isinstance(settlement, LeaseLostRetry):
             log.warning(

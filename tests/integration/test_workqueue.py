@@ -806,6 +806,76 @@ async def test_requeue_after_runs_again_later_without_counting_as_a_failure(
     assert await dead_letters(js, controller) == []
 
 
+async def test_a_requeue_nats_refuses_is_redelivered_later_not_logged_as_a_crash(
+    nc: Client, controller: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The copy a requeue_after publishes can fail like any publish while a node of the
+    stream dies (a CI run of the NATS-cluster test saw it): the request is redelivered after
+    the requeue delay instead, with a warning, not an 'unexpected failure' traceback."""
+    import logging
+
+    from nats.js.errors import NoStreamResponseError
+
+    from memcached_operator.shared.workqueue.controller import Controller
+    from memcached_operator.shared.workqueue.lease import Leases
+    from memcached_operator.shared.workqueue.runner import Runner
+
+    real = nc.jetstream()
+
+    class StreamGoneOnce:
+        """The real JetStream context, whose first request publish fails as nats-py fails
+        one when the stream's node has just died."""
+
+        def __init__(self) -> None:
+            self.refused = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def publish(self, subject_: str, *args: Any, **kwargs: Any) -> Any:
+            if subject_.startswith("mcop.requests.") and not self.refused:
+                self.refused += 1
+                raise NoStreamResponseError
+            return await real.publish(subject_, *args, **kwargs)
+
+    k = ObjectKey("default", "requeued")
+    runs: list[Request] = []
+
+    async def handler(request: Request) -> Result:
+        runs.append(request)
+        return Result(requeue_after=0.5) if len(runs) == 1 else Result()
+
+    flaky = StreamGoneOnce()
+    runner = Runner(
+        flaky,  # type: ignore[arg-type]
+        controller=Controller(controller),
+        settings=QueueSettings(ack_wait=5.0, lease_ttl=5.0),
+        handler=handler,
+        leases=Leases(real, ttl=5.0),
+        worker_id="w",
+        stopping=asyncio.Event(),
+    )
+    await add_consumer(real, controller)
+    psub = await real.pull_subscribe_bind(durable=f"mcop-{controller}", stream=REQUESTS_STREAM)
+    try:
+        await enqueue(real, controller=controller, key=k, body=body(1))
+        [first] = await psub.fetch(1, timeout=5)
+        with caplog.at_level(logging.WARNING, logger="memcached_operator.shared.workqueue.queue"):
+            await runner.process(first)
+        assert flaky.refused == 1
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        assert errors == [], [r.getMessage() for r in errors]
+        assert any("could not publish the requeue" in r.getMessage() for r in caplog.records)
+
+        [again] = await psub.fetch(1, timeout=5)  # the same request, after the delay
+        assert json.loads(again.data)["n"] == 1
+        await runner.process(again)
+        assert len(runs) == 2
+        assert await drained(real, controller)
+    finally:
+        await psub.unsubscribe()
+
+
 # -- e. dead letters --------------------------------------------------------------------------
 
 
