@@ -335,20 +335,11 @@ class Runner:
         if isinstance(settlement, Succeed):
             if settlement.requeue_after is not None:
                 headers = requeue_headers(request, settlement.requeue_after, now=time.time())
-                try:
-                    await self._publish_copy(msg, request, headers)
-                except Exception as err:
-                    # NATS failing now (a node of the stream gone): not the run's fault.
-                    log.warning(
-                        "%s/%s: could not publish the requeue (%r); redelivered in %.2fs "
-                        "instead (the redelivery will count)",
-                        self.controller,
-                        key,
-                        err,
-                        settlement.requeue_after,
-                    )
-                    await _settle(msg, "nak", delay=settlement.requeue_after)
-                    return
+                # NATS failing now (a node of the stream gone) is not the run's fault.
+                await self._copy_or_nak(
+                    msg, request, headers, what="requeue", delay=settlement.requeue_after
+                )
+                return
             await _settle(msg, "ack")
         elif isinstance(settlement, LeaseLostRetry):
             log.warning(
@@ -396,18 +387,34 @@ class Runner:
             metrics.workqueue_retries_total.labels(label).inc()
             retries_total.labels(label, TRANSIENT).inc()
             headers = retry_headers(request, settlement, now=time.time())
-            try:
-                await self._publish_copy(msg, request, headers)
-            except Exception as err:
-                log.warning(
-                    "%s/%s: could not publish the retry (%r); the redelivery will count",
-                    self.controller,
-                    key,
-                    err,
-                )
-                await _settle(msg, "nak", delay=self._policy.uncopied(request, settlement))
-                return
-            await _settle(msg, "ack")
+            await self._copy_or_nak(
+                msg,
+                request,
+                headers,
+                what="retry",
+                delay=self._policy.uncopied(request, settlement),
+            )
+
+    async def _copy_or_nak(
+        self, msg: Msg, request: Request, headers: dict[str, str], *, what: str, delay: float
+    ) -> None:
+        """Ack once a copy carrying `headers` is published; when NATS refuses the copy, nak
+        for redelivery in `delay` seconds instead (that redelivery counts as a delivery)."""
+        try:
+            await self._publish_copy(msg, request, headers)
+        except Exception as err:
+            log.warning(
+                "%s/%s: could not publish the %s (%r); redelivered in %.2fs instead "
+                "(the redelivery will count)",
+                self.controller,
+                request.key,
+                what,
+                err,
+                delay,
+            )
+            await _settle(msg, "nak", delay=delay)
+            return
+        await _settle(msg, "ack")
 
     async def _publish_copy(self, msg: Msg, request: Request, headers: dict[str, str]) -> None:
         """Publish a copy of the request, unless a newer one waits (then that one runs)."""
