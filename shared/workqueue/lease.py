@@ -4,15 +4,21 @@ A run creates its object's lease key before it starts (a create fails while anot
 holds it), refreshes it while its handler runs (compare-and-swap on the revision), and
 deletes it afterwards (again only at its own revision). Every write carries a TTL, so the
 lease of a killed worker frees itself; so does the delete marker a release leaves, after a
-second, so that the next run of the object creates the key again in one round trip. A worker
-remembers the markers it wrote (:class:`Markers`) for a run that comes sooner: it creates
-the key expecting the marker's revision.
+second, so that the next run of the object creates the key again in one round trip (one that
+comes sooner trips over the marker and creates the key at the marker's revision).
+
+A release is published without asking for JetStream's acknowledgement: nothing waits on it,
+and the run's slot is free one round trip sooner. If it is lost (a node of the bucket dying) or
+refused (the lease was no longer this run's), the lease frees itself at its TTL, as it did when
+a release failed while it was acknowledged. The next request on this connection reaches the
+bucket after it, so a run in this process that retakes the lease finds it released.
 
 The marker also says which request's run released it: its stream sequence, in the header
 ``Mcop-Ran-Sequence``. A request delivered before a newer one of the same object replaced it,
 and which reaches the lease only after that newer one has run, finds the marker (its own
-process's, or the one its first create trips over) and learns it is :class:`Overtaken`: that
-run started after this request was published, so this one lets go instead of running after it.
+process's memory of its releases, :class:`Markers`, or the one its first create trips over)
+and learns it is :class:`Overtaken`: that run started after this request was published, so
+this one lets go instead of running after it.
 
 The decisions are pure objects with an injected clock (:class:`Markers`, :func:`conflict`,
 :class:`WaitSchedule`, :class:`Held`); :class:`Leases` is the thin part that talks to NATS.
@@ -20,20 +26,17 @@ The decisions are pure objects with an injected clock (:class:`Markers`, :func:`
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from memcached_operator.shared.bus.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX
-
-# The queue's logger: these lines are part of its story in the logs.
-log = logging.getLogger("memcached_operator.shared.workqueue.queue")
 
 Clock = Callable[[], float]
 
@@ -87,45 +90,36 @@ def overtaken(ran: int | str | None, sequence: int) -> Overtaken | None:
 
 class Markers:
     """The delete markers this process's releases left that may still be in the bucket, by
-    lease name: the revision a create must expect (0 when there is none, or it expired), and
-    the sequence of the request whose run left it."""
+    lease name: the sequence of the request whose run left each."""
 
     def __init__(self, *, ttl: float = MARKER_TTL, clock: Clock = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        # name -> (revision, time written, request sequence of the run), oldest first.
-        self._markers: dict[str, tuple[int, float, int]] = {}
+        # name -> (time written, request sequence of the run), oldest first.
+        self._markers: dict[str, tuple[float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._markers)
 
-    def expected(self, name: str) -> int:
-        """The revision a create of ``name`` expects; the marker is forgotten (used once)."""
-        marker = self._markers.pop(name, None)
-        if marker is None or self._clock() - marker[1] >= self.ttl:
-            return 0
-        return marker[0]
-
     def ran(self, name: str) -> int:
         """The request sequence of the run that left the marker of ``name`` (0 when none, or
-        it expired); the marker is kept."""
+        it expired)."""
         marker = self._markers.get(name)
-        if marker is None or self._clock() - marker[1] >= self.ttl:
+        if marker is None or self._clock() - marker[0] >= self.ttl:
             return 0
-        return marker[2]
+        return marker[1]
 
-    def wrote(self, name: str, revision: int, *, ran: int = 0) -> None:
-        """A release of ``name`` left a marker at ``revision``, after a run of request
-        ``ran``."""
+    def wrote(self, name: str, *, ran: int = 0) -> None:
+        """A release of ``name`` left a marker, after a run of request ``ran``."""
         now = self._clock()
         # Oldest first (insertion order): forget the expired ones, which are gone from the
         # bucket too, so this holds only the last second's releases.
-        for old, (_, written, _) in list(self._markers.items()):
+        for old, (written, _) in list(self._markers.items()):
             if now - written < self.ttl:
                 break
             del self._markers[old]
         self._markers.pop(name, None)
-        self._markers[name] = (revision, now, ran)
+        self._markers[name] = (now, ran)
 
 
 def conflict(kv_operation: str | None, sequence: int) -> int | None:
@@ -178,7 +172,10 @@ class Leases:
 
     MARKER_TTL = MARKER_TTL
 
-    def __init__(self, js: JetStreamContext, *, ttl: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, *, ttl: float, clock: Clock = time.monotonic
+    ) -> None:
+        self._nc = nc
         self._js = js
         self.ttl = ttl
         self._ttl_header = f"{max(1, math.ceil(ttl))}s"
@@ -194,7 +191,7 @@ class Leases:
         newer = overtaken(self._markers.ran(name), sequence)
         if newer is not None:
             return newer
-        expected: int | None = self._markers.expected(name)
+        expected: int | None = 0
         for _ in range(3):
             assert expected is not None
             try:
@@ -227,7 +224,7 @@ class Leases:
 
     async def release(self, name: str, revision: int, *, ran: int = 0) -> None:
         """Delete the lease at ``revision``, leaving a marker that says the run was of request
-        ``ran`` (its stream sequence)."""
+        ``ran`` (its stream sequence); unacknowledged (see the module docstring)."""
         headers = {
             KV_OPERATION: "DEL",
             EXPECTED_LAST_SUBJECT_SEQ: str(revision),
@@ -235,14 +232,8 @@ class Leases:
         }
         if ran:
             headers[RAN_SEQUENCE] = str(ran)
-        try:
-            ack = await self._js.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
-        except APIError as err:
-            if err.err_code not in WRONG_LAST_SEQUENCE:
-                raise
-            log.warning("lease %s was no longer ours when released", name)
-            return
-        self._markers.wrote(name, ack.seq, ran=ran)
+        await self._nc.publish(LEASES_SUBJECT_PREFIX + name, b"", headers=headers)
+        self._markers.wrote(name, ran=ran)
 
     async def _write(self, subject_: str, value: bytes, expected: int) -> int:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected), "Nats-TTL": self._ttl_header}

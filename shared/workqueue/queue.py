@@ -109,7 +109,7 @@ class KeyedWorkQueue:
         )
         self._limit = settings.concurrency  # requests this queue may run at once right now
 
-        self._leases = Leases(self._js, ttl=settings.lease_ttl)
+        self._leases = Leases(self._nc, self._js, ttl=settings.lease_ttl)
         self._runner: Runner | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -241,7 +241,7 @@ class KeyedWorkQueue:
                 self.settings.lease_ttl,
                 bucket_ttl,
             )
-            self._leases = Leases(self._js, ttl=bucket_ttl)
+            self._leases = Leases(self._nc, self._js, ttl=bucket_ttl)
 
     async def _fetch_loop(self) -> None:
         assert self._psub is not None and self._runner is not None

@@ -489,8 +489,8 @@ async def test_a_request_overtaken_before_its_first_lease_attempt_lets_go(
             stopping=asyncio.Event(),
         )
 
-    newer_runner = runner(Leases(js, ttl=5.0))
-    older_runner = newer_runner if same_process else runner(Leases(js, ttl=5.0))
+    newer_runner = runner(Leases(nc, js, ttl=5.0))
+    older_runner = newer_runner if same_process else runner(Leases(nc, js, ttl=5.0))
     try:
         await enqueue(js, controller=controller, key=k, body=body(1))
         [older] = await psub.fetch(1, timeout=5)  # delivered; its worker is slow to go on
@@ -851,7 +851,7 @@ async def test_a_requeue_nats_refuses_is_redelivered_later_not_logged_as_a_crash
         controller=Controller(controller),
         settings=QueueSettings(ack_wait=5.0, lease_ttl=5.0),
         handler=handler,
-        leases=Leases(real, ttl=5.0),
+        leases=Leases(nc, real, ttl=5.0),
         worker_id="w",
         stopping=asyncio.Event(),
     )
@@ -1077,30 +1077,40 @@ async def test_sigterm_finishes_the_run_in_flight_takes_no_new_work_and_exits(
     assert subject("requests", controller, later) in await pending_subjects(js, controller)
 
 
-async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_one_write(
+async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_over_it(
     nc: Client, controller: str
 ) -> None:
-    """Releasing leaves a delete marker for about a second (the bucket keeps no lease history
-    for every object ever reconciled); the releasing worker retakes the lease right away with
-    the marker's revision, and any worker after the marker expired creates it afresh."""
+    """Releasing (unacknowledged) leaves a delete marker for about a second (the bucket keeps
+    no lease history for every object ever reconciled) naming the request that ran; the
+    releasing worker retakes the lease right away over the marker, and any worker after the
+    marker expired creates it afresh."""
     from nats.js.errors import NotFoundError
 
     from memcached_operator.shared.bus.streams import LEASES_STREAM, LEASES_SUBJECT_PREFIX
+    from memcached_operator.shared.workqueue.lease import RAN_SEQUENCE
     from memcached_operator.shared.workqueue.lease import Leases as _Leases
 
     js = nc.jetstream()
     subject_ = f"{LEASES_SUBJECT_PREFIX}{controller}.ns.obj"
     name = subject_.removeprefix(LEASES_SUBJECT_PREFIX)
-    mine, other = _Leases(js, ttl=5.0), _Leases(js, ttl=5.0)
+    mine, other = _Leases(nc, js, ttl=5.0), _Leases(nc, js, ttl=5.0)
     first = await mine.try_acquire(name, b"a")
-    assert first is not None
+    assert isinstance(first, int)
     assert await other.try_acquire(name, b"b") is None  # held
-    await mine.release(name, first)
-    marker = await js.get_last_msg(LEASES_STREAM, subject_, direct=True)
-    assert (marker.headers or {}).get("KV-Operation") == "DEL"
+    await mine.release(name, first, ran=7)
     again = await mine.try_acquire(name, b"a")
-    assert again is not None and again > marker.seq  # created over its own marker
-    await mine.release(name, again)
+    assert isinstance(again, int) and again > first + 1  # created over its own marker
+    await mine.release(name, again, ran=8)
+
+    async def marker() -> bool:
+        try:
+            stored = await js.get_last_msg(LEASES_STREAM, subject_, direct=True)
+        except NotFoundError:
+            return False
+        headers = stored.headers or {}
+        return headers.get("KV-Operation") == "DEL" and headers.get(RAN_SEQUENCE) == "8"
+
+    await await_for(marker, timeout=5, what="the second release's marker", every=0.05)
 
     async def marker_expired() -> bool:
         try:
@@ -1111,3 +1121,26 @@ async def test_a_released_lease_leaves_a_marker_that_expires_and_is_retaken_in_o
 
     await await_for(marker_expired, timeout=5, what="the release marker to expire", every=0.2)
     assert await other.try_acquire(name, b"b") is not None
+
+
+async def test_a_release_of_a_lease_another_run_has_taken_since_leaves_that_run_s_lease(
+    nc: Client, controller: str
+) -> None:
+    """A run whose lease expired (it stalled past the TTL) and which releases it late must not
+    free the lease the next run holds now: the unacknowledged delete is only at its own
+    revision, so NATS refuses it and the next run keeps the object to itself."""
+    from memcached_operator.shared.workqueue.lease import Leases as _Leases
+
+    js = nc.jetstream()
+    name = f"{controller}.ns.stalled"
+    stalled, next_run, third = (_Leases(nc, js, ttl=1.0) for _ in range(3))
+    old = await stalled.try_acquire(name, b"stalled")
+    assert isinstance(old, int)
+
+    async def taken() -> bool:
+        return isinstance(await next_run.try_acquire(name, b"next"), int)
+
+    await await_for(taken, timeout=5, what="the stalled run's lease to expire", every=0.2)
+    await stalled.release(name, old)
+    await nc.flush()
+    assert await third.try_acquire(name, b"third") is None  # still the next run's

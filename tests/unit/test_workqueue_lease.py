@@ -1,6 +1,6 @@
-"""The lease's pure parts: which revision a create expects after this process's own release,
-how a conflict is read, when a release's marker shows a request overtaken, and how a worker
-waits for a lease another run holds."""
+"""The lease's pure parts: which releases this process remembers, how a conflict is read,
+when a release's marker shows a request overtaken, and how a worker waits for a lease another
+run holds."""
 
 from __future__ import annotations
 
@@ -27,46 +27,24 @@ class Clock:
         return self.now
 
 
-def test_a_create_expects_no_revision_when_this_process_left_no_marker() -> None:
-    assert Markers(clock=Clock()).expected("reconcile.ns.a") == 0
-
-
-def test_a_create_soon_after_a_release_expects_the_marker_revision_once() -> None:
-    clock = Clock()
-    markers = Markers(clock=clock)
-    markers.wrote("reconcile.ns.a", 41)
-    clock.now += MARKER_TTL / 2
-    assert markers.expected("reconcile.ns.a") == 41
-    # Used once: the create wrote over it, so the next one expects nothing of it.
-    assert markers.expected("reconcile.ns.a") == 0
-
-
-def test_an_expired_marker_is_gone_from_the_bucket_too_so_a_create_expects_nothing() -> None:
-    clock = Clock()
-    markers = Markers(clock=clock)
-    markers.wrote("reconcile.ns.a", 41)
-    clock.now += MARKER_TTL
-    assert markers.expected("reconcile.ns.a") == 0
-
-
 def test_markers_hold_only_the_last_seconds_releases() -> None:
     clock = Clock()
     markers = Markers(clock=clock)
     for n in range(100):
-        markers.wrote(f"reconcile.ns.o{n}", n + 1)
+        markers.wrote(f"reconcile.ns.o{n}", ran=n + 1)
     clock.now += MARKER_TTL + 0.1
-    markers.wrote("reconcile.ns.last", 500)
+    markers.wrote("reconcile.ns.last", ran=500)
     assert len(markers) == 1
-    # A second release of one name replaces its marker (the newest revision counts).
-    markers.wrote("reconcile.ns.last", 501)
+    # A second release of one name replaces its marker (the newest run counts).
+    markers.wrote("reconcile.ns.last", ran=501)
     assert len(markers) == 1
-    assert markers.expected("reconcile.ns.last") == 501
+    assert markers.ran("reconcile.ns.last") == 501
 
 
 def test_a_marker_remembers_the_request_its_run_was_for_until_it_expires() -> None:
     clock = Clock()
     markers = Markers(clock=clock)
-    markers.wrote("reconcile.ns.a", 41, ran=149)
+    markers.wrote("reconcile.ns.a", ran=149)
     assert markers.ran("reconcile.ns.a") == 149
     assert markers.ran("reconcile.ns.a") == 149  # asking does not use it up
     assert markers.ran("reconcile.ns.b") == 0
