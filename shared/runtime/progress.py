@@ -1,11 +1,11 @@
 """Liveness as progress: whether a process that has work waiting is getting it done.
 
 A service is alive when it makes progress, not when its event loop answers: a watcher whose
-every publish fails, or a queue that stopped taking requests, still serves /healthz. So the parts
+every publish fails, or a queue that stopped fetching, still serves /healthz. So the parts
 that do the work report two things to one tracker per process (:data:`TRACKER`, as Prometheus
 has one default registry): how much work each of them has waiting now (:meth:`Progress.waiting`,
-a level per source: unconfirmed publishes, requests no worker has taken) and each step of
-progress (:meth:`Progress.progressed`: a publish confirmed, a request taken, a request
+a level per source: unconfirmed publishes, requests no worker has fetched) and each step of
+progress (:meth:`Progress.progressed`: a publish confirmed, a batch fetched, a request
 handled). :meth:`Progress.stalled_for` is how long work has been waiting without any progress:
 zero while nothing waits (an idle service is healthy), counted from the later of the last
 progress and the moment work began to wait. /healthz fails once that exceeds the configured

@@ -1,11 +1,11 @@
-"""The queue loop: one process's share of a controller's requests, taken and run.
+"""The queue loop: one process's share of a controller's requests, fetched and run.
 
-:class:`KeyedWorkQueue` creates the controller's durable consumer, keeps pull requests open
-for up to ``concurrency`` requests at a time (fewer while the controller it yields to has a
-backlog, yielding.py; pull.py says how) and hands each message to the :class:`Runner`
-(runner.py: intake, lease, the handler in its consumer span, settlement). It also exports the
-queue's depth, and stops gracefully. :func:`enqueue` publishes a request. The package
-docstring (``__init__.py``) tells the model this implements.
+:class:`KeyedWorkQueue` creates the controller's durable consumer, fetches up to
+``concurrency`` requests at a time (fewer while the controller it yields to has a backlog,
+yielding.py) and hands each message to the :class:`Runner` (runner.py: intake, lease, the
+handler in its consumer span, settlement). It also exports the queue's depth, and stops
+gracefully. :func:`enqueue` publishes a request. The package docstring (``__init__.py``) tells
+the model this implements.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import uuid
 from collections.abc import Mapping
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
@@ -32,15 +30,6 @@ from memcached_operator.shared.runtime import metrics, progress
 from memcached_operator.shared.workqueue import intake
 from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.lease import Leases
-from memcached_operator.shared.workqueue.pull import (
-    ENDED,
-    GRACE,
-    NO_RESPONDERS,
-    STATUS,
-    PullBook,
-    next_subject,
-    pull_request,
-)
 from memcached_operator.shared.workqueue.runner import (
     FAILURE,
     TRANSIENT,
@@ -122,14 +111,11 @@ class KeyedWorkQueue:
 
         self._leases = Leases(self._nc, self._js, ttl=settings.lease_ttl)
         self._runner: Runner | None = None
-        self._sub: Subscription | None = None
-        self._book = PullBook(expires=settings.pull_expires)
-        self._consumer_gone = False
+        self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle_since = time.monotonic()  # free slots waited since then (idle metric)
-        self._wake = asyncio.Event()  # a slot freed, a pull request ended, or the limit moved
+        self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._pull_task: asyncio.Task[None] | None = None
+        self._fetch_task: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._yield_task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -146,7 +132,7 @@ class KeyedWorkQueue:
 
     async def start(self, handler: Handler | PreparingHandler) -> None:
         """Create or update the controller's consumer and start taking requests."""
-        if self._pull_task is not None:
+        if self._fetch_task is not None:
             raise RuntimeError("the work queue was already started")
         await self._ensure_consumer()
         await self._bound_lease_ttl()
@@ -161,7 +147,9 @@ class KeyedWorkQueue:
             on_dead_letter=self._on_dead_letter,
             on_permanent_error=self._on_permanent_error,
         )
-        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._on_message)
+        self._psub = await self._js.pull_subscribe_bind(
+            durable=self.durable, stream=REQUESTS_STREAM
+        )
         label = self._label
         metrics.max_concurrent_reconciles.labels(label).set(self.settings.concurrency)
         metrics.active_workers.labels(label)  # exported as 0 from the start
@@ -174,8 +162,7 @@ class KeyedWorkQueue:
             family.labels(label, self.worker_id)
         for kind in (TRANSIENT, FAILURE):
             retries_total.labels(label, kind)
-        self._idle_since = time.monotonic()
-        self._pull_task = asyncio.create_task(self._pull_loop(), name=f"{self.durable}-pull")
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"{self.durable}-fetch")
         self._depth_task = asyncio.create_task(self._depth_loop(), name=f"{self.durable}-depth")
         if self._yield_to is not None:
             self._yield_task = asyncio.create_task(
@@ -193,34 +180,32 @@ class KeyedWorkQueue:
     async def stop(self, timeout: float = 25.0) -> None:
         """Stop taking requests, let running handlers finish (up to ``timeout``), settle them.
 
-        Requests taken but not started (waiting for a lease) are handed back at once, and so
-        are those the open pull requests still bring until they expire. Handlers still running
-        at the deadline are cancelled and their requests naked, so another worker runs them.
+        Requests taken but not started (waiting for a lease) are handed back at once. Handlers
+        still running at the deadline are cancelled and their requests naked, so another
+        worker runs them.
         """
-        if self._pull_task is None or self._stopped:
+        if self._fetch_task is None or self._stopped:
             return
         self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._stopping.set()
         log.info("work queue %s stopping: %d requests in flight", self.controller, len(self._tasks))
-        self._wake.set()
-        await asyncio.wait({self._pull_task}, timeout=max(0.0, deadline - loop.time()))
+        # Let a fetch in progress return rather than cancel it: a cancelled fetch can leave a
+        # message on its way to this process, which would then wait for the ack wait.
+        await asyncio.wait({self._fetch_task}, timeout=max(0.0, deadline - loop.time()))
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
-        # Stay subscribed until the pull requests still open have expired: what they bring
-        # meanwhile is handed back (_on_message), where it would otherwise wait for the ack wait.
-        await asyncio.sleep(min(self._book.open_for(), max(0.0, deadline - loop.time())))
-        leftovers = [*self._tasks, self._pull_task]
+        leftovers = [*self._tasks, self._fetch_task]
         leftovers += [t for t in (self._depth_task, self._yield_task) if t is not None]
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=max(1, math.ceil(deadline - loop.time())))
-        if self._sub is not None:
+        if self._psub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._psub.unsubscribe()
         log.info("work queue %s stopped", self.controller)
 
     # -- taking requests --------------------------------------------------------------------
@@ -258,81 +243,51 @@ class KeyedWorkQueue:
             )
             self._leases = Leases(self._nc, self._js, ttl=bucket_ttl)
 
-    async def _pull_loop(self) -> None:
-        """Keep pull requests open for the free slots (pull.py) until the queue stops."""
-        subject = next_subject(REQUESTS_STREAM, self.durable)
-        assert self._sub is not None
-        inbox = self._sub.subject
+    async def _fetch_loop(self) -> None:
+        assert self._psub is not None and self._runner is not None
         failures = 0
         while not self._stopping.is_set():
-            self._wake.clear()
-            if self._consumer_gone:
+            free = self._limit - len(self._tasks)
+            if free <= 0:
+                self._slot_freed.clear()
+                await wait_any(self._slot_freed, self._stopping, within=None)
+                continue
+            fetching = time.monotonic()
+            try:
+                msgs = await self._psub.fetch(batch=free, timeout=self.settings.fetch_timeout)
+            except TimeoutError:
+                self._idle(free, since=fetching)
+                continue  # nothing to do (nats.errors.TimeoutError is one of these)
+            except Exception as err:
                 failures += 1
                 # One line per streak of failures, not one per attempt (a bus restart must not
                 # flood the log).
                 if failures == 1:
-                    log.warning("the consumer of %s is gone; creating it again", self.controller)
+                    log.warning("fetching requests of %s failed: %r", self.controller, err)
                 await wait_any(self._stopping, within=min(5.0, 0.25 * 2**failures))
                 with contextlib.suppress(Exception):
                     await self._ensure_consumer()
-                self._consumer_gone = False
                 continue
-            batch = self._book.to_ask(self._limit - len(self._tasks))
-            if batch:
-                try:
-                    await self._nc.publish(
-                        subject,
-                        pull_request(batch, expires=self.settings.pull_expires),
-                        reply=inbox,
-                    )
-                except Exception as err:
-                    failures += 1
-                    if failures == 1:
-                        log.warning("asking for requests of %s failed: %r", self.controller, err)
-                    await wait_any(self._stopping, within=min(5.0, 0.25 * 2**failures))
-                    continue
-                self._book.sent(batch)
-            # Woken when a slot frees, a pull request ends or the limit moves; at the latest
-            # when the open pull requests would all have expired.
-            await wait_any(self._wake, self._stopping, within=self.settings.pull_expires + GRACE)
+            if failures:
+                log.info(
+                    "fetching requests of %s again after %d failures", self.controller, failures
+                )
+                failures = 0
+            self._idle(free, since=fetching)
+            progress.TRACKER.progressed()  # liveness: requests are being taken
+            for msg in msgs:
+                task = asyncio.create_task(self._runner.process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
 
-    async def _on_message(self, msg: Msg) -> None:
-        """A request for this queue, or the status that ended one of its pull requests."""
-        if not msg.reply:  # not a stream message: a status of a pull request
-            status = (msg.headers or {}).get(STATUS, "")
-            if status in ENDED:
-                self._book.ended(msg.headers or {})
-            elif status == NO_RESPONDERS:
-                self._book.reset()
-                self._consumer_gone = True
-            self._wake.set()
-            return
-        self._book.delivered()
-        if self._stopping.is_set():
-            # Back to the stream, after the pull requests still open here have expired.
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=self.settings.pull_expires + GRACE)
-            return
-        assert self._runner is not None
-        progress.TRACKER.progressed()  # liveness: requests are being taken
-        self._count_idle()
-        task = asyncio.create_task(self._runner.process(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _count_idle(self) -> None:
-        """Count the slot-seconds the free slots waited since the last change of running work."""
-        now = time.monotonic()
-        free = max(0, self._limit - len(self._tasks))
-        metrics.idle_seconds_total.labels(self._label, self.worker_id).inc(
-            free * (now - self._idle_since)
-        )
-        self._idle_since = now
+    def _idle(self, free: int, *, since: float) -> None:
+        """Count the slot-seconds ``free`` slots waited in one fetch."""
+        waited = time.monotonic() - since
+        metrics.idle_seconds_total.labels(self._label, self.worker_id).inc(free * waited)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._count_idle()
         self._tasks.discard(task)
-        self._wake.set()
+        self._slot_freed.set()
         progress.TRACKER.progressed()
 
     async def _depth_loop(self) -> None:
@@ -341,7 +296,7 @@ class KeyedWorkQueue:
                 info = await self._js.consumer_info(REQUESTS_STREAM, self.durable)
                 depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
                 metrics.workqueue_depth.labels(self._label).set(depth)
-                # Liveness: requests no worker has taken yet are work waiting.
+                # Liveness: requests no worker has fetched yet are work waiting.
                 progress.TRACKER.waiting(self.durable, info.num_pending or 0)
             except Exception as err:
                 log.debug("could not read the depth of %s: %r", self.durable, err)
@@ -366,7 +321,6 @@ class KeyedWorkQueue:
             if step.yielding_changed:
                 metrics.workqueue_yielding.labels(self._label).set(int(step.yielding))
             if step.limit_changed:
-                self._count_idle()
                 self._limit = step.limit
                 log.info(
                     "%s: %d at a time (%d requests of %s waiting)",
@@ -375,5 +329,5 @@ class KeyedWorkQueue:
                     backlog or 0,
                     durable,
                 )
-                self._wake.set()  # let the pull loop recompute its free slots
+                self._slot_freed.set()  # let the fetch loop recompute its free slots
             await wait_any(self._stopping, within=step.wait)

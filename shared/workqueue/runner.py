@@ -6,7 +6,7 @@ it keeps the message alive and lets go of it when a newer request for the object
 the handler inside its consumer span (tracing.py) while refreshing the lease and sending
 in-progress acks (keepalive.py), and carries out what the result switch decides (settle.py):
 ack, a marked copy, nak, term, or the dead-letter record (deadletter.py). The queue loop
-(queue.py) hands it the messages its pull requests bring.
+(queue.py) hands it the messages it fetches.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class Runner:
         self._released: dict[str, asyncio.Event] = {}
 
     async def process(self, msg: Msg) -> None:
-        """Handle one delivered message to its settlement (on cancellation: nak it at once)."""
+        """Handle one fetched message to its settlement (on cancellation: nak it at once)."""
         try:
             await self._process_message(msg)
         except asyncio.CancelledError:

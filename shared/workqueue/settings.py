@@ -20,9 +20,8 @@ class QueueSettings:
     lease outlives it. ``max_deliveries``: attempts that count (failures, crashes) before a
     request is dead-lettered. ``backoff_base``/``backoff_cap``: the retry backoff.
     ``max_request_bytes``/``required_headers``: what a request must be not to be poison.
-    ``pull_expires``: seconds a pull request stays open (pull.py). ``depth_interval``: seconds
-    between two readings of the queue's depth. ``yield_*``: see yielding.py (used only with
-    ``yield_to``).
+    ``fetch_timeout``: the longest wait of one fetch. ``depth_interval``: seconds between two
+    readings of the queue's depth. ``yield_*``: see yielding.py (used only with ``yield_to``).
     """
 
     concurrency: int = 8
@@ -33,7 +32,7 @@ class QueueSettings:
     backoff_cap: float = 60.0
     max_request_bytes: int = 64 * 1024
     required_headers: Collection[str] = ()
-    pull_expires: float = 1.0
+    fetch_timeout: float = 1.0
     depth_interval: float = 5.0
     yield_backlog: int = 16
     yield_interval: float = 0.5

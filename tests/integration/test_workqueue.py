@@ -368,12 +368,12 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
         yield_interval=0.1,
         yield_resume=0.3,
         yield_pause=4.0,
-        pull_expires=0.5,
+        fetch_timeout=0.5,
     )
     await eventually(lambda: queue.yielding, what="the queue yielding")
     assert metric("mcop_workqueue_yielding", name=controller) == 1
-    # A pull request open when the pause began may still bring its batch: let it expire
-    # (the scenario: longer than pull_expires).
+    # A fetch already waiting when the pause began may still bring its batch: let it expire
+    # (the scenario: longer than fetch_timeout).
     await asyncio.sleep(0.7)
     keys = [ObjectKey("default", f"y{n}") for n in range(8)]
     for n, key in enumerate(keys):
@@ -1144,86 +1144,3 @@ async def test_a_release_of_a_lease_another_run_has_taken_since_leaves_that_run_
     await stalled.release(name, old)
     await nc.flush()
     assert await third.try_acquire(name, b"third") is None  # still the next run's
-
-
-# -- h. pulling -------------------------------------------------------------------------------
-
-
-async def test_a_trickle_of_requests_costs_a_pull_request_per_several_runs_not_one_each(
-    nc: Client, controller: str, queues: Any
-) -> None:
-    """Requests that come one at a time (a burst as the workers see it) reach an idle queue
-    through the pull requests it keeps open for its free slots: it asks for more once half its
-    slots are free again, not once or twice per run as a fetch per batch did."""
-    from memcached_operator.shared.workqueue.controller import Controller
-    from memcached_operator.shared.workqueue.pull import next_subject
-
-    js = nc.jetstream()
-    pulls: list[Msg] = []
-
-    async def seen(msg: Msg) -> None:
-        pulls.append(msg)
-
-    # A second subscriber of the consumer's pull subject sees each pull request the queue makes.
-    tap = await nc.subscribe(next_subject(REQUESTS_STREAM, Controller(controller).durable), cb=seen)
-    await nc.flush()
-    recorder = Recorder()
-    # Pull requests that outlive the test: none expires and is asked for again meanwhile.
-    await queues(recorder, controller=controller, concurrency=8, pull_expires=30.0)
-    await eventually(lambda: len(pulls) == 1, what="the queue's first pull request")
-
-    def finished(runs: int) -> Callable[[], bool]:
-        return lambda: len(recorder.runs) == runs and recorder.runs[-1].ended is not None
-
-    for n in range(16):
-        await enqueue(js, controller=controller, key=ObjectKey("default", f"t{n}"), body=body(n))
-        await eventually(finished(n + 1), what=f"run {n}")
-    await asyncio.sleep(0.2)  # a pull request the last run's end set off
-    await tap.unsubscribe()
-    assert [json.loads(m.data)["batch"] for m in pulls] == [8, 4, 4, 4, 4]
-
-
-async def test_requests_that_reach_a_stopping_queue_go_back_and_run_elsewhere_soon(
-    nc: Client, controller: str, queues: Any
-) -> None:
-    """A queue that stops still has pull requests open until they expire; a request published
-    meanwhile reaches it, and is handed back to run on another worker in seconds, not after
-    the ack wait, and without using up its deliveries."""
-    js = nc.jetstream()
-    first = Recorder(sleep=lambda r: 1.0)  # a run in flight while the queue stops
-    stopping = await queues(first, controller=controller, concurrency=4, ack_wait=30.0)
-    busy, later = ObjectKey("default", "busy"), ObjectKey("default", "later")
-    await enqueue(js, controller=controller, key=busy, body=body(1))
-    await eventually(lambda: len(first.runs) == 1, what="the run in flight")
-    stop = asyncio.create_task(stopping.stop(timeout=10))
-    await asyncio.sleep(0.1)
-    await enqueue(js, controller=controller, key=later, body=body(2))
-    await stop
-    assert [run.key for run in first.runs] == [busy]
-
-    second = Recorder()
-    handed_back = time.monotonic()
-    await queues(second, controller=controller, concurrency=4, ack_wait=30.0)
-    await eventually(lambda: len(second.runs) == 1, within=10, what="the request run elsewhere")
-    assert time.monotonic() - handed_back < 10
-    assert [(run.key, run.delivery) for run in second.runs] == [(later, 2)]
-
-
-async def test_a_queue_whose_consumer_was_deleted_creates_it_again_and_goes_on(
-    nc: Client, controller: str, queues: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Someone deleted the controller's consumer (by hand, or a stream restored from a
-    backup): the queue notices when its pull requests end or go unanswered, creates the
-    consumer again and runs the requests published meanwhile."""
-    from memcached_operator.shared.workqueue.controller import Controller
-
-    js = nc.jetstream()
-    recorder = Recorder()
-    await queues(recorder, controller=controller, concurrency=2, pull_expires=0.5)
-    await enqueue(js, controller=controller, key=ObjectKey("default", "before"), body=body(1))
-    await eventually(lambda: len(recorder.runs) == 1, what="the first run")
-    await js.delete_consumer(REQUESTS_STREAM, Controller(controller).durable)
-    await enqueue(js, controller=controller, key=ObjectKey("default", "after"), body=body(2))
-    await eventually(lambda: len(recorder.runs) == 2, within=15, what="the run after")
-    assert recorder.runs[1].key == ObjectKey("default", "after")
-    assert any("creating it again" in r.getMessage() for r in caplog.records)
