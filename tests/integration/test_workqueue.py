@@ -1144,3 +1144,50 @@ async def test_a_release_of_a_lease_another_run_has_taken_since_leaves_that_run_
     await stalled.release(name, old)
     await nc.flush()
     assert await third.try_acquire(name, b"third") is None  # still the next run's
+
+
+# -- h. taking requests -----------------------------------------------------------------------
+
+
+async def test_requests_that_reach_a_stopping_queue_go_back_and_run_elsewhere_soon(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """A request published while a queue stops (its last pull request may still be open) runs
+    on another worker in seconds, not after the ack wait, and without using up its deliveries."""
+    js = nc.jetstream()
+    first = Recorder(sleep=lambda r: 1.0)  # a run in flight while the queue stops
+    stopping = await queues(first, controller=controller, concurrency=4, ack_wait=30.0)
+    busy, later = ObjectKey("default", "busy"), ObjectKey("default", "later")
+    await enqueue(js, controller=controller, key=busy, body=body(1))
+    await eventually(lambda: len(first.runs) == 1, what="the run in flight")
+    stop = asyncio.create_task(stopping.stop(timeout=10))
+    await asyncio.sleep(0.1)
+    await enqueue(js, controller=controller, key=later, body=body(2))
+    await stop
+    assert [run.key for run in first.runs] == [busy]
+
+    second = Recorder()
+    handed_back = time.monotonic()
+    await queues(second, controller=controller, concurrency=4, ack_wait=30.0)
+    await eventually(lambda: len(second.runs) == 1, within=10, what="the request run elsewhere")
+    assert time.monotonic() - handed_back < 10
+    assert [(run.key, run.delivery) for run in second.runs] == [(later, 2)]
+
+
+async def test_a_queue_whose_consumer_was_deleted_creates_it_again_and_goes_on(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """Someone deleted the controller's consumer (by hand, or a stream restored from a
+    backup): the queue notices when its pulls fail, creates the consumer again and runs the
+    requests published meanwhile."""
+    from memcached_operator.shared.workqueue.controller import Controller
+
+    js = nc.jetstream()
+    recorder = Recorder()
+    await queues(recorder, controller=controller, concurrency=2, fetch_timeout=0.5)
+    await enqueue(js, controller=controller, key=ObjectKey("default", "before"), body=body(1))
+    await eventually(lambda: len(recorder.runs) == 1, what="the first run")
+    await js.delete_consumer(REQUESTS_STREAM, Controller(controller).durable)
+    await enqueue(js, controller=controller, key=ObjectKey("default", "after"), body=body(2))
+    await eventually(lambda: len(recorder.runs) == 2, within=15, what="the run after")
+    assert recorder.runs[1].key == ObjectKey("default", "after")
