@@ -310,6 +310,11 @@ async def test_pending_requests_for_a_key_coalesce_into_the_newest(
     assert await drained(js, controller)
     await eventually(lambda: all(r.ended is not None for r in recorder.runs), what="the runs")
     assert sorted((r.key, r.n) for r in recorder.runs) == sorted([(k, 19), (other, 4)])
+    # The queue counts a run once it has settled it, a moment after the handler returned.
+    await eventually(
+        lambda: metric("workqueue_work_duration_seconds_count", name=controller) >= 2,
+        what="both runs counted",
+    )
 
     assert metric("workqueue_adds_total", name=controller) == 25
     assert metric("workqueue_work_duration_seconds_count", name=controller) == 2
@@ -627,6 +632,14 @@ async def test_transient_errors_are_retried_with_growing_backoff_without_spendin
     )
     await enqueue(js, controller=controller, key=k, headers={"traceparent": TRACEPARENT})
     await eventually(lambda: len(recorder.runs) == 4 and recorder.runs[-1].ended is not None)
+    # The queue counts a run once it has settled it, a moment after the handler returned.
+    await eventually(
+        lambda: (
+            metric("controller_runtime_reconcile_total", controller=controller, result="success")
+            >= 1
+        ),
+        what="the run that succeeded counted",
+    )
 
     runs = recorder.of(k)
     assert [(r.delivery, r.retries) for r in runs] == [(1, 0), (1, 1), (1, 2), (1, 3)]
