@@ -31,6 +31,7 @@ class Report:
     status_replicas: int = 1
     overlapping_status_writes: list[str] = field(default_factory=list)
     status_writes: int = 0
+    refused_status_writes: int = 0
     faults: list[str] = field(default_factory=list)
 
     @property
@@ -73,7 +74,8 @@ class Report:
             *(f"  dead letter {line}" for line in self.dead_letter_details),
             f"leaked processes: {self.leaked_pids or 'none'}",
             f"NATS nodes: {self.nats_nodes}; spec changes during the chaos: {self.spec_changes}",
-            f"status replicas: {self.status_replicas}; status writes: {self.status_writes}; "
+            f"status replicas: {self.status_replicas}; status writes: {self.status_writes} "
+            f"(and {self.refused_status_writes} refused with a conflict); "
             f"CRs written by two at once (audit log): {len(self.overlapping_status_writes)}",
             *([f"faults injected ({len(self.faults)}):", *self.faults] if self.faults else []),
             "RESULT: " + ("PASS" if self.ok else "FAIL"),

@@ -131,13 +131,19 @@ def _ordered_consumer(stream: str) -> list[str]:
 
 def _work_queue(controller: str) -> list[str]:
     """One controller's share of the keyed work queue (shared/workqueue/): its durable pull
-    consumer, acks, its leases, newest-request direct gets (and, when a direct get shows an
+    consumer, acks, its leases (a controller that takes them: ``exclusive="fleet"``),
+    newest-request direct gets (and, when a direct get shows an
     older request or none, the same read from the stream's leader: a message get, whose body
     names the subject, so NATS cannot scope it to the controller's requests; they are empty
     bodies with headers), requeued copies, dead letters."""
     durable = Controller.of(controller).durable
     requests = _family(REQUESTS, controller)
     leases = f"{LEASES_SUBJECT_PREFIX}{controller}.>"
+    lease_grants = (
+        [f"{API}.DIRECT.GET.{LEASES_STREAM}.{leases}", leases]
+        if Controller.of(controller).exclusive == "fleet"
+        else []
+    )
     return [
         # The consumer's create request carries its filter subject after its name.
         f"{API}.CONSUMER.CREATE.{REQUESTS_STREAM}.{durable}.>",
@@ -146,8 +152,7 @@ def _work_queue(controller: str) -> list[str]:
         f"$JS.ACK.{REQUESTS_STREAM}.{durable}.>",
         f"{API}.DIRECT.GET.{REQUESTS_STREAM}.{requests}",
         f"{API}.STREAM.MSG.GET.{REQUESTS_STREAM}",
-        f"{API}.DIRECT.GET.{LEASES_STREAM}.{leases}",
-        leases,
+        *lease_grants,
         requests,
         _family(DEADLETTER, controller),
     ]

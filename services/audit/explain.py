@@ -2,10 +2,11 @@
 
 It puts side by side what a person otherwise gathers from five places: the CR's conditions
 (API server), the newest reconcile outcome and its error (the event stream), whether a request
-for the CR waits in the work queue and whether a worker holds its lease (the requests stream
-and the lease bucket), its dead letters (the dead-letter stream), the Deployment's rollout and
-the pods that are not ready with their reasons (API server), and the trace id of the newest
-outcome, as a link when ``OTEL_TRACE_URL_TEMPLATE`` is set (``{trace_id}`` is replaced).
+for the CR waits in the work queue and whether a reconciler holds its lease (the requests
+stream and the lease bucket; the status service takes none), its dead letters (the
+dead-letter stream), the Deployment's rollout and the pods that are not ready with their
+reasons (API server), and the trace id of the newest outcome, as a link when
+``OTEL_TRACE_URL_TEMPLATE`` is set (``{trace_id}`` is replaced).
 
 Every stream read is by this CR's own subjects: one batched direct get per stream for the
 newest messages (outcome, requests, leases) and one subject-filtered read of its dead
@@ -75,7 +76,13 @@ async def stream_facts(nc: Client, key: ObjectKey) -> dict[str, Any]:
     js = nc.jetstream()
     outcome_subject = subjects.subject(subjects.OUTCOMES, "reconcile", key)
     requests = {c: subjects.subject(subjects.REQUESTS, c, key) for c in CONTROLLERS}
-    leases = {c: LEASES_SUBJECT_PREFIX + Controller.of(c).lease_name(key) for c in CONTROLLERS}
+    # Only a controller kept apart across the fleet takes leases (the status service's writes
+    # are conditional on the CR's resourceVersion instead: controller.py).
+    leases = {
+        c: LEASES_SUBJECT_PREFIX + Controller.of(c).lease_name(key)
+        for c in CONTROLLERS
+        if Controller.of(c).exclusive == "fleet"
+    }
     deadletters = ".".join(
         (
             subjects.PREFIX,
@@ -249,17 +256,18 @@ def summary(key: ObjectKey, doc: dict[str, Any]) -> list[tuple[str, str]]:
         text += f" at {o.get('time', '?')} for generation {o.get('generation', '?')}"
         out.append(("Last outcome", text + (f": {o['message']}" if o.get("message") else "")))
     for c in CONTROLLERS:
-        req, lease = doc["requests"][c], doc["leases"][c]
+        req, lease = doc["requests"][c], doc["leases"].get(c)
         text = (
             f"pending since {req['since']} ({req.get('origin') or 'no origin'})"
             if req["pending"]
             else "none pending"
         )
-        text += (
-            f"; lease held by {lease['worker'] or '?'} since {lease['since']}"
-            if lease["held"]
-            else "; no worker holds its lease"
-        )
+        if lease is not None:
+            text += (
+                f"; lease held by {lease['worker'] or '?'} since {lease['since']}"
+                if lease["held"]
+                else "; no worker holds its lease"
+            )
         out.append((f"Queue {c}", text))
     letters = doc["deadLetters"]
     if letters:

@@ -1,8 +1,11 @@
 """`memcached-operator status`: folds outcomes, Deployments and Pods into each CR's status.
 
 Status requests (from the reconciler after every outcome, and from the watcher when an owned
-Deployment or Pod changes) go through the same keyed work queue as reconciles, so several
-status replicas never write one CR at once and pending refreshes of a CR coalesce. A refresh
+Deployment or Pod changes) go through the same keyed work queue as reconciles, so pending
+refreshes of a CR coalesce and one replica never runs two of them at once. Replicas hold no
+lease on the CR (the status controller is ``exclusive="process"``): each write is conditional
+on the resourceVersion its fold started from, so of two replicas refreshing one CR the second
+write is refused, and that refresh reads the CR again and folds once more. A refresh
 reads the CR, its Deployment and the CR's newest outcome (one batched direct get on the events
 stream) and its ready pods (pod_index.py, an in-memory index of the stream's pod events), folds
 them (conditions.py), and writes the status subresource only when something a reader can see
@@ -45,7 +48,13 @@ from memcached_operator.shared.bus.stream_admin import ALL_STREAMS
 from memcached_operator.shared.events import codec as events
 from memcached_operator.shared.events import state
 from memcached_operator.shared.events.outcomes import Outcome, OutcomeResult
-from memcached_operator.shared.kube.client import DEFAULT_MAX_PAGE, MEMCACHED, POD, KubeClient
+from memcached_operator.shared.kube.client import (
+    DEFAULT_MAX_PAGE,
+    MEMCACHED,
+    POD,
+    ApiError,
+    KubeClient,
+)
 from memcached_operator.shared.runtime import metrics, settings, telemetry
 from memcached_operator.shared.runtime import process as runtime
 from memcached_operator.shared.workqueue.controller import RECONCILE_CONTROLLER, STATUS_CONTROLLER
@@ -67,6 +76,12 @@ STATUS_WRITES = Counter(
     "deferred (too soon after the last write), or awaiting (a step early: the request of the "
     "step under way brings the write)",
     ["result"],
+)
+WRITE_CONFLICTS = Counter(
+    "mcop_status_write_conflicts_total",
+    "Status writes the API server refused because the CR changed after the refresh read it "
+    "(another status replica wrote it, or the stream's copy was behind); each such refresh "
+    "reads the CR from the API server and folds it once more",
 )
 WRITTEN = "written"
 SKIPPED = "skipped"
@@ -256,18 +271,21 @@ class StatusRefresher:
 
         return Prepared(run=run, parent=parent, links=(other,))
 
-    def _newest_status(self, key: subjects.ObjectKey, cr: dict[str, Any]) -> dict[str, Any] | None:
-        """The CR's current status: the streamed one, unless this process wrote a newer one
-        that the stream does not show yet (comparing with a stale status would see condition
-        flips that did not happen and move their lastTransitionTime)."""
+    def _newest_status(
+        self, key: subjects.ObjectKey, cr: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The CR's current status and the resourceVersion it is at: the streamed one, unless
+        this process wrote a newer one that the stream does not show yet (comparing with a
+        stale status would see condition flips that did not happen and move their
+        lastTransitionTime)."""
         streamed: dict[str, Any] | None = cr.get("status")
         mine = self._written.get(key)
         if mine is not None and mine[0] > _revision(cr):
-            return mine[1]
+            return mine[1], mine[0]
         # The stream has caught up with that write: forget it (with 10,000 CRs these copies
         # of every status would be most of this process's memory).
         self._written.pop(key, None)
-        return streamed
+        return streamed, _revision(cr)
 
     async def _refresh(
         self,
@@ -277,9 +295,15 @@ class StatusRefresher:
         deployment: dict[str, Any] | None,
         *,
         indexed: bool,
+        reread: bool = False,
     ) -> tuple[Result, str]:
         """The refresh from what was read (``indexed``: the pod index has caught up with the
-        stream) and what it did: gone, deferred, skipped or written."""
+        stream) and what it did: gone, deferred, skipped or written.
+
+        The write is conditional on the resourceVersion the fold started from. When the API
+        server refuses it (another status replica wrote the CR meanwhile, or the stream's copy
+        was behind), the CR is read from the API server and folded once more (``reread``); a
+        second conflict is retried by the queue."""
         if cr is None:
             self.recorder.forget(str(key))
             self._last_write.pop(key, None)
@@ -288,7 +312,7 @@ class StatusRefresher:
             self._unsettled.pop(key, None)
             return Result(), "gone"
         nodes, endpoints = await self._ready_pods(key, deployment, indexed=indexed)
-        old: dict[str, Any] | None = self._newest_status(key, cr)
+        old, revision = self._newest_status(key, cr)
         if old is not None:
             cr = {**cr, "status": old}
         new = fold_status(
@@ -311,7 +335,21 @@ class StatusRefresher:
         if self._awaiting(key, cr, stored, deployment, old, seen):
             STATUS_WRITES.labels(AWAITING).inc()
             return Result(), AWAITING
-        written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, {"status": new})
+        patch: dict[str, Any] = {"status": new}
+        if revision >= 0:
+            patch["metadata"] = {"resourceVersion": str(revision)}
+        try:
+            written = await self.kube.patch_status(MEMCACHED, key.namespace, key.name, patch)
+        except ApiError as err:
+            if err.status != 409 or reread:
+                raise
+            WRITE_CONFLICTS.inc()
+            self._written.pop(key, None)
+            current = await self.kube.get(MEMCACHED, key.namespace, key.name)
+            stored = _believable(key, stored, current)
+            return await self._refresh(
+                key, stored, current, deployment, indexed=indexed, reread=True
+            )
         self._written[key] = (_revision(written), written.get("status") or new)
         self._note_folded(key, stored)
         self._last_write[key] = self.clock()

@@ -27,7 +27,11 @@ ran (lease.py), and this one lets go on finding it; only if its first lease atte
 more than the marker's second after that release do both run, the older last (a no-op: a
 run reads the newest state).
 Hence no two runs of an object overlap, and requests that arrive during a run cause one more
-run after it.
+run after it. A controller whose every write is conditional on the object's resourceVersion
+may be declared ``exclusive="process"`` (controller.py; the status service is): its leases
+are held in the process's memory (process_lease.py), so runs of one object are kept apart
+within a process at no cost on the bus, and two processes' runs of it may overlap, the second
+write then refused by the API server with a conflict and that run read again.
 
 Why a lease and not hash partitions. One owner per partition also serialises each object, but
 needs what NATS pull consumers do not provide: assigning partitions to live workers and
@@ -65,9 +69,9 @@ backlog: derived work waits, bounded, so that a burst of new objects gets its De
 sooner.
 
 Where things are: types.py (Request, Result, Handler), controller.py (a controller's names),
-settings.py (QueueSettings), intake.py, lease.py, settle.py, deadletter.py, yielding.py,
-tracing.py (all but lease.py's I/O part pure), keepalive.py (in-progress acks and lease
-refreshes while a handler runs), runner.py (one request, from intake to settlement), queue.py
+settings.py (QueueSettings), intake.py, lease.py, process_lease.py, settle.py, deadletter.py,
+yielding.py, tracing.py (all but lease.py's I/O part pure), keepalive.py (in-progress acks and
+lease refreshes while a handler runs), runner.py (one request, from intake to settlement), queue.py
 (the loop, and ``enqueue``), options.py (flags to settings).
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from memcached_operator.shared.bus.streams import LEASES_SUBJECT_PREFIX
 from memcached_operator.shared.bus.subjects import (
@@ -24,18 +25,27 @@ from memcached_operator.shared.bus.subjects import (
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
+# Where runs of one object are kept apart: across every process of the controller (a lease in
+# the lease bucket, lease.py), or only within each process (process_lease.py), for a
+# controller whose writes are all conditional on the object's resourceVersion.
+Exclusive = Literal["fleet", "process"]
+
 
 @dataclass(frozen=True)
 class Controller:
-    """One controller of the pipeline, by name (a lower-case DNS label), and the service that
-    runs it (the instrumentation scope of its spans; its name when not given)."""
+    """One controller of the pipeline, by name (a lower-case DNS label), the service that runs
+    it (the instrumentation scope of its spans; its name when not given), and where its runs of
+    one object are kept apart (:data:`Exclusive`: "fleet" takes a lease per run)."""
 
     name: str
     service: str = ""
+    exclusive: Exclusive = "fleet"
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"controller name must be a lower-case DNS label: {self.name!r}")
+        if self.exclusive not in ("fleet", "process"):
+            raise ValueError(f"exclusive must be 'fleet' or 'process', not {self.exclusive!r}")
         if not self.service:
             object.__setattr__(self, "service", self.name)
 
@@ -106,5 +116,7 @@ class Controller:
 
 # The pipeline's two controllers. shared/api/contract.py derives its names from these.
 RECONCILE_CONTROLLER = Controller("reconcile", service="reconciler")
-STATUS_CONTROLLER = Controller("status", service="status")
+# Every status write is conditional on the CR's resourceVersion (services/status/service.py):
+# of two replicas refreshing one CR only one can write, so a lease per run would buy nothing.
+STATUS_CONTROLLER = Controller("status", service="status", exclusive="process")
 _PIPELINE = {c.name: c for c in (RECONCILE_CONTROLLER, STATUS_CONTROLLER)}

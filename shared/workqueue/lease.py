@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -165,6 +166,21 @@ class WaitSchedule:
         wait = self._poll * (0.5 + self._jitter())
         self._poll = min(self._poll * 2, self._cap)
         return wait
+
+
+class LeaseStore(Protocol):
+    """What a run does with its object's lease: :class:`Leases` (the fleet's, in the lease
+    bucket) or process_lease.py's ``ProcessLeases`` (this process's only)."""
+
+    ttl: float
+
+    async def try_acquire(
+        self, name: str, value: bytes, *, sequence: int = 0
+    ) -> int | Overtaken | None: ...
+
+    async def refresh(self, name: str, revision: int, value: bytes) -> int: ...
+
+    async def release(self, name: str, revision: int, *, ran: int = 0) -> None: ...
 
 
 class Leases:

@@ -29,7 +29,8 @@ from memcached_operator.shared.bus.subjects import ObjectKey
 from memcached_operator.shared.runtime import metrics, progress
 from memcached_operator.shared.workqueue import intake
 from memcached_operator.shared.workqueue.controller import Controller
-from memcached_operator.shared.workqueue.lease import Leases
+from memcached_operator.shared.workqueue.lease import Leases, LeaseStore
+from memcached_operator.shared.workqueue.process_lease import ProcessLeases
 from memcached_operator.shared.workqueue.runner import (
     FAILURE,
     TRANSIENT,
@@ -109,7 +110,11 @@ class KeyedWorkQueue:
         )
         self._limit = settings.concurrency  # requests this queue may run at once right now
 
-        self._leases = Leases(self._nc, self._js, ttl=settings.lease_ttl)
+        self._leases: LeaseStore = (
+            ProcessLeases(ttl=settings.lease_ttl)
+            if self.controller.exclusive == "process"
+            else Leases(self._nc, self._js, ttl=settings.lease_ttl)
+        )
         self._runner: Runner | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,12 +174,14 @@ class KeyedWorkQueue:
                 self._yield_loop(self._yield_to), name=f"{self.durable}-yield"
             )
         log.info(
-            "work queue %s started: worker %s, concurrency %d, ack wait %.1fs, lease TTL %.1fs",
+            "work queue %s started: worker %s, concurrency %d, ack wait %.1fs, lease TTL %.1fs, "
+            "runs of one object kept apart in the %s",
             self.controller,
             self.worker_id,
             self.settings.concurrency,
             self.settings.ack_wait,
             self._leases.ttl,
+            self.controller.exclusive,
         )
 
     async def stop(self, timeout: float = 25.0) -> None:
@@ -233,6 +240,8 @@ class KeyedWorkQueue:
             ) from None
 
     async def _bound_lease_ttl(self) -> None:
+        if not isinstance(self._leases, Leases):
+            return  # not in the bucket
         info = await self._js.stream_info(LEASES_STREAM)
         bucket_ttl = info.config.max_age or 0.0
         if bucket_ttl and self.settings.lease_ttl > bucket_ttl:

@@ -37,7 +37,7 @@ from memcached_operator.shared.workqueue.keepalive import keep_alive
 from memcached_operator.shared.workqueue.lease import (
     WRONG_LAST_SEQUENCE,
     Held,
-    Leases,
+    LeaseStore,
     Overtaken,
     WaitSchedule,
 )
@@ -122,7 +122,7 @@ class Runner:
         controller: Controller,
         settings: QueueSettings,
         handler: Handler | PreparingHandler,
-        leases: Leases,
+        leases: LeaseStore,
         worker_id: str,
         stopping: asyncio.Event,
         on_dead_letter: DeadLetterCallback | None = None,

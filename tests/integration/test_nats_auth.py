@@ -200,6 +200,8 @@ DENIED = [
     ("reconciler", "$JS.ACK.MCOP_REQUESTS.mcop-status.1.1.1.1.1.0"),
     ("reconciler", "$JS.API.STREAM.DELETE.MCOP_EVENTS"),
     ("status", "mcop.events.pod.ns.name"),
+    # The status service takes no leases (its writes are conditional on the resourceVersion).
+    ("status", "$KV.mcop-leases.status.ns.name"),
     ("status", "mcop.outcomes.reconcile.ns.name"),
     ("status", "mcop.requests.reconcile.ns.name"),
     ("status", "mcop.deadletter.reconcile.ns.name"),

@@ -40,6 +40,7 @@ from memcached_operator.shared.bus.streams import (
 )
 from memcached_operator.shared.bus.subjects import DEADLETTER, ObjectKey, subject
 from memcached_operator.shared.runtime.errors import PermanentError, TransientError
+from memcached_operator.shared.workqueue.controller import Controller
 from memcached_operator.shared.workqueue.deadletter import (
     DL_BODY_TRUNCATED,
     DL_DELIVERIES,
@@ -413,13 +414,14 @@ async def test_a_queue_yielding_to_a_backlogged_controller_runs_one_request_at_a
 # -- b. exclusivity, c. no lost request -------------------------------------------------------
 
 
+@pytest.mark.parametrize("exclusive", ["fleet", "process"])
 async def test_a_request_arriving_during_a_run_causes_exactly_one_more_run(
-    nc: Client, controller: str, queues: Any
+    nc: Client, controller: str, queues: Any, exclusive: str
 ) -> None:
     js = nc.jetstream()
     k = ObjectKey("default", "busy")
     recorder = Recorder(sleep=lambda r: 1.5 if r.payload()["n"] == 1 else 0.0)
-    await queues(recorder, controller=controller, concurrency=4)
+    await queues(recorder, controller=Controller(controller, exclusive=exclusive), concurrency=4)
     contention_before = metric("mcop_lease_contention_total", controller=controller)
 
     await enqueue(js, controller=controller, key=k, body=body(1))
@@ -473,7 +475,6 @@ async def test_a_request_overtaken_before_its_first_lease_attempt_lets_go(
     replaced by a newer request that another worker (or a task of its own process) runs and
     releases before this one first tries the lease. The release's marker names the request
     that ran, so this one lets go (acked, not run) instead of running after the newer one."""
-    from memcached_operator.shared.workqueue.controller import Controller
     from memcached_operator.shared.workqueue.lease import Leases
     from memcached_operator.shared.workqueue.runner import Runner
 
@@ -538,6 +539,45 @@ async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
     for key, n in last.items():
         # The newest request's run is the last run of its key: nothing after it was lost.
         assert recorder.of(key)[-1].n == n
+
+
+async def test_a_process_exclusive_queue_keeps_runs_of_a_key_apart_off_the_lease_bucket(
+    nc: Client, controller: str, queues: Any
+) -> None:
+    """exclusive="process" (the status service's: its writes are conditional on the CR's
+    resourceVersion): runs of one key never overlap within the process, the newest request of
+    each key runs last, and not one message goes to the lease bucket."""
+    js = nc.jetstream()
+    bucket_writes: list[str] = []
+
+    async def count(msg: Msg) -> None:
+        bucket_writes.append(msg.subject)
+
+    watch = await nc.subscribe(Controller(controller).lease_prefix + ">", cb=count)
+    keys = [ObjectKey("ns", f"obj-{i}") for i in range(3)]
+    recorder = Recorder(sleep=lambda r: random.uniform(0.02, 0.15))
+    await queues(recorder, controller=Controller(controller, exclusive="process"), concurrency=8)
+
+    last: dict[ObjectKey, int] = {}
+    for n in range(80):
+        key = random.choice(keys)
+        await enqueue(js, controller=controller, key=key, body=body(n))
+        last[key] = n
+        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
+
+    def caught_up() -> bool:
+        return all(
+            any(r.n == n and r.ended is not None for r in recorder.of(key))
+            for key, n in last.items()
+        )
+
+    await eventually(caught_up, what="a run of each key's newest request")
+    assert all(count == 1 for count in recorder.max_active.values()), recorder.max_active
+    for key, n in last.items():
+        assert recorder.of(key)[-1].n == n
+    await nc.flush()
+    await watch.unsubscribe()
+    assert bucket_writes == []
 
 
 async def test_runs_of_one_key_never_overlap_across_processes(
@@ -829,7 +869,6 @@ async def test_a_requeue_nats_refuses_is_redelivered_later_not_logged_as_a_crash
 
     from nats.js.errors import NoStreamResponseError
 
-    from memcached_operator.shared.workqueue.controller import Controller
     from memcached_operator.shared.workqueue.lease import Leases
     from memcached_operator.shared.workqueue.runner import Runner
 
@@ -1193,7 +1232,6 @@ async def test_a_queue_whose_consumer_was_deleted_creates_it_again_and_goes_on(
     """Someone deleted the controller's consumer (by hand, or a stream restored from a
     backup): the queue notices when its pulls fail, creates the consumer again and runs the
     requests published meanwhile."""
-    from memcached_operator.shared.workqueue.controller import Controller
 
     js = nc.jetstream()
     recorder = Recorder()

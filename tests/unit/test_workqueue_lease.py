@@ -15,6 +15,7 @@ from memcached_operator.shared.workqueue.lease import (
     conflict,
     overtaken,
 )
+from memcached_operator.shared.workqueue.process_lease import ProcessLeases
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +122,35 @@ def test_a_waiting_worker_sends_an_in_progress_ack_every_third_of_the_ack_wait()
 def test_a_held_lease_starts_neither_lost_nor_waited_for() -> None:
     held = Held("reconcile.ns.a", 5, b"{}")
     assert (held.lost, held.waited) == (False, False)
+
+
+# -- ProcessLeases: the lease of exclusive="process", in this process's memory ----------------
+
+
+async def test_a_process_lease_is_held_until_its_own_release_and_never_lost() -> None:
+    leases = ProcessLeases(ttl=5.0, clock=Clock())
+    revision = await leases.try_acquire("status.ns.a", b"", sequence=10)
+    assert isinstance(revision, int)
+    # Another run of the same object in this process waits; other objects do not.
+    assert await leases.try_acquire("status.ns.a", b"", sequence=11) is None
+    assert isinstance(await leases.try_acquire("status.ns.b", b"", sequence=12), int)
+    assert await leases.refresh("status.ns.a", revision, b"") == revision
+    # A release at another revision (a run that no longer holds it) frees nothing.
+    await leases.release("status.ns.a", revision + 100, ran=10)
+    assert await leases.try_acquire("status.ns.a", b"", sequence=11) is None
+    await leases.release("status.ns.a", revision, ran=10)
+    assert isinstance(await leases.try_acquire("status.ns.a", b"", sequence=11), int)
+
+
+async def test_a_process_lease_released_after_a_newer_request_ran_overtakes_older_ones() -> None:
+    clock = Clock()
+    leases = ProcessLeases(ttl=5.0, clock=clock)
+    revision = await leases.try_acquire("status.ns.a", b"", sequence=20)
+    assert isinstance(revision, int)
+    await leases.release("status.ns.a", revision, ran=20)
+    # Request 15, delivered before request 20 replaced it, lets go: 20's run started later.
+    assert await leases.try_acquire("status.ns.a", b"", sequence=15) == Overtaken(20)
+    # Once the marker's second has passed, an older request runs (a no-op: it reads the newest
+    # state), as it would after a run in another process.
+    clock.now += MARKER_TTL
+    assert isinstance(await leases.try_acquire("status.ns.a", b"", sequence=15), int)
