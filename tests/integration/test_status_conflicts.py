@@ -25,6 +25,17 @@ def _conflicts() -> float:
     return REGISTRY.get_sample_value("mcop_status_write_conflicts_total") or 0.0
 
 
+def _create_cr(cluster: Cluster, namespace: str) -> ObjectKey:
+    cr = {
+        "apiVersion": "cache.example.com/v1",
+        "kind": "Memcached",
+        "metadata": {"name": "cache", "namespace": namespace},
+        "spec": {"size": 1},
+    }
+    cluster.kubectl("create", "-f", "-", input_=json.dumps(cr))
+    return ObjectKey(namespace, "cache")
+
+
 def _transition_times(cr: dict[str, Any]) -> dict[str, str]:
     conditions = (cr.get("status") or {}).get("conditions") or []
     return {c["type"]: c["lastTransitionTime"] for c in conditions}
@@ -37,14 +48,7 @@ def test_a_replica_folding_a_stale_copy_rereads_instead_of_overwriting_the_newer
     is from before that write, folds the same facts: on its own it would see every condition
     as new and move each lastTransitionTime to its own clock. Its write is refused, it reads
     the CR again, and finds nothing to write."""
-    cr = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "cache", "namespace": namespace},
-        "spec": {"size": 1},
-    }
-    cluster.kubectl("create", "-f", "-", input_=json.dumps(cr))
-    key = ObjectKey(namespace, "cache")
+    key = _create_cr(cluster, namespace)
 
     async def scenario() -> tuple[str, str, dict[str, Any], dict[str, Any]]:
         kube = await KubeClient.connect(cluster.kubeconfig)
@@ -83,14 +87,7 @@ def test_a_refresh_of_a_cr_changed_since_the_stream_copy_writes_the_current_gene
     """The stream's copy is of generation 1; the user has changed the spec since. The write
     from the old copy is refused, and the status written after the re-read reports the
     generation the API server holds."""
-    cr = {
-        "apiVersion": "cache.example.com/v1",
-        "kind": "Memcached",
-        "metadata": {"name": "cache", "namespace": namespace},
-        "spec": {"size": 1},
-    }
-    cluster.kubectl("create", "-f", "-", input_=json.dumps(cr))
-    key = ObjectKey(namespace, "cache")
+    key = _create_cr(cluster, namespace)
 
     async def scenario() -> tuple[str, dict[str, Any]]:
         kube = await KubeClient.connect(cluster.kubeconfig)

@@ -512,6 +512,30 @@ async def test_a_request_overtaken_before_its_first_lease_attempt_lets_go(
         await psub.unsubscribe()
 
 
+async def _spread_requests_run_apart_and_newest_last(
+    js: JetStreamContext, controller: str, keys: list[ObjectKey], recorder: Recorder, *, n: int
+) -> None:
+    """Publish ``n`` requests for random ``keys``, spread in time; then check that runs of one
+    key never overlapped and that each key's newest request ran last (nothing after it lost)."""
+    last: dict[ObjectKey, int] = {}
+    for i in range(n):
+        key = random.choice(keys)
+        await enqueue(js, controller=controller, key=key, body=body(i))
+        last[key] = i
+        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
+
+    def caught_up() -> bool:
+        return all(
+            any(r.n == i and r.ended is not None for r in recorder.of(key))
+            for key, i in last.items()
+        )
+
+    await eventually(caught_up, what="a run of each key's newest request")
+    assert all(count == 1 for count in recorder.max_active.values()), recorder.max_active
+    for key, i in last.items():
+        assert recorder.of(key)[-1].n == i
+
+
 async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
     nc: Client, controller: str, queues: Any
 ) -> None:
@@ -520,25 +544,7 @@ async def test_runs_of_one_key_never_overlap_across_queues_and_none_is_lost(
     recorder = Recorder(sleep=lambda r: random.uniform(0.02, 0.15))
     for _ in range(2):
         await queues(recorder, controller=controller, concurrency=4)
-
-    last: dict[ObjectKey, int] = {}
-    for n in range(150):
-        key = random.choice(keys)
-        await enqueue(js, controller=controller, key=key, body=body(n))
-        last[key] = n
-        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
-
-    def caught_up() -> bool:
-        return all(
-            any(r.n == n and r.ended is not None for r in recorder.of(key))
-            for key, n in last.items()
-        )
-
-    await eventually(caught_up, what="a run of each key's newest request")
-    assert all(count == 1 for count in recorder.max_active.values()), recorder.max_active
-    for key, n in last.items():
-        # The newest request's run is the last run of its key: nothing after it was lost.
-        assert recorder.of(key)[-1].n == n
+    await _spread_requests_run_apart_and_newest_last(js, controller, keys, recorder, n=150)
 
 
 async def test_a_process_exclusive_queue_keeps_runs_of_a_key_apart_off_the_lease_bucket(
@@ -557,24 +563,7 @@ async def test_a_process_exclusive_queue_keeps_runs_of_a_key_apart_off_the_lease
     keys = [ObjectKey("ns", f"obj-{i}") for i in range(3)]
     recorder = Recorder(sleep=lambda r: random.uniform(0.02, 0.15))
     await queues(recorder, controller=Controller(controller, exclusive="process"), concurrency=8)
-
-    last: dict[ObjectKey, int] = {}
-    for n in range(80):
-        key = random.choice(keys)
-        await enqueue(js, controller=controller, key=key, body=body(n))
-        last[key] = n
-        await asyncio.sleep(random.uniform(0, 0.03))  # the scenario: requests spread in time
-
-    def caught_up() -> bool:
-        return all(
-            any(r.n == n and r.ended is not None for r in recorder.of(key))
-            for key, n in last.items()
-        )
-
-    await eventually(caught_up, what="a run of each key's newest request")
-    assert all(count == 1 for count in recorder.max_active.values()), recorder.max_active
-    for key, n in last.items():
-        assert recorder.of(key)[-1].n == n
+    await _spread_requests_run_apart_and_newest_last(js, controller, keys, recorder, n=80)
     await nc.flush()
     await watch.unsubscribe()
     assert bucket_writes == []
