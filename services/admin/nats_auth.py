@@ -136,14 +136,11 @@ def _work_queue(controller: str) -> list[str]:
     older request or none, the same read from the stream's leader: a message get, whose body
     names the subject, so NATS cannot scope it to the controller's requests; they are empty
     bodies with headers), requeued copies, dead letters."""
-    durable = Controller.of(controller).durable
+    known = Controller.of(controller)
+    durable = known.durable
     requests = _family(REQUESTS, controller)
     leases = f"{LEASES_SUBJECT_PREFIX}{controller}.>"
-    lease_grants = (
-        [f"{API}.DIRECT.GET.{LEASES_STREAM}.{leases}", leases]
-        if Controller.of(controller).exclusive == "fleet"
-        else []
-    )
+    lease_grants = [f"{API}.DIRECT.GET.{LEASES_STREAM}.{leases}", leases] if known.leased else []
     return [
         # The consumer's create request carries its filter subject after its name.
         f"{API}.CONSUMER.CREATE.{REQUESTS_STREAM}.{durable}.>",

@@ -78,11 +78,8 @@ async def stream_facts(nc: Client, key: ObjectKey) -> dict[str, Any]:
     requests = {c: subjects.subject(subjects.REQUESTS, c, key) for c in CONTROLLERS}
     # Only a controller kept apart across the fleet takes leases (the status service's writes
     # are conditional on the CR's resourceVersion instead: controller.py).
-    leases = {
-        c: LEASES_SUBJECT_PREFIX + Controller.of(c).lease_name(key)
-        for c in CONTROLLERS
-        if Controller.of(c).exclusive == "fleet"
-    }
+    leased = [Controller.of(c) for c in CONTROLLERS if Controller.of(c).leased]
+    leases = {c.name: LEASES_SUBJECT_PREFIX + c.lease_name(key) for c in leased}
     deadletters = ".".join(
         (
             subjects.PREFIX,

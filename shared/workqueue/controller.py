@@ -60,6 +60,11 @@ class Controller:
         return _PIPELINE.get(controller) or cls(controller)
 
     @property
+    def leased(self) -> bool:
+        """Whether its runs take a lease in the lease bucket (``exclusive="fleet"``)."""
+        return self.exclusive == "fleet"
+
+    @property
     def durable(self) -> str:
         """The durable consumer all of its workers pull from (also the consumer group name of
         its spans)."""

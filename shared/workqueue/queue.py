@@ -111,9 +111,9 @@ class KeyedWorkQueue:
         self._limit = settings.concurrency  # requests this queue may run at once right now
 
         self._leases: LeaseStore = (
-            ProcessLeases(ttl=settings.lease_ttl)
-            if self.controller.exclusive == "process"
-            else Leases(self._nc, self._js, ttl=settings.lease_ttl)
+            Leases(self._nc, self._js, ttl=settings.lease_ttl)
+            if self.controller.leased
+            else ProcessLeases(ttl=settings.lease_ttl)
         )
         self._runner: Runner | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
